@@ -1,0 +1,626 @@
+"""Ingest: COG headers -> virtual references -> one Icechunk commit with the scene catalog.
+
+No pixel is copied: each TIFF header is parsed once (virtual-tiff), checked for the
+cases that parse but would read back wrong, grouped into scenes by a file-name pattern,
+and written as one group per scene (one array per band file). The catalog tables are
+rewritten in the same commit, so every snapshot carries exactly its own scenes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import icechunk as ic
+import numpy as np
+import obstore
+import pyarrow as pa
+import pyarrow.compute as pc
+import shapely
+
+from ..config import StorageProfile
+from ..errors import InputDataError, PixelQueryError, SpecError, StorageError
+from ..geo import footprint_lonlat, footprint_native, geo_from_tiff_attrs
+from ..products import BandSpec, ProductProfile, load_product
+from .models import FILE_SCHEMA, SCENE_SCHEMA, BandInfo
+from .patterns import FilenamePattern, PatternMatch, find_date, sanitize_scene_id
+from .sources import SourceFile, list_source, object_store_for, split_url
+from .store import (
+    SCENES_GROUP,
+    check_repository_location,
+    commit_lock,
+    container_prefix,
+    open_repository,
+    read_catalog_tables,
+    repo_location,
+    write_catalog_tables,
+)
+
+__all__ = ["FileOutcome", "IngestReport", "ingest"]
+
+logger = logging.getLogger(__name__)
+
+_TIFF_MAGIC = {b"II*\x00": "little", b"MM\x00*": "big", b"II+\x00": "little", b"MM\x00+": "big"}
+_MAX_COMMIT_TRIES = 8
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class FileOutcome:
+    """What happened to one source file."""
+
+    url: str
+    status: str  # ingested | updated | unchanged | skipped | failed
+    scene_id: str | None = None
+    band: str | None = None
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in (("url", self.url), ("status", self.status),
+                                  ("scene_id", self.scene_id), ("band", self.band),
+                                  ("reason", self.reason)) if v is not None}
+
+
+@dataclass
+class IngestReport:
+    """Summary of one ingest call (``pqb ingest --json`` prints :meth:`to_dict`)."""
+
+    repo: str
+    source: str
+    product: str
+    snapshot_id: str | None = None
+    files: list[FileOutcome] = field(default_factory=list)
+    scenes_written: list[str] = field(default_factory=list)
+    duration_s: float = 0.0
+
+    def by_status(self, status: str) -> list[FileOutcome]:
+        return [f for f in self.files if f.status == status]
+
+    @property
+    def ok(self) -> bool:
+        """True when no file failed (the CLI exits 0 only then)."""
+        return not self.by_status("failed")
+
+    def counts(self) -> dict[str, int]:
+        keys = ("ingested", "updated", "unchanged", "skipped", "failed")
+        return {k: len(self.by_status(k)) for k in keys}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "repo": self.repo,
+            "source": self.source,
+            "product": self.product,
+            "snapshot_id": self.snapshot_id,
+            "counts": self.counts(),
+            "scenes_written": self.scenes_written,
+            "duration_s": round(self.duration_s, 3),
+            "files": [f.to_dict() for f in self.files],
+        }
+
+
+@dataclass
+class _ParsedFile:
+    file: SourceFile
+    match: PatternMatch | None
+    band_key: str | None
+    vds: Any
+    transform: tuple[float, ...]
+    epsg: int
+    nodata: float | None
+    shape_yx: tuple[int, int]
+    count: int | None  # None for 2-D arrays
+    dtype: str
+    chunks_yx: tuple[int, int]
+
+
+@dataclass
+class _SceneDraft:
+    scene_id: str
+    when: dt.datetime | None
+    props: tuple[tuple[str, str], ...]
+    members: list[tuple[SourceFile, str | None]] = field(default_factory=list)  # (file, band key)
+
+
+def _read_magic(file: SourceFile, profile: StorageProfile) -> str:
+    if file.size == 0:
+        raise InputDataError("empty file (0 bytes)", path=file.url)
+    _, key = split_url(file.url)
+    try:
+        head = bytes(obstore.get_range(object_store_for(file.url, profile), key, start=0,
+                                       length=min(16, file.size)))
+    except Exception as exc:
+        raise StorageError(f"cannot read {file.url}: {exc}", path=file.url) from exc
+    endian = _TIFF_MAGIC.get(head[:4])
+    if endian is None:
+        raise InputDataError("not a TIFF file (bad magic bytes)", path=file.url)
+    return endian
+
+
+def _problems(da: Any, file_size: int, endian: str) -> list[str]:
+    """Cases that parse but read back wrong or fail at query time (stack notes, section 2)."""
+    specs = [c.to_dict() for c in da.data.metadata.codecs]
+    names = {s["name"] for s in specs}
+    problems = []
+    predictor = names & {"HorizontalDeltaCodec", "imagecodecs_floatpred", "FloatingPointPredictorCodec"}
+    if endian == "big" and predictor:
+        problems.append("big-endian TIFF with a predictor: virtual reads would return wrong pixels")
+    refs = [entry for _, entry in da.data.manifest.iter_refs()]
+    if any(e["length"] == 0 for e in refs):
+        problems.append("sparse TIFF (tiles with no data): not servable as virtual references")
+    if max((e["offset"] + e["length"] for e in refs), default=0) > file_size:
+        problems.append("truncated file: tile data extends past the end of the file")
+    if len(refs) == 0:
+        problems.append("no tile data")
+    return problems
+
+
+def _explain_parse_error(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    low = text.lower()
+    if "jpeg" in low or "ycbcr" in low:
+        return f"unsupported compression: JPEG ({exc}); re-encode with DEFLATE/ZSTD/LZW"
+    if ("equal" in low and "chunk" in low) or "strip" in low:
+        return ("striped TIFF whose last strip is partial cannot be served as virtual chunks; "
+                f"convert to a tiled COG ({exc})")
+    if "zero-length" in low:
+        return "sparse TIFF (tiles with no data): not servable as virtual references"
+    if "compression" in low or "not implemented" in low or "unsupported" in low:
+        return f"unsupported TIFF encoding ({text})"
+    return f"unreadable or corrupt TIFF ({text})"
+
+
+def _parse_file(
+    file: SourceFile, band_key: str | None, match: PatternMatch | None,
+    registry: Any, profile: StorageProfile,
+) -> _ParsedFile:
+    from virtual_tiff import VirtualTIFF
+    from virtualizarr import open_virtual_dataset
+
+    endian = _read_magic(file, profile)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            vds = open_virtual_dataset(file.url, registry=registry, parser=VirtualTIFF(ifd=0))
+    except Exception as exc:
+        raise InputDataError(_explain_parse_error(exc), path=file.url) from exc
+    if "0" not in vds.data_vars:
+        raise InputDataError("TIFF has no image data", path=file.url)
+    da = vds["0"]
+    problems = _problems(da, file.size, endian)
+    if problems:
+        raise InputDataError("; ".join(problems), path=file.url)
+    transform, epsg, nodata = geo_from_tiff_attrs(da.attrs, source=file.url)
+    if transform[1] != 0 or transform[3] != 0:
+        raise InputDataError("rotated rasters are not supported; warp to a north-up grid",
+                             path=file.url)
+    dims = tuple(da.dims)
+    if dims[-2:] != ("y", "x") or len(dims) not in (2, 3):
+        raise InputDataError(f"unexpected array layout {dims}", path=file.url)
+    chunks = da.data.metadata.chunk_grid.chunk_shape
+    return _ParsedFile(
+        file=file, match=match, band_key=band_key, vds=vds, transform=transform, epsg=epsg,
+        nodata=nodata, shape_yx=(int(da.shape[-2]), int(da.shape[-1])),
+        count=int(da.shape[0]) if len(dims) == 3 else None, dtype=str(da.dtype),
+        chunks_yx=(int(chunks[-2]), int(chunks[-1])),
+    )
+
+
+def _group_files(
+    files: Sequence[SourceFile], patterns: Sequence[FilenamePattern], product: ProductProfile,
+    default_datetime: dt.datetime | None, report: IngestReport, explicit_pattern: bool,
+) -> dict[str, _SceneDraft]:
+    drafts: dict[str, _SceneDraft] = {}
+    n_matched = 0
+    for f in files:
+        match: PatternMatch | None = None
+        try:
+            for pat in patterns:
+                match = pat.match(f.relpath)
+                if match is not None:
+                    break
+        except InputDataError as exc:
+            report.files.append(FileOutcome(f.url, "failed", reason=exc.message))
+            continue
+        if patterns and match is None:
+            report.files.append(FileOutcome(
+                f.url, "skipped",
+                reason=f"does not match pattern(s) {', '.join(p.text for p in patterns)}"))
+            continue
+        n_matched += 1
+        if match is None:
+            stem = f.relpath.rsplit(".", 1)[0]
+            match = PatternMatch(sanitize_scene_id(stem), None, None, ())
+        when = match.datetime or find_date(f.relpath) or default_datetime
+        if when is None:
+            report.files.append(FileOutcome(
+                f.url, "failed", scene_id=match.scene_id,
+                reason="no acquisition date: none in the file name; use a --pattern with "
+                "{date}/{datetime} or pass --datetime"))
+            continue
+        band_key = match.band_key if product.layout == "band_per_file" else None
+        draft = drafts.setdefault(match.scene_id, _SceneDraft(match.scene_id, when, match.properties))
+        if draft.when != when:
+            report.files.append(FileOutcome(
+                f.url, "failed", scene_id=match.scene_id,
+                reason=f"acquisition time {when.isoformat()} differs from the other files of "
+                f"scene {match.scene_id} ({draft.when.isoformat() if draft.when else '?'})"))
+            continue
+        draft.members.append((f, band_key))
+    if explicit_pattern and n_matched == 0:
+        raise SpecError(
+            f"pattern {patterns[0].text!r} matches none of the {len(files)} files",
+            hint=f"e.g. {files[0].relpath!r} does not fit; fields are {{date}}, {{band}}, "
+            "{scene}, {datetime}, any {name}, and * wildcards",
+            pattern=patterns[0].text,
+        )
+    if patterns and n_matched == 0:
+        raise SpecError(
+            f"no file matches the patterns of product {product.name!r} "
+            f"({', '.join(p.text for p in patterns)})",
+            hint="pass --pattern (e.g. --pattern 'S2_{date}_{band}.tif') or another --product",
+        )
+    return drafts
+
+
+def _band_specs(parsed: _ParsedFile, product: ProductProfile,
+                band_names: Sequence[str] | None) -> list[BandSpec]:
+    if parsed.count is None:
+        key = parsed.band_key or (band_names[0] if band_names else "band_1")
+        spec = product.band_for_key(key) or BandSpec(name=key)
+        return [spec]
+    names = list(band_names) if band_names else None
+    if names is None and product.layout == "multiband" and product.bands:
+        names = [b.name for b in product.bands]
+    if names is None:
+        prefix = f"{parsed.band_key}_" if parsed.band_key else "band_"
+        names = [f"{prefix}{i + 1}" for i in range(parsed.count)]
+    if len(names) != parsed.count:
+        raise InputDataError(
+            f"file has {parsed.count} bands but {len(names)} band names were given "
+            f"({', '.join(names)})", path=parsed.file.url)
+    return list(product.with_band_names(names).bands)
+
+
+def _build_scene(draft: _SceneDraft, parsed: list[_ParsedFile], product: ProductProfile,
+                 band_names: Sequence[str] | None, now: dt.datetime) -> tuple[Any, dict[str, Any]]:
+    import xarray as xr
+
+    ref = parsed[0]
+    for p in parsed[1:]:
+        if (p.shape_yx, p.epsg) != (ref.shape_yx, ref.epsg) or not np.allclose(
+                p.transform, ref.transform, rtol=0, atol=1e-6):
+            raise InputDataError(
+                f"files of scene {draft.scene_id} are on different grids: "
+                f"{ref.file.relpath} is {ref.shape_yx} EPSG:{ref.epsg} {ref.transform}, "
+                f"{p.file.relpath} is {p.shape_yx} EPSG:{p.epsg} {p.transform}",
+                hint="resample the bands to one grid, or give each grid its own scene via --pattern",
+                scene_id=draft.scene_id)
+    variables: dict[str, Any] = {}
+    bands: list[BandInfo] = []
+    multi = sum(1 for p in parsed if p.count is not None)
+    for p in parsed:
+        specs = _band_specs(p, product, band_names)
+        da = p.vds["0"]
+        if p.count is None:
+            array = specs[0].name
+        else:
+            array = "data" if product.layout == "multiband" else (p.band_key or "data")
+            if multi > 1:
+                da = da.rename({"band": f"{array}_band"})
+        if array in variables:
+            raise InputDataError(
+                f"scene {draft.scene_id} has two files for band {array!r}",
+                hint="make the pattern distinguish the files", scene_id=draft.scene_id)
+        for i, spec in enumerate(specs):
+            bands.append(BandInfo(
+                name=spec.name, role=spec.role, array=array,
+                index=None if p.count is None else i, dtype=p.dtype,
+                nodata=spec.nodata if spec.nodata is not None else p.nodata,
+                scale=spec.scale, offset=spec.offset, chunks_yx=p.chunks_yx,
+                source=p.file.url))
+        keep = {k: v for k, v in da.attrs.items()
+                if k not in ("photometric_interpretation",) and not k.startswith("_")}
+        keep["source"] = p.file.url
+        variables[array] = da.assign_attrs(keep)
+    names = [b.name for b in bands]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise InputDataError(f"scene {draft.scene_id} has duplicate band names {sorted(dup)}",
+                             scene_id=draft.scene_id)
+    crs = f"EPSG:{ref.epsg}"
+    fp = footprint_native(ref.transform, ref.shape_yx)  # type: ignore[arg-type]
+    fp_ll = footprint_lonlat(fp, crs)
+    ds = xr.Dataset(variables)
+    when = draft.when
+    assert when is not None
+    ds.attrs.update({
+        "scene_id": draft.scene_id,
+        "datetime": when.isoformat().replace("+00:00", "Z"),
+        "product": product.name,
+        "crs": crs,
+        "crs_epsg": ref.epsg,
+        "transform": list(ref.transform),
+        "shape_yx": list(ref.shape_yx),
+        "bands": _json_safe([b.to_dict() for b in bands]),
+        "properties": dict(draft.props),
+    })
+    row = {
+        "scene_id": draft.scene_id,
+        "datetime": when,
+        "product": product.name,
+        "group": f"{SCENES_GROUP}/{draft.scene_id}",
+        "crs_epsg": ref.epsg,
+        "transform": list(ref.transform),
+        "height": ref.shape_yx[0],
+        "width": ref.shape_yx[1],
+        "bands": names,
+        "bands_json": json.dumps([b.to_dict() for b in bands]),
+        "footprint_wkb": shapely.to_wkb(fp),
+        "footprint_lonlat_wkb": shapely.to_wkb(fp_ll),
+        "minlon": fp_ll.bounds[0], "minlat": fp_ll.bounds[1],
+        "maxlon": fp_ll.bounds[2], "maxlat": fp_ll.bounds[3],
+        "cloud_cover": None,
+        "properties_json": json.dumps(dict(draft.props), sort_keys=True),
+        "sources": sorted({p.file.url for p in parsed}),
+        "ingested_at": now,
+    }
+    return ds, row
+
+
+def _json_safe(value: Any) -> Any:
+    """Strict-JSON copy (zarr attributes): non-finite floats become strings."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _existing_tables(location: str, profile: StorageProfile) -> tuple[pa.Table, pa.Table]:
+    try:
+        repo = open_repository(location, profile=profile)
+    except PixelQueryError:
+        return SCENE_SCHEMA.empty_table(), FILE_SCHEMA.empty_table()
+    tables = read_catalog_tables(repo.readonly_session("main").store)
+    if tables is None:
+        return SCENE_SCHEMA.empty_table(), FILE_SCHEMA.empty_table()
+    return tables
+
+
+def ingest(
+    source: str,
+    repo: str,
+    *,
+    pattern: str | None = None,
+    product: str | ProductProfile = "sentinel2-l2a",
+    bands: Sequence[str] | None = None,
+    datetime: dt.datetime | None = None,
+    storage: StorageProfile | None = None,
+    message: str | None = None,
+    threads: int = 8,
+    progress: ProgressFn | None = None,
+) -> IngestReport:
+    """Ingest the COGs a SOURCE names into a repository, in one commit.
+
+    Parameters
+    ----------
+    source
+        Directory/prefix, glob, single file, or list file (local path or ``s3://``).
+    repo
+        Repository location (created when missing).
+    pattern
+        File-name pattern grouping files into scenes (default: the product's patterns;
+        for ``multiband`` products every file is a scene).
+    product
+        Product profile name/path or a loaded profile.
+    bands
+        Band names for multi-band files.
+    datetime
+        Acquisition time for files whose names carry no date.
+    storage
+        Storage profile (S3 endpoint and credentials).
+    message
+        Commit message (default: a summary of the ingest).
+    threads
+        Header-parsing threads.
+    progress
+        ``progress(stage, done, total)`` callback.
+
+    Returns
+    -------
+    IngestReport
+        Ingested / updated / unchanged / skipped / failed files with reasons, and the new
+        snapshot id (``None`` when nothing changed).
+
+    Raises
+    ------
+    InputDataError, SpecError, ConfigError, RepositoryError
+        For problems with the whole call (missing source, pattern matching nothing, unknown
+        product, bad repository). Problems with single files are reported, not raised.
+    """
+    t0 = time.perf_counter()
+    storage = storage or StorageProfile()
+    prof = product if isinstance(product, ProductProfile) else load_product(product)
+    location = repo_location(repo)
+    check_repository_location(location)
+    report = IngestReport(repo=location, source=str(source), product=prof.name)
+    if datetime is not None and datetime.tzinfo is None:
+        datetime = datetime.replace(tzinfo=dt.UTC)
+
+    root_url, files = list_source(source, profile=storage,
+                                  suffixes=None if pattern else (".tif", ".tiff"))
+    if pattern:
+        patterns = [FilenamePattern.compile(pattern)]
+    elif prof.layout == "band_per_file":
+        patterns = [FilenamePattern.compile(p) for p in prof.patterns]
+    else:
+        patterns = []
+    if prof.layout == "band_per_file" and patterns and not any(p.has_band for p in patterns):
+        raise SpecError(f"product {prof.name!r} keeps one band per file: the pattern needs {{band}}",
+                        pattern=patterns[0].text)
+    drafts = _group_files(files, patterns, prof, datetime, report, explicit_pattern=bool(pattern))
+
+    # Dedup against the current catalog: skip scenes whose files are all unchanged.
+    _, old_files = _existing_tables(location, storage)
+    known = {r["url"]: r for r in old_files.to_pylist()}
+    old_members: dict[str, list[str]] = {}
+    for r in known.values():
+        old_members.setdefault(r["scene_id"], []).append(r["url"])
+    todo: list[_SceneDraft] = []
+    status_of: dict[str, str] = {}
+    for draft in drafts.values():
+        urls = {f.url for f, _ in draft.members}
+        prev = set(old_members.get(draft.scene_id, []))
+        foreign = [u for u in urls if u in known and known[u]["scene_id"] != draft.scene_id]
+        if foreign:
+            for f, band in draft.members:
+                report.files.append(FileOutcome(
+                    f.url, "failed", draft.scene_id, band,
+                    reason=f"already ingested as part of scene {known[f.url]['scene_id']}; "
+                    "a different pattern would move it"))
+            continue
+        changed = [f for f, _ in draft.members
+                   if f.url not in known or known[f.url]["fingerprint"] != f.fingerprint]
+        if not changed and prev <= urls:
+            for f, band in draft.members:
+                report.files.append(FileOutcome(f.url, "unchanged", draft.scene_id, band))
+            continue
+        # Keep earlier files of an existing scene that this listing did not name.
+        for url in sorted(prev - urls):
+            try:
+                _, extra = list_source(url[len("file://"):] if url.startswith("file://") else url,
+                                       profile=storage, suffixes=None)
+            except PixelQueryError:
+                continue  # gone: the scene is rewritten without it
+            match = None
+            for pat in patterns:
+                match = pat.match(extra[0].relpath)
+                if match is not None:
+                    break
+            band = match.band_key if match is not None else None
+            draft.members.append((extra[0], band))
+        status_of[draft.scene_id] = "updated" if draft.scene_id in old_members else "ingested"
+        todo.append(draft)
+
+    # Parse headers (threads: each parse is a few small reads).
+    registry = _registry_for([f for d in todo for f, _ in d.members], storage)
+    jobs = [(d, f, band) for d in todo for f, band in d.members]
+    parsed: dict[str, _ParsedFile] = {}
+    failures: dict[str, str] = {}
+    done = 0
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        futs = {pool.submit(_parse_file, f, band, None, registry, storage): (d, f) for d, f, band in jobs}
+        for fut, (_d, f) in futs.items():
+            try:
+                parsed[f.url] = fut.result()
+            except PixelQueryError as exc:
+                failures[f.url] = exc.message
+            done += 1
+            if progress:
+                progress("parse", done, len(jobs))
+
+    now = dt.datetime.now(dt.UTC)
+    datasets: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    file_rows: list[dict[str, Any]] = []
+    for draft in todo:
+        bad = [(f, band) for f, band in draft.members if f.url in failures]
+        if bad:
+            for f, band in draft.members:
+                reason = failures.get(f.url) or f"another file of scene {draft.scene_id} failed"
+                report.files.append(FileOutcome(f.url, "failed", draft.scene_id, band, reason))
+            continue
+        try:
+            members = sorted(draft.members, key=lambda m: (m[1] or "", m[0].url))
+            ds, row = _build_scene(draft, [parsed[f.url] for f, _ in members], prof, bands, now)
+        except InputDataError as exc:
+            for f, band in draft.members:
+                report.files.append(FileOutcome(f.url, "failed", draft.scene_id, band, exc.message))
+            continue
+        datasets[draft.scene_id] = ds
+        rows.append(row)
+        for f, band in draft.members:
+            file_rows.append({"url": f.url, "scene_id": draft.scene_id, "size": f.size,
+                              "fingerprint": f.fingerprint})
+            report.files.append(FileOutcome(f.url, status_of[draft.scene_id], draft.scene_id, band))
+
+    if datasets:
+        prefixes = tuple(sorted({container_prefix(f.url) for d in todo for f, _ in d.members}))
+        n_new = sum(1 for s in datasets if status_of[s] == "ingested")
+        msg = message or (f"ingest {n_new} new, {len(datasets) - n_new} updated scene(s) "
+                          f"from {source} (product {prof.name})")
+        report.snapshot_id = _commit(location, storage, prefixes, datasets, rows, file_rows, msg,
+                                     report, progress)
+        report.scenes_written = sorted(datasets)
+    report.duration_s = time.perf_counter() - t0
+    logger.info("ingest finished", extra={"counts": report.counts(),
+                                          "snapshot_id": report.snapshot_id,
+                                          "duration_s": round(report.duration_s, 3)})
+    del root_url
+    return report
+
+
+def _registry_for(files: Sequence[SourceFile], storage: StorageProfile) -> Any:
+    from obspec_utils.registry import ObjectStoreRegistry
+
+    roots = {split_url(f.url)[0] for f in files}
+    mapping = {("file://" if r == "file:///" else r): object_store_for(
+        r + ("" if r == "file:///" else "/x"), storage) for r in roots}
+    return ObjectStoreRegistry(mapping)
+
+
+def _merge_tables(old_scenes: pa.Table, old_files: pa.Table, rows: list[dict[str, Any]],
+                  file_rows: list[dict[str, Any]]) -> tuple[pa.Table, pa.Table]:
+    ids = pa.array([r["scene_id"] for r in rows], pa.string())
+    keep = pc.invert(pc.is_in(old_scenes.column("scene_id"), ids))
+    scenes = pa.concat_tables([old_scenes.filter(keep).cast(SCENE_SCHEMA),
+                               pa.Table.from_pylist(rows, SCENE_SCHEMA)])
+    keep_f = pc.invert(pc.is_in(old_files.column("scene_id"), ids))
+    urls = pa.array([r["url"] for r in file_rows], pa.string())
+    keep_f = pc.and_(keep_f, pc.invert(pc.is_in(old_files.column("url"), urls)))
+    files = pa.concat_tables([old_files.filter(keep_f).cast(FILE_SCHEMA),
+                              pa.Table.from_pylist(file_rows, FILE_SCHEMA)])
+    order = pc.sort_indices(scenes, [("datetime", "ascending"), ("scene_id", "ascending")])
+    return scenes.take(order), files.sort_by("url")
+
+
+def _commit(location: str, storage: StorageProfile, prefixes: tuple[str, ...],
+            datasets: dict[str, Any], rows: list[dict[str, Any]], file_rows: list[dict[str, Any]],
+            message: str, report: IngestReport, progress: ProgressFn | None) -> str:
+    """Write scenes + catalog and commit; serialised locally, retried on conflicts remotely."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with commit_lock(location):
+            repo = open_repository(location, profile=storage, create=True, extra_containers=prefixes)
+            for attempt in range(1, _MAX_COMMIT_TRIES + 1):
+                session = repo.writable_session("main")
+                tables = read_catalog_tables(session.store)
+                old_scenes, old_files = tables if tables else (SCENE_SCHEMA.empty_table(),
+                                                               FILE_SCHEMA.empty_table())
+                for i, (sid, ds) in enumerate(sorted(datasets.items()), 1):
+                    ds.vz.to_icechunk(session.store, group=f"{SCENES_GROUP}/{sid}", mode="w")
+                    if progress:
+                        progress("write", i, len(datasets))
+                scenes, files = _merge_tables(old_scenes, old_files, rows, file_rows)
+                write_catalog_tables(session.store, scenes, files)
+                try:
+                    return session.commit(message, metadata={
+                        "pixelquery_batch": {"kind": "ingest", "counts": report.counts(),
+                                             "scenes": len(datasets)}})
+                except (ic.ConflictError, ic.RebaseFailedError) as exc:
+                    logger.warning("commit conflict, retrying",
+                                   extra={"attempt": attempt, "error": str(exc)})
+                    time.sleep(min(2.0, 0.1 * 2**attempt))
+            raise StorageError(
+                f"could not commit to {location} after {_MAX_COMMIT_TRIES} attempts "
+                "(concurrent writers)", hint="retry later", path=location)

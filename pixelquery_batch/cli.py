@@ -1,0 +1,261 @@
+"""The ``pqb`` command line: thin commands over :mod:`pixelquery_batch.api`.
+
+Results go to stdout (tables or ``--json``), logs and progress to stderr. Errors are
+printed as one actionable line and mapped to exit codes (see
+:func:`pixelquery_batch.errors.exit_code_for`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from . import __version__
+from ._logging import setup_logging
+from .errors import PixelQueryError, exit_code_for
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _handle_errors(func: F) -> F:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except PixelQueryError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exit_code_for(exc))
+
+    return wrapper  # type: ignore[return-value]
+
+
+class _Progress:
+    """Renders ``progress(stage, done, total)`` callbacks as tqdm bars on stderr."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bars: dict[str, Any] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        bar = self.bars.get(stage)
+        if bar is None:
+            bar = self.bars[stage] = tqdm(total=total, desc=stage, unit="item", leave=False,
+                                          file=sys.stderr, dynamic_ncols=True)
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="pqb")
+@click.option("--log-level", default="WARNING", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--log-format", default="text", show_default=True, type=click.Choice(["text", "json"]))
+def main(log_level: str, log_format: str) -> None:
+    """pixelquery_batch: batch analytics over Cloud-Optimized GeoTIFFs."""
+    setup_logging(log_level, log_format)
+
+
+@main.command("sample-data")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--scenes", default=8, show_default=True, help="Number of acquisition dates.")
+@click.option("--size", default=1024, show_default=True, help="Image width/height in pixels.")
+@click.option("--fields", default=60, show_default=True, help="Number of field polygons.")
+@click.option("--seed", default=0, show_default=True, help="Random seed (same seed, same data).")
+@_handle_errors
+def sample_data_cmd(out_dir: Path, scenes: int, size: int, fields: int, seed: int) -> None:
+    """Write deterministic Sentinel-2-like sample COGs, fields.geojson and regions.geojson."""
+    from .sample import generate_sample
+
+    try:
+        info = generate_sample(out_dir, scenes=scenes, size=size, fields=fields, seed=seed,
+                               progress=lambda msg: click.echo(msg, err=True))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    click.echo(f"wrote {len(info.cog_paths)} COGs to {info.cog_dir}")
+    click.echo(f"fields:  {info.fields_path} ({info.n_fields} polygons)")
+    click.echo(f"regions: {info.regions_path}")
+    click.echo(f"ingest with: pqb ingest {info.cog_dir} --repo REPO --product sentinel2-l2a")
+
+
+def _parse_when(value: str | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    from .catalog.patterns import parse_datetime
+
+    try:
+        return parse_datetime(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r} is not an ISO date/datetime") from exc
+
+
+@main.command("ingest")
+@click.argument("source")
+@click.option("--repo", required=True, help="Repository directory or s3:// URL (created if missing).")
+@click.option("--pattern", default=None,
+              help="File-name pattern, e.g. 'S2_{date}_{band}.tif' (fields: {scene} {date} "
+              "{datetime} {band}, any {name}, * wildcards; {date:%Y%m%d} formats).")
+@click.option("--product", default="sentinel2-l2a", show_default=True,
+              help="Product profile name or YAML path (sentinel2-l2a, landsat-c2l2, multiband, ...).")
+@click.option("--bands", default=None, help="Comma-separated band names for multi-band files.")
+@click.option("--datetime", "when", default=None,
+              help="Acquisition time for files whose names carry no date (ISO 8601).")
+@click.option("--storage", default=None, help="Storage profile name or path (configs/storage/).")
+@click.option("--message", default=None, help="Commit message.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_handle_errors
+def ingest_cmd(source: str, repo: str, pattern: str | None, product: str, bands: str | None,
+               when: str | None, storage: str | None, message: str | None, as_json: bool) -> None:
+    """Ingest COGs from SOURCE (directory, glob, file or list file) as virtual references."""
+    from .catalog.ingest import ingest
+    from .config import load_storage_profile
+
+    progress = _Progress(enabled=not as_json and sys.stderr.isatty())
+    try:
+        report = ingest(
+            source, repo, pattern=pattern, product=product,
+            bands=[b.strip() for b in bands.split(",")] if bands else None,
+            datetime=_parse_when(when), storage=load_storage_profile(storage),
+            message=message, progress=progress,
+        )
+    finally:
+        progress.close()
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        counts = report.counts()
+        click.echo(
+            f"{report.repo}: {counts['ingested']} ingested, {counts['updated']} updated, "
+            f"{counts['unchanged']} unchanged, {counts['skipped']} skipped, "
+            f"{counts['failed']} failed file(s); {len(report.scenes_written)} scene(s) written"
+            + (f"; snapshot {report.snapshot_id}" if report.snapshot_id else "; nothing to commit")
+        )
+        for f in report.files:
+            if f.status in ("failed", "skipped"):
+                click.echo(f"  {f.status}: {f.url}: {f.reason}")
+    if not report.ok:
+        sys.exit(1)
+
+
+def _parse_bbox(value: str | None) -> tuple[float, float, float, float] | None:
+    if value is None:
+        return None
+    try:
+        parts = [float(v) for v in value.split(",")]
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r}: expected minx,miny,maxx,maxy numbers") from exc
+    if len(parts) != 4 or parts[0] > parts[2] or parts[1] > parts[3]:
+        raise click.BadParameter(f"{value!r}: expected minx,miny,maxx,maxy with min <= max")
+    return parts[0], parts[1], parts[2], parts[3]
+
+
+@main.command("scenes")
+@click.option("--repo", required=True, help="Repository directory or s3:// URL.")
+@click.option("--start", default=None, help="Earliest date/datetime (inclusive).")
+@click.option("--end", default=None, help="Latest date/datetime (inclusive; a date means the whole day).")
+@click.option("--bbox", default=None, help="minx,miny,maxx,maxy (in --bbox-crs).")
+@click.option("--bbox-crs", default="EPSG:4326", show_default=True, help="CRS of --bbox.")
+@click.option("--product", default=None, help="Only scenes of this product.")
+@click.option("--snapshot", default=None, help="Branch, tag or snapshot id (default: main).")
+@click.option("--storage", default=None, help="Storage profile name or path.")
+@click.option("--json", "as_json", is_flag=True, help="Shorthand for --format json.")
+@click.option("--format", "fmt", default="table", show_default=True,
+              type=click.Choice(["table", "json", "stac"]),
+              help="table, json records, or a STAC Collection with its Items.")
+@_handle_errors
+def scenes_cmd(repo: str, start: str | None, end: str | None, bbox: str | None, bbox_crs: str,
+               product: str | None, snapshot: str | None, storage: str | None, as_json: bool,
+               fmt: str) -> None:
+    """List the scenes of a repository, filtered by time, area and product."""
+    from .api import open_catalog
+    from .config import load_storage_profile
+
+    catalog = open_catalog(repo, snapshot=snapshot, storage=load_storage_profile(storage))
+    found = catalog.search(start=start, end=end, bbox=_parse_bbox(bbox), bbox_crs=bbox_crs,
+                           product=product)
+    if as_json:
+        fmt = "json"
+    if fmt == "json":
+        click.echo(json.dumps({"snapshot_id": catalog.snapshot_id,
+                               "scenes": found.to_records()}, indent=2))
+    elif fmt == "stac":
+        from .catalog.stac import catalog_to_collection
+
+        coll = catalog_to_collection(found)
+        out = coll.to_dict(include_self_link=False, transform_hrefs=False)
+        out["features"] = [i.to_dict(include_self_link=False, transform_hrefs=False)
+                           for i in coll.get_items()]
+        click.echo(json.dumps(out, indent=2))
+    else:
+        click.echo(f"{len(found)} of {len(catalog)} scene(s) at snapshot {catalog.snapshot_id}")
+        for r in found.to_records():
+            click.echo(f"  {r['scene_id']:<40} {r['datetime']:<21} {r['crs']:<11} "
+                       f"{r['shape_yx'][0]}x{r['shape_yx'][1]}  {','.join(r['bands'])}")
+
+
+@main.command("history")
+@click.option("--repo", required=True, help="Repository directory or s3:// URL.")
+@click.option("--branch", default="main", show_default=True)
+@click.option("--storage", default=None, help="Storage profile name or path.")
+@click.option("--json", "as_json", is_flag=True)
+@_handle_errors
+def history_cmd(repo: str, branch: str, storage: str | None, as_json: bool) -> None:
+    """List the snapshots of a branch, newest first."""
+    from .api import history
+    from .config import load_storage_profile
+
+    rows = history(repo, branch=branch, storage=load_storage_profile(storage))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        click.echo(f"{r['snapshot_id']}  {r['written_at'][:19]}  {r['message']}")
+
+
+@main.command("demo")
+@click.argument("workdir", default="demo", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--scenes", default=8, show_default=True)
+@click.option("--size", default=1024, show_default=True)
+@click.option("--fields", default=60, show_default=True)
+@_handle_errors
+def demo_cmd(workdir: Path, scenes: int, size: int, fields: int) -> None:
+    """End to end on the embedded default: sample data -> ingest -> list scenes."""
+    from .api import open_catalog
+    from .catalog.ingest import ingest
+    from .sample import generate_sample
+
+    click.echo(f"[1/3] sample data -> {workdir / 'sample'}")
+    info = generate_sample(workdir / "sample", scenes=scenes, size=size, fields=fields)
+    click.echo(f"[2/3] ingest {len(info.cog_paths)} COGs -> {workdir / 'warehouse'}")
+    report = ingest(str(info.cog_dir), str(workdir / "warehouse"), product="sentinel2-l2a")
+    c = report.counts()
+    click.echo(f"      {c['ingested']} ingested, {c['unchanged']} unchanged, {c['failed']} failed; "
+               f"snapshot {report.snapshot_id or '(unchanged)'}")
+    if not report.ok:
+        for f in report.by_status("failed"):
+            click.echo(f"      failed: {f.url}: {f.reason}", err=True)
+        sys.exit(1)
+    catalog = open_catalog(workdir / "warehouse")
+    click.echo(f"[3/3] {len(catalog)} scenes at snapshot {catalog.snapshot_id}:")
+    for r in catalog.to_records():
+        click.echo(f"      {r['scene_id']:<28} {r['datetime'][:10]}  {','.join(r['bands'])}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""Test-support helpers for pixelquery_batch (library code never imports this package)."""

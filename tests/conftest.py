@@ -1,0 +1,73 @@
+"""Shared fixtures: flavour COGs, small sample data, ingested repositories."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+from hypothesis import settings
+
+from pixelquery_batch.catalog.store import clear_caches
+
+settings.register_profile("ci", max_examples=50, deadline=None)
+settings.register_profile("dev", max_examples=100, deadline=None)
+settings.register_profile("nightly", max_examples=1000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+warnings.filterwarnings("ignore", message="(Numcodecs|Imagecodecs) codecs are not in the Zarr")
+
+#: a date per flavour so the file names carry an acquisition date
+FLAVOUR_DATE = "2025-03-15"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--runslow", action="store_true", default=False, help="run slow tests")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: opt in with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_caches():
+    """Per-process repository/session caches must not leak between tests."""
+    clear_caches()
+    yield
+    clear_caches()
+
+
+@pytest.fixture(scope="session")
+def flavour_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One file per supported flavour, named ``<flavour>_2025-03-15.tif``."""
+    from pixelquery_batch.testing.cogs import SUPPORTED_FLAVOURS, make_flavour
+
+    d = tmp_path_factory.mktemp("flavours")
+    for name in SUPPORTED_FLAVOURS:
+        make_flavour(d / f"{name}_{FLAVOUR_DATE}.tif", name)
+    return d
+
+
+@pytest.fixture(scope="session")
+def flavour_repo(flavour_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The flavour files ingested (multiband profile: one file, one scene)."""
+    from pixelquery_batch.catalog.ingest import ingest
+
+    repo = tmp_path_factory.mktemp("flavour_repo") / "repo"
+    report = ingest(str(flavour_dir), str(repo), product="multiband")
+    assert report.ok, report.to_dict()
+    return repo
+
+
+@pytest.fixture(scope="session")
+def sample_small(tmp_path_factory: pytest.TempPathFactory):
+    """Small deterministic sample: 3 dates x 5 bands, 512 px, 12 fields."""
+    from pixelquery_batch.sample import generate_sample
+
+    return generate_sample(tmp_path_factory.mktemp("sample"), scenes=3, size=512, fields=12, seed=1)
