@@ -195,13 +195,9 @@ def scenes_cmd(repo: str, start: str | None, end: str | None, bbox: str | None, 
         click.echo(json.dumps({"snapshot_id": catalog.snapshot_id,
                                "scenes": found.to_records()}, indent=2))
     elif fmt == "stac":
-        from .catalog.stac import catalog_to_collection
+        from .catalog.stac import catalog_to_item_collection
 
-        coll = catalog_to_collection(found)
-        out = coll.to_dict(include_self_link=False, transform_hrefs=False)
-        out["features"] = [i.to_dict(include_self_link=False, transform_hrefs=False)
-                           for i in coll.get_items()]
-        click.echo(json.dumps(out, indent=2))
+        click.echo(json.dumps(catalog_to_item_collection(found), indent=2))
     else:
         click.echo(f"{len(found)} of {len(catalog)} scene(s) at snapshot {catalog.snapshot_id}")
         for r in found.to_records():
@@ -226,6 +222,120 @@ def history_cmd(repo: str, branch: str, storage: str | None, as_json: bool) -> N
         return
     for r in rows:
         click.echo(f"{r['snapshot_id']}  {r['written_at'][:19]}  {r['message']}")
+
+
+@main.command("validate")
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+@_handle_errors
+def validate_cmd(spec: Path, as_json: bool) -> None:
+    """Check a job spec: schema (every error, with its line) and consistency with the repository."""
+    from .api import validate_job
+
+    problems = validate_job(spec)
+    if as_json:
+        click.echo(json.dumps({"spec": str(spec), "valid": not problems, "problems": problems}, indent=2))
+    elif problems:
+        for p in problems:
+            click.echo(p, err=True)
+    else:
+        click.echo(f"{spec}: valid")
+    if problems:
+        sys.exit(2)
+
+
+@main.command("plan")
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+@_handle_errors
+def plan_cmd(spec: Path, as_json: bool) -> None:
+    """Dry run: scenes and fields matched, tasks, chunks and bytes to read. No pixel I/O."""
+    from .api import plan_prepared, prepare_job
+
+    job = prepare_job(spec)
+    plan = plan_prepared(job)
+    summary = {"job": job.spec.name, "snapshot_id": job.ref.snapshot_id, **plan.summary()}
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"job {job.spec.name} @ snapshot {job.ref.snapshot_id}")
+    click.echo(f"  scenes matched:        {summary['scenes_matched']}")
+    click.echo(f"  fields:                {summary['fields']} ({summary['fields_matched']} in some scene)")
+    outside = summary["fields_outside_every_scene"]
+    if outside:
+        click.echo(f"  outside every scene:   {len(outside)}: {', '.join(outside[:20])}"
+                   + (" ..." if len(outside) > 20 else ""))
+    click.echo(f"  field-scene pairs:     {summary['field_scene_pairs']}")
+    click.echo(f"  tasks:                 {summary['tasks']} ({summary['pairs_per_task']} pairs per task)")
+    click.echo(f"  bands read:            {', '.join(summary['bands_read'])}")
+    click.echo(f"  chunks to read:        {summary['chunks_read']} "
+               f"(touched by fields: {summary['chunks_touched']}, "
+               f"read amplification {summary['read_amplification']})")
+    click.echo(f"  decoded bytes (est.):  {summary['bytes_decoded_estimate'] / 1e6:.1f} MB")
+    for w in summary["warnings"]:
+        click.echo(f"  warning: {w}")
+
+
+@main.command("run")
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--cluster", default=None,
+              help="Scheduler address (tcp://host:8786), or 'sync' to run in-process; "
+              "default: the spec's cluster section (a LocalCluster unless it names an address).")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
+@_handle_errors
+def run_cmd(spec: Path, cluster: str | None, as_json: bool) -> None:
+    """Run a job spec on Dask and write its outputs."""
+    from .api import run_job
+
+    progress = _Progress(enabled=sys.stderr.isatty() and not as_json)
+    announced = False
+
+    def cb(stage: str, done: int, total: int) -> None:
+        nonlocal announced
+        if not announced:
+            click.echo(f"running {total} task(s)...", err=True)
+            announced = True
+        progress(stage, done, total)
+
+    try:
+        result = run_job(spec, cluster=cluster, progress=cb)
+    finally:
+        progress.close()
+    m = result.manifest
+    if as_json:
+        click.echo(json.dumps({k: m[k] for k in ("job", "repository", "plan", "execution", "outputs")}
+                              | {"failures": len(m["failures"]), "manifest": str(result.manifest_path)},
+                              indent=2, default=str))
+    else:
+        ex = m["execution"]
+        if ex["dashboard"]:
+            click.echo(f"dashboard: {ex['dashboard']}")
+        click.echo(f"{m['job']['name']}: {ex['rows']} rows from {ex['units_done']}/{ex['units']} tasks "
+                   f"on {ex['workers'] or 1} worker(s) in {m['duration_s']:.1f} s "
+                   f"(snapshot {m['repository']['snapshot_id']})")
+        for name, path in m["outputs"].items():
+            click.echo(f"  {name}: {path}")
+        click.echo(f"  manifest: {result.manifest_path}")
+        if m["failures"]:
+            click.echo(f"  {len(m['failures'])} field-scene failure(s) recorded in the manifest", err=True)
+        if m["warnings"]:
+            click.echo(f"  {len(m['warnings'])} warning(s) in the manifest", err=True)
+        _print_head(result.outputs.get("stats"))
+    if m["failures"]:
+        sys.exit(1)
+
+
+def _print_head(path: Path | None, n: int = 8) -> None:
+    if path is None:
+        return
+    import pyarrow.dataset as pads
+
+    table = pads.dataset(path, format="csv" if path.suffix == ".csv" else "parquet").head(n)
+    df = table.to_pandas()
+    keep = [c for c in ("field_id", "scene_id", "variable", "mean", "median", "std", "count",
+                        "valid_fraction") if c in df.columns]
+    click.echo("first rows:")
+    click.echo(df[keep].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
 
 @main.command("demo")

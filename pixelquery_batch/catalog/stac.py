@@ -98,3 +98,22 @@ def catalog_to_collection(catalog: Catalog, *, collection_id: str = "pixelquery-
     for scene in scenes:
         collection.add_item(scene_to_item(scene, snapshot_id=catalog.snapshot_id))
     return collection
+
+
+def catalog_to_item_collection(catalog: Catalog, *,
+                               collection_id: str = "pixelquery-scenes") -> dict[str, Any]:
+    """A self-contained STAC ItemCollection dict (what ``pqb scenes --format stac`` prints).
+
+    Items are standalone (no links to unresolvable hrefs, so no ``collection`` field); the
+    Collection describing them is embedded under ``"collection"``.
+    """
+    coll = catalog_to_collection(catalog, collection_id=collection_id)
+    items = []
+    for item in coll.get_items():
+        d = item.to_dict(include_self_link=False, transform_hrefs=False)
+        d["links"] = [link for link in d["links"] if link.get("href")]
+        d.pop("collection", None)
+        items.append(d)
+    cd = coll.to_dict(include_self_link=False, transform_hrefs=False)
+    cd["links"] = [link for link in cd["links"] if link.get("href") and link["rel"] != "item"]
+    return {"type": "FeatureCollection", "features": items, "collection": cd}

@@ -1,0 +1,299 @@
+"""Chunk-level reads for the batch engine: fetch many chunks concurrently, decode fast.
+
+The stock zarr read path decodes a TIFF tile about 2x slower than GDAL (asyncio overhead
+per chunk and a numpy predictor decode). Tasks instead ask for a *set of chunks* of
+several arrays at once: the raw chunk bytes are fetched concurrently from the Icechunk
+session's store (virtual references resolve to ranged reads of the source COGs) and
+decoded with imagecodecs, following the codec chain stored in each array's metadata.
+Chains this module does not know fall back to zarr for exactly those chunks.
+
+:class:`ChunkReader` is the protocol tasks use; :class:`IcechunkChunkReader` is the real
+one and :class:`ArrayChunkReader` serves in-memory arrays (tests, no-I/O benchmarks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import imagecodecs
+import numpy as np
+
+from ..errors import StorageError
+from .models import BandInfo
+
+__all__ = [
+    "ArrayChunkReader",
+    "ChunkReader",
+    "ChunkRequest",
+    "IcechunkChunkReader",
+    "chunks_for_window",
+]
+
+Window = tuple[int, int, int, int]  # row0, row1, col0, col1 (clipped to the raster)
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRequest:
+    """Read ``window`` of one band of one scene, touching only ``chunks`` (row, col ids).
+
+    Pixels of the window outside the listed chunks are left at the fill value.
+    """
+
+    group: str
+    band: BandInfo
+    window: Window
+    chunks: frozenset[tuple[int, int]]
+
+
+def chunks_for_window(window: Window, chunks_yx: tuple[int, int]) -> set[tuple[int, int]]:
+    """Chunk (row, col) ids a clipped window touches.
+
+    >>> sorted(chunks_for_window((0, 600, 500, 520), (512, 512)))
+    [(0, 0), (0, 1), (1, 0), (1, 1)]
+    """
+    r0, r1, c0, c1 = window
+    cy, cx = chunks_yx
+    if r1 <= r0 or c1 <= c0:
+        return set()
+    return {(i, j) for i in range(r0 // cy, (r1 - 1) // cy + 1)
+            for j in range(c0 // cx, (c1 - 1) // cx + 1)}
+
+
+@runtime_checkable
+class ChunkReader(Protocol):
+    """What tasks need from storage: windows of bands, reading only the listed chunks."""
+
+    def read(self, requests: Sequence[ChunkRequest]) -> list[np.ndarray]:
+        """One array per request (raw dtype, window-shaped)."""
+        ...
+
+    @property
+    def chunks_read(self) -> int:
+        """Number of distinct chunks fetched so far."""
+        ...
+
+
+# --------------------------------------------------------------------------- codec plans
+
+_COMPRESSORS = {
+    "numcodecs.zlib": imagecodecs.zlib_decode,
+    "zlib": imagecodecs.zlib_decode,
+    "imagecodecs_zlib": imagecodecs.zlib_decode,
+    "imagecodecs_deflate": imagecodecs.deflate_decode,
+    "numcodecs.zstd": imagecodecs.zstd_decode,
+    "imagecodecs_zstd": imagecodecs.zstd_decode,
+    "zstd": imagecodecs.zstd_decode,
+    "imagecodecs_lzw": imagecodecs.lzw_decode,
+    "imagecodecs_packbits": imagecodecs.packbits_decode,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _ArrayPlan:
+    path: str
+    dtype: np.dtype
+    chunk_shape: tuple[int, ...]
+    fill_value: Any
+    fast: bool
+    predictor: bool
+    decompress: Any  # callable or None
+
+
+def _plan(path: str, meta: Mapping[str, Any]) -> _ArrayPlan:
+    codecs = [c if isinstance(c, dict) else {"name": c} for c in meta.get("codecs", [])]
+    names = [c["name"] for c in codecs]
+    dtype = np.dtype(meta["data_type"]) if isinstance(meta["data_type"], str) else None
+    chunk_shape = tuple(meta["chunk_grid"]["configuration"]["chunk_shape"])
+    predictor = bool(names) and names[0] == "HorizontalDeltaCodec"
+    rest = codecs[1:] if predictor else codecs
+    fast = (
+        dtype is not None
+        and dtype.kind in "uif"
+        and len(rest) in (1, 2)
+        and rest[0]["name"] == "bytes"
+        and rest[0].get("configuration", {}).get("endian", "little") == "little"
+        and (len(rest) == 1 or rest[1]["name"] in _COMPRESSORS)
+        and (not predictor or dtype.kind in "ui")
+        and meta.get("chunk_key_encoding", {}).get("configuration", {}).get("separator", "/") == "/"
+    )
+    return _ArrayPlan(
+        path=path,
+        dtype=dtype if dtype is not None else np.dtype("float64"),
+        chunk_shape=chunk_shape,
+        fill_value=meta.get("fill_value", 0),
+        fast=fast,
+        predictor=predictor,
+        decompress=_COMPRESSORS.get(rest[1]["name"]) if fast and len(rest) == 2 else None,
+    )
+
+
+def _decode(plan: _ArrayPlan, raw: bytes) -> np.ndarray:
+    nbytes = int(np.prod(plan.chunk_shape)) * plan.dtype.itemsize
+    data = plan.decompress(raw, out=nbytes) if plan.decompress is not None else raw
+    tile = np.frombuffer(data, dtype=plan.dtype.newbyteorder("<"), count=nbytes // plan.dtype.itemsize)
+    tile = tile.reshape(plan.chunk_shape)
+    if plan.predictor:
+        tile = imagecodecs.delta_decode(tile, axis=-1)
+    return tile
+
+
+# --------------------------------------------------------------------------- readers
+
+
+@dataclass
+class IcechunkChunkReader:
+    """Chunk reader over a read-only Icechunk session (one per worker process and snapshot)."""
+
+    session: Any
+    _plans: dict[str, _ArrayPlan] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _chunks_read: int = 0
+    bytes_read: int = 0
+
+    @property
+    def chunks_read(self) -> int:
+        return self._chunks_read
+
+    def _array_path(self, req: ChunkRequest) -> str:
+        return f"{req.group}/{req.band.array}"
+
+    async def _get_many(self, keys: Sequence[str]) -> list[Any]:
+        from zarr.core.buffer import default_buffer_prototype
+
+        proto = default_buffer_prototype()
+        store = self.session.store
+        return await asyncio.gather(*(store.get(k, prototype=proto) for k in keys))
+
+    def _fetch(self, keys: Sequence[str]) -> list[bytes | None]:
+        from zarr.core.sync import sync
+
+        if not keys:
+            return []
+        try:
+            bufs = sync(self._get_many(keys))
+        except Exception as exc:
+            raise StorageError(f"reading {len(keys)} chunk(s) failed: {exc}",
+                               hint="a source COG may have changed since ingest: re-ingest it",
+                               key=keys[0]) from exc
+        return [None if b is None else b.to_bytes() for b in bufs]
+
+    def _plans_for(self, paths: Iterable[str]) -> dict[str, _ArrayPlan]:
+        with self._lock:
+            missing = sorted({p for p in paths if p not in self._plans})
+        if missing:
+            metas = self._fetch([f"{p}/zarr.json" for p in missing])
+            for p, raw in zip(missing, metas, strict=True):
+                if raw is None:
+                    raise StorageError(f"array {p} not found in the repository snapshot", path=p)
+                plan = _plan(p, json.loads(raw))
+                with self._lock:
+                    self._plans[p] = plan
+        with self._lock:
+            return {p: self._plans[p] for p in paths}
+
+    def read(self, requests: Sequence[ChunkRequest]) -> list[np.ndarray]:
+        plans = self._plans_for({self._array_path(r) for r in requests})
+        # 1. which chunk keys: one fetch per distinct chunk, whatever the bands sharing it
+        wanted: dict[str, tuple[_ArrayPlan, tuple[int, ...]]] = {}
+        for req in requests:
+            plan = plans[self._array_path(req)]
+            lead = (req.band.index,) if req.band.index is not None else ()
+            if len(plan.chunk_shape) == 3 and lead and plan.chunk_shape[0] != 1:
+                lead = (0,)  # pixel-interleaved: one chunk holds every band
+            for ci, cj in req.chunks:
+                idx = (*lead, ci, cj)
+                wanted[f"{plan.path}/c/{'/'.join(map(str, idx))}"] = (plan, idx)
+        fast_keys = [k for k, (p, _) in wanted.items() if p.fast]
+        raws = dict(zip(fast_keys, self._fetch(fast_keys), strict=True))
+        decoded: dict[str, np.ndarray | None] = {}
+        for key in fast_keys:
+            raw = raws[key]
+            if raw is not None:
+                self.bytes_read += len(raw)
+            decoded[key] = None if raw is None else _decode(wanted[key][0], raw)
+        self._chunks_read += len(wanted)
+        # 2. assemble each request's window
+        out = []
+        for req in requests:
+            plan = plans[self._array_path(req)]
+            out.append(self._assemble(req, plan, decoded))
+        return out
+
+    def _assemble(self, req: ChunkRequest, plan: _ArrayPlan,
+                  decoded: Mapping[str, np.ndarray | None]) -> np.ndarray:
+        r0, r1, c0, c1 = req.window
+        fill = plan.fill_value if plan.fill_value is not None else 0
+        if isinstance(fill, str):  # "NaN" etc. in zarr.json
+            fill = float(fill)
+        arr = np.full((r1 - r0, c1 - c0), fill, dtype=plan.dtype)
+        cy, cx = plan.chunk_shape[-2:]
+        zarr_arr = None
+        for ci, cj in req.chunks:
+            y0, y1 = max(r0, ci * cy), min(r1, (ci + 1) * cy)
+            x0, x1 = max(c0, cj * cx), min(c1, (cj + 1) * cx)
+            if y0 >= y1 or x0 >= x1:
+                continue
+            if plan.fast:
+                if len(plan.chunk_shape) == 3:
+                    key = f"{plan.path}/c/{req.band.index}/{ci}/{cj}"
+                else:
+                    key = f"{plan.path}/c/{ci}/{cj}"
+                tile = decoded.get(key)
+                if tile is None:
+                    continue
+                if tile.ndim == 3:
+                    tile = tile[0]
+                block = tile[y0 - ci * cy: y1 - ci * cy, x0 - cj * cx: x1 - cj * cx]
+            else:
+                if zarr_arr is None:
+                    zarr_arr = self._zarr_array(plan.path)
+                sel: tuple[Any, ...] = (slice(y0, y1), slice(x0, x1))
+                if req.band.index is not None:
+                    sel = (req.band.index, *sel)
+                block = zarr_arr[sel]
+            arr[y0 - r0: y1 - r0, x0 - c0: x1 - c0] = block
+        return arr
+
+    def _zarr_array(self, path: str) -> Any:
+        import virtual_tiff.codecs  # noqa: F401  (codec names used by stored arrays)
+        import zarr
+
+        return zarr.open_array(self.session.store, path=path, mode="r", zarr_format=3)
+
+
+@dataclass
+class ArrayChunkReader:
+    """In-memory reader: ``arrays[(group, array)]`` is a full ``(y, x)`` or ``(band, y, x)``
+    array. Counts chunk reads like the real one, for tests and no-I/O benchmarks."""
+
+    arrays: Mapping[tuple[str, str], np.ndarray]
+    _seen: set[tuple[str, str, int | None, int, int]] = field(default_factory=set)
+    requests: list[ChunkRequest] = field(default_factory=list)
+
+    @property
+    def chunks_read(self) -> int:
+        return len(self._seen)
+
+    def read(self, requests: Sequence[ChunkRequest]) -> list[np.ndarray]:
+        out = []
+        for req in requests:
+            self.requests.append(req)
+            full = self.arrays[(req.group, req.band.array)]
+            if req.band.index is not None:
+                full = full[req.band.index]
+            r0, r1, c0, c1 = req.window
+            cy, cx = req.band.chunks_yx
+            arr = np.zeros((r1 - r0, c1 - c0), dtype=full.dtype)
+            for ci, cj in req.chunks:
+                self._seen.add((req.group, req.band.array, req.band.index, ci, cj))
+                ys, ye = max(r0, ci * cy), min(r1, (ci + 1) * cy)
+                xs, xe = max(c0, cj * cx), min(c1, (cj + 1) * cx)
+                if ys < ye and xs < xe:
+                    arr[ys - r0: ye - r0, xs - c0: xe - c0] = full[ys:ye, xs:xe]
+            out.append(arr)
+        return out

@@ -1,0 +1,212 @@
+"""Executor: a :class:`Plan` -> futures on a Dask ``Client`` (LocalCluster or an address).
+
+Units are submitted with deterministic keys; results stream back through
+``as_completed`` to a callback (which writes each part), so the client never holds every
+row. A unit that raises is retried (``retries``) and then either recorded as a failure
+(``on_error: skip``) or stops the run (``on_error: fail``). ``cluster="sync"`` runs the
+units in-process one after another: the debuggable path, and the reference the
+distributed runs are compared with in tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError, TaskError
+from .planner import Plan, WorkUnit
+from .tasks import JobContext, UnitResult, run_unit
+
+__all__ = ["ClusterOptions", "ExecutionSummary", "execute", "open_client"]
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterOptions:
+    """Where to run: ``address`` (existing scheduler), ``"sync"``, or a new LocalCluster."""
+
+    address: str | None = None
+    n_workers: int = 2
+    threads_per_worker: int = 1
+    memory_limit: str = "2GiB"
+    dashboard: bool = True
+
+
+@dataclass
+class ExecutionSummary:
+    """Counts and timings of one execution."""
+
+    units_total: int = 0
+    units_done: int = 0
+    units_failed: int = 0
+    rows: int = 0
+    chunks_read: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+    dashboard_link: str | None = None
+    scheduler: str = "sync"
+    n_workers: int = 0
+    wall_s: float = 0.0
+    unit_s_total: float = 0.0
+    unit_s_max: float = 0.0
+
+
+@contextlib.contextmanager
+def open_client(options: ClusterOptions) -> Iterator[Any]:
+    """A connected ``distributed.Client`` (closing the LocalCluster it started, if any)."""
+    from distributed import Client, LocalCluster
+
+    if options.address:
+        try:
+            client = Client(options.address, timeout="20s")
+        except OSError as exc:
+            raise ConfigError(f"cannot connect to the Dask scheduler at {options.address}: {exc}",
+                              hint="check cluster.address / --cluster and that the scheduler runs",
+                              address=options.address) from exc
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    cluster = LocalCluster(
+        n_workers=options.n_workers,
+        threads_per_worker=options.threads_per_worker,
+        memory_limit=options.memory_limit,
+        processes=True,
+        dashboard_address=":0" if options.dashboard else None,
+        silence_logs=logging.ERROR,
+    )
+    try:
+        with Client(cluster) as client:
+            yield client
+    finally:
+        cluster.close()
+
+
+def _unit_failure(unit: WorkUnit, exc: BaseException) -> list[dict[str, Any]]:
+    err = f"{type(exc).__name__}: {exc}"
+    return [{"unit_id": unit.unit_id, "scene_id": s.scene_id, "field_id": f.field_id, "error": err}
+            for s in unit.scenes for f in unit.fields]
+
+
+def _record(summary: ExecutionSummary, res: UnitResult, on_result: Callable[[UnitResult], None]) -> None:
+    summary.units_done += 1
+    summary.rows += res.table.num_rows
+    summary.chunks_read += res.chunks_read
+    summary.failures.extend(res.failures)
+    summary.warnings.extend(res.warnings)
+    summary.unit_s_total += res.duration_s
+    summary.unit_s_max = max(summary.unit_s_max, res.duration_s)
+    on_result(res)
+
+
+def execute(
+    plan: Plan,
+    ctx: JobContext,
+    *,
+    on_result: Callable[[UnitResult], None],
+    cluster: ClusterOptions | str | Any = "sync",
+    progress: ProgressFn | None = None,
+    retries: int = 1,
+) -> ExecutionSummary:
+    """Run every unit of ``plan``.
+
+    Parameters
+    ----------
+    plan, ctx
+        From the planner and the job spec.
+    on_result
+        Called on the client with each :class:`UnitResult`, as units complete.
+    cluster
+        ``"sync"`` (in-process), :class:`ClusterOptions`, or an existing ``Client``.
+    progress
+        ``progress("units", done, total)``.
+    retries
+        Automatic retries of a failing unit (transient storage errors, lost workers).
+
+    Raises
+    ------
+    TaskError
+        With ``on_error: fail``, for the first unit that fails (ids attached).
+    """
+    t0 = time.perf_counter()
+    summary = ExecutionSummary(units_total=len(plan.units))
+    units = list(plan.units)
+    if progress:
+        progress("units", 0, len(units))
+    if cluster == "sync":
+        for unit in units:
+            try:
+                res = run_unit(unit, ctx)
+            except TaskError:
+                raise
+            except Exception as exc:
+                if ctx.on_error == "fail":
+                    raise TaskError(f"unit {unit.unit_id} failed: {exc}", unit_id=unit.unit_id,
+                                    scene_ids=[s.scene_id for s in unit.scenes],
+                                    field_ids=[f.field_id for f in unit.fields][:20]) from exc
+                summary.units_failed += 1
+                summary.failures.extend(_unit_failure(unit, exc))
+            else:
+                _record(summary, res, on_result)
+            if progress:
+                progress("units", summary.units_done + summary.units_failed, len(units))
+        summary.wall_s = time.perf_counter() - t0
+        return summary
+
+    if isinstance(cluster, ClusterOptions):
+        with open_client(cluster) as client:
+            return _execute_on(client, units, ctx, summary, on_result, progress, retries, t0)
+    return _execute_on(cluster, units, ctx, summary, on_result, progress, retries, t0)
+
+
+def _execute_on(client: Any, units: list[WorkUnit], ctx: JobContext, summary: ExecutionSummary,
+                on_result: Callable[[UnitResult], None], progress: ProgressFn | None,
+                retries: int, t0: float) -> ExecutionSummary:
+    from distributed import as_completed
+
+    summary.dashboard_link = getattr(client, "dashboard_link", None)
+    summary.scheduler = client.scheduler.address
+    summary.n_workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+    logger.info("submitting units", extra={"units": len(units), "scheduler": summary.scheduler,
+                                           "dashboard": summary.dashboard_link})
+    [ctx_future] = client.scatter([ctx], broadcast=True, hash=False)
+    by_key: dict[str, WorkUnit] = {}
+    futures = []
+    for unit in units:
+        key = f"pqb-unit-{ctx.job_hash}-{unit.unit_id}"
+        by_key[key] = unit
+        futures.append(client.submit(run_unit, unit, ctx_future, key=key, retries=retries, pure=False))
+    done = 0
+    try:
+        for fut in as_completed(futures):
+            unit = by_key[fut.key]
+            try:
+                res = fut.result()
+            except TaskError:
+                raise
+            except Exception as exc:
+                if ctx.on_error == "fail":
+                    raise TaskError(f"unit {unit.unit_id} failed: {exc}", unit_id=unit.unit_id,
+                                    scene_ids=[s.scene_id for s in unit.scenes],
+                                    field_ids=[f.field_id for f in unit.fields][:20]) from exc
+                summary.units_failed += 1
+                summary.failures.extend(_unit_failure(unit, exc))
+            else:
+                _record(summary, res, on_result)
+            fut.release()
+            done += 1
+            if progress:
+                progress("units", done, len(units))
+    except BaseException:
+        client.cancel(futures)
+        raise
+    summary.wall_s = time.perf_counter() - t0
+    return summary

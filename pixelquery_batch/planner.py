@@ -1,0 +1,310 @@
+"""Planner: (scenes x fields) -> frozen, picklable work units. Pure: no I/O, no cluster.
+
+The plan is chunk-aware. Scenes sharing a pixel grid are planned together; fields are
+reprojected once per grid CRS and binned into *blocks* of ``block_chunks x
+block_chunks`` chunks by their window centre. One unit = one block's fields x a batch
+of that grid's scenes: it reads each chunk its fields touch once per scene and band,
+computes each field's mask once for all its scenes, and computes each field entirely
+(exact medians and percentiles). Units are sized by a small cost model to last roughly
+``target_unit_s``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import shapely
+
+from .catalog.models import BandInfo, Catalog, Scene
+from .errors import CatalogError, PlanError
+
+if TYPE_CHECKING:
+    import geopandas as gpd
+
+__all__ = ["FieldTask", "Plan", "SceneTask", "WorkUnit", "plan_job"]
+
+Window = tuple[int, int, int, int]  # row0, col0, height, width (may extend past the raster)
+
+#: Cost model (seconds), measured on the 2-core reference machine (benchmarks/).
+COST_CHUNK_S = 0.0025      # fetch + decode one 512x512 chunk
+COST_FIELD_VAR_S = 0.0002  # stats of one field, one scene, one variable
+COST_MASK_S = 0.0008       # one field's pixel weights (coverage rule costs more)
+
+
+@dataclass(frozen=True, slots=True)
+class SceneTask:
+    """What a worker needs of one scene: where its bands are and when it was taken."""
+
+    scene_id: str
+    datetime: str
+    group: str
+    bands: tuple[tuple[str, BandInfo], ...]  # requested name/role -> band
+
+    def band(self, name: str) -> BandInfo:
+        for key, info in self.bands:
+            if key == name:
+                return info
+        raise KeyError(name)
+
+
+@dataclass(frozen=True, slots=True)
+class FieldTask:
+    """One field in a grid's CRS, with its (unclipped) pixel window."""
+
+    field_id: str
+    wkb: bytes
+    window: Window
+
+
+@dataclass(frozen=True, slots=True)
+class WorkUnit:
+    """One task: a block of nearby fields x a batch of scenes on one grid."""
+
+    unit_id: str
+    crs_epsg: int
+    transform: tuple[float, float, float, float, float, float]
+    shape_yx: tuple[int, int]
+    scenes: tuple[SceneTask, ...]
+    fields: tuple[FieldTask, ...]
+    chunks: int  # distinct chunks (per band and scene) the unit reads
+
+    def __dask_tokenize__(self) -> str:
+        return self.unit_id
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.scenes) * len(self.fields)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The planned job. ``units`` is what runs; the rest is what ``pqb plan`` reports."""
+
+    units: tuple[WorkUnit, ...]
+    scene_ids: tuple[str, ...]
+    n_fields: int
+    fields_matched: int
+    fields_outside: tuple[str, ...]
+    skipped_scenes: tuple[tuple[str, str], ...]  # (scene_id, reason)
+    n_pairs: int
+    chunks_read: int
+    chunks_touched: int
+    bytes_decoded: int
+    variables_bands: tuple[str, ...]
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def read_amplification(self) -> float:
+        return self.chunks_read / self.chunks_touched if self.chunks_touched else 1.0
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-friendly numbers (``pqb plan --json``)."""
+        return {
+            "scenes_matched": len(self.scene_ids),
+            "scenes_skipped": [{"scene_id": s, "reason": r} for s, r in self.skipped_scenes],
+            "fields": self.n_fields,
+            "fields_matched": self.fields_matched,
+            "fields_outside_every_scene": list(self.fields_outside),
+            "field_scene_pairs": self.n_pairs,
+            "tasks": len(self.units),
+            "pairs_per_task": round(self.n_pairs / len(self.units), 1) if self.units else 0,
+            "bands_read": list(self.variables_bands),
+            "chunks_read": self.chunks_read,
+            "chunks_touched": self.chunks_touched,
+            "read_amplification": round(self.read_amplification, 3),
+            "bytes_decoded_estimate": self.bytes_decoded,
+            "warnings": list(self.warnings),
+        }
+
+
+def _scene_bands(scene: Scene, names: Sequence[str]) -> tuple[tuple[str, BandInfo], ...] | str:
+    out = []
+    for name in names:
+        try:
+            out.append((name, scene.band(name)))
+        except CatalogError:
+            return f"no band or role {name!r} (has {', '.join(scene.band_names)})"
+    return tuple(out)
+
+
+def _windows(bounds: np.ndarray, transform: tuple[float, ...], pad: int) -> np.ndarray:
+    """Unclipped (row0, col0, height, width) windows of bounds arrays (north-up grids)."""
+    a, _, c, _, e, f = transform
+    col0 = np.floor((bounds[:, 0] - c) / a).astype(np.int64) - pad
+    col1 = np.ceil((bounds[:, 2] - c) / a).astype(np.int64) + pad
+    row0 = np.floor((bounds[:, 3] - f) / e).astype(np.int64) - pad
+    row1 = np.ceil((bounds[:, 1] - f) / e).astype(np.int64) + pad
+    return np.stack([row0, col0, np.maximum(row1 - row0, 1), np.maximum(col1 - col0, 1)], axis=1)
+
+
+def _chunk_set(win: Window, shape_yx: tuple[int, int], chunks_yx: tuple[int, int]) -> set[tuple[int, int]]:
+    r0, c0, h, w = win
+    r0c, r1c = max(r0, 0), min(r0 + h, shape_yx[0])
+    c0c, c1c = max(c0, 0), min(c0 + w, shape_yx[1])
+    if r1c <= r0c or c1c <= c0c:
+        return set()
+    cy, cx = chunks_yx
+    return {(i, j) for i in range(r0c // cy, (r1c - 1) // cy + 1)
+            for j in range(c0c // cx, (c1c - 1) // cx + 1)}
+
+
+def _block_index(pix: np.ndarray, size: int, chunk: int, block_chunks: int) -> np.ndarray:
+    """Block of each pixel index: chunk-aligned blocks of about ``block_chunks`` chunks,
+    spread evenly over the grid (8 chunks with ``block_chunks=6`` give 4 + 4, not 6 + 2)."""
+    n_chunks = max(1, math.ceil(size / chunk))
+    n_blocks = max(1, math.ceil(n_chunks / block_chunks))
+    edges = np.round(np.linspace(0, n_chunks, n_blocks + 1)[1:-1]).astype(np.int64)
+    chunk_idx = np.clip(np.floor_divide(pix, chunk), 0, n_chunks - 1)
+    return np.searchsorted(edges, chunk_idx, side="right")
+
+
+def _unit_id(*parts: Any) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(repr(p).encode())
+        h.update(b"\x1f")
+    return h.hexdigest()[:16]
+
+
+def plan_job(
+    catalog: Catalog,
+    fields: gpd.GeoDataFrame,
+    *,
+    bands: Sequence[str],
+    rule: str = "centre",
+    n_variables: int = 1,
+    block_chunks: int = 6,
+    target_unit_s: float = 0.6,
+    max_fields_per_unit: int = 1500,
+) -> Plan:
+    """Expand fields x scenes into work units.
+
+    Parameters
+    ----------
+    catalog
+        The scenes to use (already filtered by time/product).
+    fields
+        From :func:`pixelquery_batch.fields.prepare_fields` (``field_id``, geometry, CRS).
+    bands
+        Band names or roles every scene must provide (variables' inputs + cloud band).
+    rule
+        Pixel rule; ``all_touched`` and ``coverage`` pad windows by one pixel.
+    n_variables
+        Variables computed per field (cost model).
+    block_chunks
+        Block edge in chunks.
+    target_unit_s
+        Aimed duration of one unit.
+    max_fields_per_unit
+        Split blocks with more fields than this.
+
+    Raises
+    ------
+    PlanError
+        No scene, no field, or no scene with the needed bands.
+    """
+    scenes_all = catalog.scenes()
+    if not scenes_all:
+        raise PlanError("no scene matches the job's scene filter",
+                        hint="widen scenes.start/end or check the product; `pqb scenes` lists them")
+    if len(fields) == 0:
+        raise PlanError("no fields to compute")
+    skipped: list[tuple[str, str]] = []
+    grids: dict[tuple[Any, ...], list[tuple[Scene, tuple[tuple[str, BandInfo], ...]]]] = defaultdict(list)
+    for scene in scenes_all:
+        resolved = _scene_bands(scene, bands)
+        if isinstance(resolved, str):
+            skipped.append((scene.scene_id, resolved))
+            continue
+        chunk_shapes = tuple(sorted({b.chunks_yx for _, b in resolved}))
+        grids[(scene.crs_epsg, scene.transform, scene.shape_yx, chunk_shapes)].append((scene, resolved))
+    if not grids:
+        raise PlanError("no matched scene has the bands the job needs",
+                        hint="; ".join(f"{s}: {r}" for s, r in skipped[:5]))
+
+    pad = 0 if rule == "centre" else 1
+    ids = fields["field_id"].to_numpy()
+    matched = np.zeros(len(fields), dtype=bool)
+    by_crs: dict[int, Any] = {}
+    units: list[WorkUnit] = []
+    chunks_read = chunks_touched = bytes_decoded = 0
+    for (epsg, transform, shape_yx, chunk_shapes), members in sorted(grids.items(), key=lambda kv: repr(kv[0])):
+        if transform[1] != 0 or transform[3] != 0:
+            raise PlanError(f"scene grid of {members[0][0].scene_id} is rotated: not supported")
+        geoms = by_crs.get(epsg)
+        if geoms is None:
+            geoms = by_crs[epsg] = fields.geometry.to_crs(epsg=epsg).to_numpy()
+        footprint = members[0][0].footprint
+        hit = np.flatnonzero(shapely.intersects(geoms, footprint))
+        if len(hit) == 0:
+            continue
+        matched[hit] = True
+        wins = _windows(shapely.bounds(geoms[hit]), transform, pad)
+        chunks_yx = max(chunk_shapes)  # the coarsest chunking drives blocking
+        cy, cx = chunks_yx
+        centre_r = wins[:, 0] + wins[:, 2] // 2
+        centre_c = wins[:, 1] + wins[:, 3] // 2
+        block_r = _block_index(centre_r, shape_yx[0], cy, block_chunks)
+        block_c = _block_index(centre_c, shape_yx[1], cx, block_chunks)
+        blocks: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for k in range(len(hit)):
+            blocks[(int(block_r[k]), int(block_c[k]))].append(k)
+        scenes_sorted = sorted(members, key=lambda m: (m[0].datetime, m[0].scene_id))
+        n_bands = len(bands)
+        itemsize = max(np.dtype(b.dtype).itemsize for _, rb in members for _, b in rb)
+        touched_grid: set[tuple[int, int]] = set()
+        for bkey in sorted(blocks):
+            ks = blocks[bkey]
+            for f0 in range(0, len(ks), max_fields_per_unit):
+                part = ks[f0:f0 + max_fields_per_unit]
+                ftasks = []
+                unit_chunks: set[tuple[int, int]] = set()
+                for k in part:
+                    win = tuple(int(v) for v in wins[k])
+                    cs = _chunk_set(win, shape_yx, chunks_yx)  # type: ignore[arg-type]
+                    unit_chunks |= cs
+                    ftasks.append(FieldTask(str(ids[hit[k]]), shapely.to_wkb(geoms[hit[k]]), win))  # type: ignore[arg-type]
+                touched_grid |= unit_chunks
+                per_scene = (len(unit_chunks) * n_bands * COST_CHUNK_S
+                             + len(part) * n_variables * COST_FIELD_VAR_S)
+                mask_cost = len(part) * COST_MASK_S * (4 if rule == "coverage" else 1)
+                per_unit = max(1, min(len(scenes_sorted),
+                                      math.floor(max(target_unit_s - mask_cost, 0) / max(per_scene, 1e-9)) or 1))
+                for s0 in range(0, len(scenes_sorted), per_unit):
+                    batch = scenes_sorted[s0:s0 + per_unit]
+                    stasks = tuple(SceneTask(s.scene_id, s.datetime.isoformat(), s.group, rb) for s, rb in batch)
+                    uid = _unit_id(epsg, transform, bkey, f0, [s.scene_id for s in stasks],
+                                   [f.field_id for f in ftasks])
+                    units.append(WorkUnit(uid, int(epsg), tuple(transform), tuple(shape_yx),  # type: ignore[arg-type]
+                                          stasks, tuple(ftasks), len(unit_chunks)))
+                    chunks_read += len(unit_chunks) * n_bands * len(batch)
+        chunks_touched += len(touched_grid) * n_bands * len(scenes_sorted)
+        bytes_decoded += len(touched_grid) * n_bands * len(scenes_sorted) * cy * cx * itemsize
+    used = {s.scene_id for m in grids.values() for s, _ in m}
+    warnings: list[str] = []
+    outside = tuple(str(i) for i in ids[~matched])
+    if outside:
+        warnings.append(f"{len(outside)} field(s) lie outside every matched scene")
+    if skipped:
+        warnings.append(f"{len(skipped)} scene(s) skipped for missing bands")
+    n_pairs = sum(u.n_pairs for u in units)
+    return Plan(
+        units=tuple(units),
+        scene_ids=tuple(sorted(used)),
+        n_fields=len(fields),
+        fields_matched=int(matched.sum()),
+        fields_outside=outside,
+        skipped_scenes=tuple(skipped),
+        n_pairs=n_pairs,
+        chunks_read=chunks_read,
+        chunks_touched=chunks_touched,
+        bytes_decoded=bytes_decoded,
+        variables_bands=tuple(bands),
+        warnings=tuple(warnings),
+    )
