@@ -13,7 +13,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
@@ -21,10 +21,8 @@ from . import __version__
 from ._logging import setup_logging
 from .errors import PixelQueryError, exit_code_for
 
-F = TypeVar("F", bound=Callable[..., Any])
 
-
-def _handle_errors(func: F) -> F:
+def _handle_errors[F: Callable[..., Any]](func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -338,33 +336,73 @@ def _print_head(path: Path | None, n: int = 8) -> None:
     click.echo(df[keep].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
 
+_DEMO_SPEC = """\
+# Written by `pqb demo`: the nightly per-field statistics job on the sample data.
+version: 1
+name: nightly-field-stats
+repository: {{path: warehouse}}
+scenes: {{start: 2025-01-01, end: 2025-12-31}}
+fields: {{path: sample/fields.geojson, id: id}}
+bands: [red, nir]
+indices: {{ndvi: builtin, evi: builtin}}
+stats: [mean, std, min, max, median, p10, p90, count, valid_fraction]
+pixels: centre
+masks: {{nodata: true, cloud: auto}}
+outputs: {{dir: out/nightly-field-stats, stats: {{format: parquet}}}}
+cluster: {{address: {address}, n_workers: 2, threads_per_worker: 1, memory_limit: 2GiB}}
+on_error: skip
+"""
+
+
 @main.command("demo")
 @click.argument("workdir", default="demo", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--scenes", default=8, show_default=True)
 @click.option("--size", default=1024, show_default=True)
 @click.option("--fields", default=60, show_default=True)
+@click.option("--cluster", default=None, help="Scheduler address; default: a LocalCluster.")
 @_handle_errors
-def demo_cmd(workdir: Path, scenes: int, size: int, fields: int) -> None:
-    """End to end on the embedded default: sample data -> ingest -> list scenes."""
-    from .api import open_catalog
+def demo_cmd(workdir: Path, scenes: int, size: int, fields: int, cluster: str | None) -> None:
+    """End to end on the embedded default: sample data -> ingest -> nightly field statistics."""
+    from .api import open_catalog, run_job
     from .catalog.ingest import ingest
     from .sample import generate_sample
 
-    click.echo(f"[1/3] sample data -> {workdir / 'sample'}")
+    click.echo(f"[1/4] sample data -> {workdir / 'sample'}")
     info = generate_sample(workdir / "sample", scenes=scenes, size=size, fields=fields)
-    click.echo(f"[2/3] ingest {len(info.cog_paths)} COGs -> {workdir / 'warehouse'}")
+    click.echo(f"[2/4] ingest {len(info.cog_paths)} COGs as virtual references -> {workdir / 'warehouse'}")
     report = ingest(str(info.cog_dir), str(workdir / "warehouse"), product="sentinel2-l2a")
     c = report.counts()
-    click.echo(f"      {c['ingested']} ingested, {c['unchanged']} unchanged, {c['failed']} failed; "
-               f"snapshot {report.snapshot_id or '(unchanged)'}")
+    click.echo(f"      {c['ingested']} ingested, {c['updated']} updated, {c['unchanged']} unchanged, "
+               f"{c['failed']} failed; snapshot {report.snapshot_id or '(unchanged)'}")
     if not report.ok:
         for f in report.by_status("failed"):
             click.echo(f"      failed: {f.url}: {f.reason}", err=True)
         sys.exit(1)
     catalog = open_catalog(workdir / "warehouse")
-    click.echo(f"[3/3] {len(catalog)} scenes at snapshot {catalog.snapshot_id}:")
+    click.echo(f"[3/4] {len(catalog)} scenes at snapshot {catalog.snapshot_id}:")
     for r in catalog.to_records():
         click.echo(f"      {r['scene_id']:<28} {r['datetime'][:10]}  {','.join(r['bands'])}")
+    spec_path = workdir / "nightly-field-stats.yaml"
+    spec_path.write_text(_DEMO_SPEC.format(address=cluster or "null"))
+    click.echo(f"[4/4] pqb run {spec_path}")
+    progress = _Progress(enabled=sys.stderr.isatty())
+    try:
+        result = run_job(spec_path, progress=progress)
+    finally:
+        progress.close()
+    m = result.manifest
+    ex = m["execution"]
+    if ex["dashboard"]:
+        click.echo(f"      dashboard was at {ex['dashboard']}")
+    click.echo(f"      {ex['rows']} rows ({m['plan']['field_scene_pairs']} field-scene pairs x "
+               f"{len(m['job']['spec']['bands']) + len(m['job']['spec']['indices'])} variables) from "
+               f"{ex['units']} tasks on {ex['workers']} workers in {m['duration_s']:.1f} s")
+    outside = m["plan"]["fields_outside_every_scene"]
+    if outside:
+        click.echo(f"      fields outside every scene: {', '.join(outside)}")
+    click.echo(f"      stats:    {result.outputs['stats']}")
+    click.echo(f"      manifest: {result.manifest_path}")
+    _print_head(result.outputs.get("stats"))
 
 
 if __name__ == "__main__":  # pragma: no cover

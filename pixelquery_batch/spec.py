@@ -539,10 +539,12 @@ class JobSpec(BaseModel):
     def job_hash(self) -> str:
         """Content hash of the spec: 16 hex characters of a SHA-256.
 
-        The source path and ``cluster`` are left out, as they do not change results; so
-        are formatting, comments and keys spelled out at their default value.
+        The source path, ``cluster``, ``on_error`` and the output *location* are left out,
+        as they do not change results; so are formatting, comments and keys spelled out at
+        their default value.
         """
-        content = self.model_dump(mode="json", exclude={"cluster"})
+        content = self.model_dump(mode="json", exclude={"cluster", "on_error"})
+        content["outputs"].pop("dir", None)
         canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 

@@ -67,7 +67,44 @@ def flavour_repo(flavour_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.fixture(scope="session")
 def sample_small(tmp_path_factory: pytest.TempPathFactory):
-    """Small deterministic sample: 3 dates x 5 bands, 512 px, 12 fields."""
+    """Small deterministic sample: 3 dates x 5 bands, 1100 px (3 x 3 chunks), 40 fields."""
     from pixelquery_batch.sample import generate_sample
 
-    return generate_sample(tmp_path_factory.mktemp("sample"), scenes=3, size=512, fields=12, seed=1)
+    return generate_sample(tmp_path_factory.mktemp("sample"), scenes=3, size=1100, fields=40, seed=1,
+                           interval_days=40)
+
+
+@pytest.fixture(scope="session")
+def sample_repo(sample_small, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small sample ingested (sentinel2-l2a)."""
+    from pixelquery_batch.catalog.ingest import ingest
+
+    repo = tmp_path_factory.mktemp("sample_repo") / "warehouse"
+    report = ingest(str(sample_small.cog_dir), str(repo), product="sentinel2-l2a")
+    assert report.ok, report.to_dict()
+    return repo
+
+
+def write_spec(directory: Path, *, repo: Path, fields: Path, out: str = "out", **overrides) -> Path:
+    """A job spec YAML in ``directory`` (overrides replace top-level keys)."""
+    import yaml
+
+    spec = {
+        "version": 1,
+        "name": "test-job",
+        "repository": {"path": str(repo)},
+        "scenes": {"start": "2025-01-01", "end": "2025-12-31"},
+        "fields": {"path": str(fields), "id": "id"},
+        "bands": ["red", "nir"],
+        "indices": {"ndvi": "builtin"},
+        "stats": ["mean", "std", "min", "max", "median", "p10", "p90", "count", "valid_fraction"],
+        "pixels": "centre",
+        "masks": {"nodata": True, "cloud": "auto"},
+        "outputs": {"dir": str(directory / out), "stats": {"format": "parquet"}},
+        "cluster": {"n_workers": 2, "threads_per_worker": 1, "memory_limit": "1GiB", "dashboard": False},
+        "on_error": "skip",
+    }
+    spec.update(overrides)
+    path = directory / f"{spec['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path

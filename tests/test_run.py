@@ -1,0 +1,212 @@
+"""The batch engine end to end: results match an independent implementation, and are the
+same synchronously, on a LocalCluster and on a scheduler + workers started by the test."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from pixelquery_batch.api import run_job
+from pixelquery_batch.errors import TaskError
+
+from .conftest import write_spec
+from .reference import cogs_by_date, exactextract_means, field_scene_values, reference_stats
+
+STATS = ["mean", "std", "min", "max", "median", "p10", "p90", "count", "valid_fraction"]
+
+
+def read_stats(path: Path) -> pd.DataFrame:
+    df = pq.read_table(path).to_pandas()
+    return df.sort_values(["field_id", "scene_id", "variable"]).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def sync_run(sample_small, sample_repo, tmp_path_factory):
+    d = tmp_path_factory.mktemp("sync")
+    spec = write_spec(d, repo=sample_repo, fields=sample_small.fields_path)
+    return run_job(spec, cluster="sync")
+
+
+@pytest.mark.parametrize("rule", ["centre", "all_touched"])
+def test_stats_match_rasterio_reference(rule, sample_small, sample_repo, tmp_path, sync_run) -> None:
+    if rule == "centre":
+        result = sync_run
+    else:
+        spec = write_spec(tmp_path, repo=sample_repo, fields=sample_small.fields_path, pixels=rule)
+        result = run_job(spec, cluster="sync")
+    got = read_stats(result.outputs["stats"])
+    fields = gpd.read_file(sample_small.fields_path)
+    cogs = cogs_by_date(sample_small.cog_dir)
+    checked = 0
+    for _, f in fields.iterrows():
+        for scene_id, cog in cogs.items():
+            ref = field_scene_values(f.geometry, cog, {"ndvi": "ndvi", "red": "red", "nir": "nir"},
+                                     all_touched=rule == "all_touched")
+            rows = got[(got.field_id == f["id"]) & (got.scene_id == scene_id)]
+            if ref["red"][1] == 0 and rows.empty:
+                continue  # outside the scene: no row (listed in the plan instead)
+            assert len(rows) == 3, (f["id"], scene_id)
+            for var, (vals, total, cloudy) in ref.items():
+                row = rows[rows.variable == var].iloc[0]
+                want = reference_stats(vals, total)
+                for stat in STATS:
+                    a, b = row[stat], want[stat]
+                    assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-9, abs=1e-9), \
+                        (f["id"], scene_id, var, stat, a, b)
+                assert row["pixel_count"] == total
+                assert row["cloud_count"] == cloudy
+                checked += 1
+    assert checked >= 40 * 3 * 3 * 0.8
+
+
+def test_coverage_matches_exactextract(sample_small, sample_repo, tmp_path) -> None:
+    spec = write_spec(tmp_path, repo=sample_repo, fields=sample_small.fields_path, pixels="coverage",
+                      bands=["red"], indices={"ndvi": "builtin"})
+    got = read_stats(run_job(spec, cluster="sync").outputs["stats"])
+    fields = gpd.read_file(sample_small.fields_path)
+    cogs = cogs_by_date(sample_small.cog_dir)
+    compared = 0
+    for (_, f), scene_id in zip(fields.head(30).iterrows(), sorted(cogs) * 10, strict=False):
+        for var in ("ndvi", "red"):
+            mean, count = exactextract_means(f.geometry, cogs[scene_id], var, tmp_path)
+            rows = got[(got.field_id == f["id"]) & (got.scene_id == scene_id) & (got.variable == var)]
+            if rows.empty:
+                continue
+            row = rows.iloc[0]
+            if count == 0:
+                assert row["count"] == pytest.approx(0, abs=1e-9)
+                continue
+            assert row["mean"] == pytest.approx(mean, abs=1e-6), (f["id"], var)
+            assert row["count"] == pytest.approx(count, rel=1e-6, abs=1e-6), (f["id"], var)
+            compared += 1
+    assert compared >= 30
+
+
+def test_outputs_and_manifest(sync_run, sample_small) -> None:
+    m = sync_run.manifest
+    assert m["repository"]["snapshot_id"] == m["job"]["spec"]["repository"]["snapshot"] or m["repository"]["snapshot_id"]
+    assert m["execution"]["rows"] == len(read_stats(sync_run.outputs["stats"]))
+    assert m["plan"]["tasks"] * 10 <= m["plan"]["field_scene_pairs"]
+    df = read_stats(sync_run.outputs["stats"])
+    assert set(df.columns) >= {"field_id", "scene_id", "datetime", "variable", *STATS, "nodata_count",
+                               "cloud_count", "snapshot_id", "job_hash"}
+    assert df.snapshot_id.nunique() == 1
+    assert df.job_hash.nunique() == 1
+    # a field partly outside the scene has valid_fraction < 1 from the outside part
+    partial = df[(df.valid_fraction < 1) & (df.cloud_count == 0) & (df.variable == "red")]
+    assert not partial.empty
+    assert (Path(sync_run.manifest_path).parent / "stats").is_dir()
+
+
+def test_rerun_is_idempotent(sample_small, sample_repo, tmp_path) -> None:
+    spec = write_spec(tmp_path, repo=sample_repo, fields=sample_small.fields_path)
+    first = read_stats(run_job(spec, cluster="sync").outputs["stats"])
+    files1 = sorted(p.name for p in (tmp_path / "out" / "stats").iterdir())
+    second = read_stats(run_job(spec, cluster="sync").outputs["stats"])
+    files2 = sorted(p.name for p in (tmp_path / "out" / "stats").iterdir())
+    pd.testing.assert_frame_equal(first, second)
+    assert files1 == files2
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+
+
+def test_fields_outside_every_scene_are_reported(sample_small, sample_repo, tmp_path) -> None:
+    from shapely.geometry import box
+
+    fields = gpd.read_file(sample_small.fields_path)
+    far = gpd.GeoDataFrame({"id": ["FAR"], "name": ["far away"], "crop": ["none"]},
+                           geometry=[box(5.0, 45.0, 5.001, 45.001)], crs="EPSG:4326")
+    path = tmp_path / "fields.geojson"
+    pd.concat([fields, far]).to_file(path)
+    spec = write_spec(tmp_path, repo=sample_repo, fields=path)
+    result = run_job(spec, cluster="sync")
+    assert result.manifest["plan"]["fields_outside_every_scene"] == ["FAR"]
+    assert "FAR" not in set(read_stats(result.outputs["stats"]).field_id)
+
+
+def test_failing_unit_surfaces_ids(sample_small, sample_repo, tmp_path) -> None:
+    # a copy of the repo whose COGs we may damage
+    cogs = tmp_path / "cogs"
+    shutil.copytree(sample_small.cog_dir, cogs)
+    from pixelquery_batch.catalog.ingest import ingest
+
+    assert ingest(str(cogs), str(tmp_path / "repo")).ok
+    victim = sorted(cogs.glob("*_nir.tif"))[1]
+    os.utime(victim, (time.time() + 100, time.time() + 100))  # changed after ingest
+    spec = write_spec(tmp_path, repo=tmp_path / "repo", fields=sample_small.fields_path)
+    result = run_job(spec, cluster="sync")
+    failed_scenes = {f["scene_id"] for f in result.manifest["failures"]}
+    assert failed_scenes == {victim.stem.rsplit("_", 1)[0]}
+    assert all(f["field_id"] for f in result.manifest["failures"])
+    assert "changed" in result.manifest["failures"][0]["error"].lower()
+    spec = write_spec(tmp_path, repo=tmp_path / "repo", fields=sample_small.fields_path, on_error="fail")
+    with pytest.raises(TaskError) as err:
+        run_job(spec, cluster="sync")
+    assert err.value.scene_id == victim.stem.rsplit("_", 1)[0]
+    assert err.value.field_id
+
+
+def test_local_cluster_matches_sync(sync_run, sample_small, sample_repo, tmp_path) -> None:
+    spec = write_spec(tmp_path, repo=sample_repo, fields=sample_small.fields_path)
+    result = run_job(spec)  # the spec's cluster: a LocalCluster of 2 worker processes
+    assert result.manifest["execution"]["workers"] == 2
+    pd.testing.assert_frame_equal(read_stats(result.outputs["stats"]), read_stats(sync_run.outputs["stats"]))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_scheduler_and_workers_over_tcp_match_sync(sync_run, sample_small, sample_repo, tmp_path) -> None:
+    port = _free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    bindir = Path(sys.executable).parent
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    procs = [subprocess.Popen([str(bindir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)]
+    try:
+        for _ in range(2):
+            procs.append(subprocess.Popen([str(bindir / "dask"), "worker", addr, "--nthreads", "1",
+                                           "--nworkers", "1", "--no-dashboard", "--memory-limit", "1GiB"],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env))
+        from distributed import Client
+
+        with Client(addr, timeout="30s") as client:
+            client.wait_for_workers(2, timeout=60)
+            spec = write_spec(tmp_path, repo=sample_repo, fields=sample_small.fields_path)
+            result = run_job(spec, cluster=client)
+        assert result.manifest["execution"]["workers"] == 2
+        assert result.manifest["execution"]["scheduler"] == addr
+        pd.testing.assert_frame_equal(read_stats(result.outputs["stats"]), read_stats(sync_run.outputs["stats"]))
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def test_plan_is_pure_and_counts(sample_small, sample_repo, tmp_path) -> None:
+    from pixelquery_batch.api import plan_prepared, prepare_job
+
+    spec = write_spec(tmp_path, repo=sample_repo, fields=sample_small.fields_path)
+    job = prepare_job(spec)
+    p1, p2 = plan_prepared(job), plan_prepared(job)
+    assert [u.unit_id for u in p1.units] == [u.unit_id for u in p2.units]
+    assert p1.summary()["scenes_matched"] == 3
+    assert np.isclose(p1.read_amplification, p1.chunks_read / p1.chunks_touched)
