@@ -1,0 +1,125 @@
+"""The CLI end to end in subprocesses, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import write_spec
+
+PQB = [sys.executable, "-m", "pixelquery_batch.cli"]
+
+
+def run(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    out = subprocess.run([*PQB, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    if check and out.returncode != 0:
+        raise AssertionError(f"pqb {' '.join(args)} -> {out.returncode}\n{out.stdout}\n{out.stderr}")
+    return out
+
+
+def test_sample_ingest_scenes_validate_plan_run(tmp_path: Path) -> None:
+    run("sample-data", str(tmp_path / "s"), "--scenes", "2", "--size", "600", "--fields", "15")
+    out = run("ingest", str(tmp_path / "s" / "cogs"), "--repo", str(tmp_path / "wh"), "--json")
+    report = json.loads(out.stdout)
+    assert report["counts"]["ingested"] == 10
+    assert report["snapshot_id"]
+    again = json.loads(run("ingest", str(tmp_path / "s" / "cogs"), "--repo", str(tmp_path / "wh"), "--json").stdout)
+    assert again["counts"]["unchanged"] == 10
+    assert again["snapshot_id"] is None
+
+    scenes = json.loads(run("scenes", "--repo", str(tmp_path / "wh"), "--json").stdout)
+    assert [s["scene_id"] for s in scenes["scenes"]] == ["S2_33UXP_2025-03-01", "S2_33UXP_2025-03-16"]
+    stac = json.loads(run("scenes", "--repo", str(tmp_path / "wh"), "--format", "stac").stdout)
+    assert stac["type"] == "FeatureCollection"
+    assert len(stac["features"]) == 2
+    table = run("scenes", "--repo", str(tmp_path / "wh"), "--end", "2025-03-01").stdout
+    assert "1 of 2 scene(s)" in table
+
+    spec = write_spec(tmp_path, repo=tmp_path / "wh", fields=tmp_path / "s" / "fields.geojson")
+    assert "valid" in run("validate", str(spec)).stdout
+    plan = json.loads(run("plan", str(spec), "--json").stdout)
+    assert plan["scenes_matched"] == 2
+    assert plan["fields"] == 15
+    out = run("run", str(spec), "--json")
+    summary = json.loads(out.stdout)
+    assert summary["execution"]["workers"] == 2  # the spec's LocalCluster
+    assert summary["execution"]["rows"] == plan["field_scene_pairs"] * 3
+    assert Path(summary["outputs"]["stats"]).is_dir()
+    human = run("run", str(spec), "--cluster", "sync").stdout
+    assert "first rows:" in human
+    assert "manifest:" in human
+
+
+def test_cli_errors_are_actionable(tmp_path: Path) -> None:
+    out = run("ingest", str(tmp_path / "missing"), "--repo", str(tmp_path / "wh"), check=False)
+    assert out.returncode == 3
+    assert "source not found" in out.stderr
+    out = run("ingest", str(tmp_path), "--repo", str(tmp_path / "wh"), "--product", "nope", check=False)
+    assert out.returncode == 2
+    assert "unknown product profile 'nope'" in out.stderr
+    assert "sentinel2-l2a" in out.stderr
+    bad = tmp_path / "job.yaml"
+    bad.write_text("version: 1\nname: x\nrepository: {path: wh}\nfields: {path: f.geojson}\n"
+                   "bands: [red]\nstats: [mean, p95x]\noutputs: {dir: out}\npixels: middle\n")
+    out = run("validate", str(bad), check=False)
+    assert out.returncode == 2
+    assert "job.yaml:6 stats[1]: unknown statistic 'p95x'" in out.stderr
+    assert "job.yaml:8 pixels:" in out.stderr
+    out = run("scenes", "--repo", str(tmp_path / "nowhere"), check=False)
+    assert out.returncode == 4
+    assert "no repository" in out.stderr
+
+
+def test_validate_reports_consistency_problems(tmp_path: Path, sample_small, sample_repo) -> None:
+    spec = write_spec(tmp_path, repo=sample_repo, fields=sample_small.fields_path, bands=["red", "swir1"])
+    out = run("validate", str(spec), check=False)
+    assert out.returncode == 2
+    assert "no band or role 'swir1'" in out.stderr
+    spec = write_spec(tmp_path, repo=sample_repo, fields=sample_small.fields_path,
+                      scenes={"start": "2030-01-01", "end": "2030-12-31"})
+    out = run("validate", str(spec), check=False)
+    assert "no scene between 2030-01-01 and 2030-12-31" in out.stderr
+
+
+@pytest.mark.parametrize("module", ["pixelquery_batch.kernels.stats", "pixelquery_batch.rasterize",
+                                    "pixelquery_batch.expr", "pixelquery_batch.planner",
+                                    "pixelquery_batch.spec", "pixelquery_batch"])
+def test_layering_imports(module: str) -> None:
+    """Lower layers stay light: kernels/rasterize/expr pull in no distributed, icechunk or
+    rasterio; the planner neither distributed nor icechunk; the package root nothing heavy."""
+    code = (f"import sys, {module}\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'distributed', 'icechunk', 'rasterio', 'zarr', 'dask'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    loaded = json.loads(out.stdout.replace("'", '"'))
+    assert "distributed" not in loaded
+    assert "icechunk" not in loaded
+    if module != "pixelquery_batch.planner":
+        assert "rasterio" not in loaded
+
+
+def test_payloads_pickle_without_secrets(sample_small, sample_repo, tmp_path: Path) -> None:
+    import pickle
+
+    from pydantic import SecretStr
+
+    from pixelquery_batch.api import plan_prepared, prepare_job
+    from pixelquery_batch.config import S3Options, StorageProfile
+
+    spec = write_spec(tmp_path, repo=sample_repo, fields=sample_small.fields_path)
+    job = prepare_job(spec)
+    plan = plan_prepared(job)
+    ctx = job.context()
+    for obj in (ctx, *plan.units):
+        assert pickle.loads(pickle.dumps(obj)) == obj
+    prof = StorageProfile(s3=S3Options(access_key_id=SecretStr("AKIAXXX"), secret_access_key=SecretStr("s3cr3t")))
+    ref = type(ctx.repo)(ctx.repo.location, ctx.repo.snapshot_id, prof)
+    assert "s3cr3t" not in repr(ref)
+    assert "s3cr3t" not in repr(type(ctx)(repo=ref, job_hash="x", variables=(), stats=()))
