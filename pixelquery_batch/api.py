@@ -230,6 +230,7 @@ def run_job(
     *,
     cluster: ClusterOptions | str | Any | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    on_start: Callable[[ExecutionSummary], None] | None = None,
 ) -> RunResult:
     """Plan and run a job; write the stats table and ``manifest.json`` atomically.
 
@@ -243,6 +244,8 @@ def run_job(
         :class:`ClusterOptions`; or an existing ``distributed.Client``.
     progress
         ``progress(stage, done, total)`` callback.
+    on_start
+        Called when the cluster is connected (scheduler address, dashboard link).
     """
     from . import __version__
     from .executor import ClusterOptions, execute
@@ -276,7 +279,8 @@ def run_job(
             writer.write_part(res.unit_id, res.table)
 
     try:
-        summary = execute(plan, ctx, on_result=on_result, cluster=cluster, progress=progress)
+        summary = execute(plan, ctx, on_result=on_result, cluster=cluster, progress=progress,
+                          on_start=on_start)
         if writer is not None:
             transform = _add_geometry(job.fields) if spec.outputs.stats.format == "geoparquet" else None
             outputs["stats"] = writer.commit(transform)

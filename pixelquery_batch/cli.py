@@ -286,17 +286,8 @@ def run_cmd(spec: Path, cluster: str | None, as_json: bool) -> None:
     from .api import run_job
 
     progress = _Progress(enabled=sys.stderr.isatty() and not as_json)
-    announced = False
-
-    def cb(stage: str, done: int, total: int) -> None:
-        nonlocal announced
-        if not announced:
-            click.echo(f"running {total} task(s)...", err=True)
-            announced = True
-        progress(stage, done, total)
-
     try:
-        result = run_job(spec, cluster=cluster, progress=cb)
+        result = run_job(spec, cluster=cluster, progress=progress, on_start=_announce)
     finally:
         progress.close()
     m = result.manifest
@@ -306,8 +297,6 @@ def run_cmd(spec: Path, cluster: str | None, as_json: bool) -> None:
                               indent=2, default=str))
     else:
         ex = m["execution"]
-        if ex["dashboard"]:
-            click.echo(f"dashboard: {ex['dashboard']}")
         click.echo(f"{m['job']['name']}: {ex['rows']} rows from {ex['units_done']}/{ex['units']} tasks "
                    f"on {ex['workers'] or 1} worker(s) in {m['duration_s']:.1f} s "
                    f"(snapshot {m['repository']['snapshot_id']})")
@@ -321,6 +310,14 @@ def run_cmd(spec: Path, cluster: str | None, as_json: bool) -> None:
         _print_head(result.outputs.get("stats"))
     if m["failures"]:
         sys.exit(1)
+
+
+def _announce(summary: Any) -> None:
+    where = summary.scheduler if summary.scheduler != "sync" else "in-process (sync)"
+    click.echo(f"running {summary.units_total} task(s) on {where}"
+               + (f" with {summary.n_workers} worker(s)" if summary.n_workers else ""), err=True)
+    if summary.dashboard_link:
+        click.echo(f"dashboard: {summary.dashboard_link}", err=True)
 
 
 def _print_head(path: Path | None, n: int = 8) -> None:
@@ -387,13 +384,11 @@ def demo_cmd(workdir: Path, scenes: int, size: int, fields: int, cluster: str | 
     click.echo(f"[4/4] pqb run {spec_path}")
     progress = _Progress(enabled=sys.stderr.isatty())
     try:
-        result = run_job(spec_path, progress=progress)
+        result = run_job(spec_path, progress=progress, on_start=_announce)
     finally:
         progress.close()
     m = result.manifest
     ex = m["execution"]
-    if ex["dashboard"]:
-        click.echo(f"      dashboard was at {ex['dashboard']}")
     click.echo(f"      {ex['rows']} rows ({m['plan']['field_scene_pairs']} field-scene pairs x "
                f"{len(m['job']['spec']['bands']) + len(m['job']['spec']['indices'])} variables) from "
                f"{ex['units']} tasks on {ex['workers']} workers in {m['duration_s']:.1f} s")

@@ -115,6 +115,7 @@ def execute(
     cluster: ClusterOptions | str | Any = "sync",
     progress: ProgressFn | None = None,
     retries: int = 1,
+    on_start: Callable[[ExecutionSummary], None] | None = None,
 ) -> ExecutionSummary:
     """Run every unit of ``plan``.
 
@@ -130,6 +131,9 @@ def execute(
         ``progress("units", done, total)``.
     retries
         Automatic retries of a failing unit (transient storage errors, lost workers).
+    on_start
+        Called once the cluster is connected (the summary has the scheduler address and
+        dashboard link), before any unit runs.
 
     Raises
     ------
@@ -142,6 +146,8 @@ def execute(
     if progress:
         progress("units", 0, len(units))
     if cluster == "sync":
+        if on_start:
+            on_start(summary)
         for unit in units:
             try:
                 res = run_unit(unit, ctx)
@@ -163,13 +169,15 @@ def execute(
 
     if isinstance(cluster, ClusterOptions):
         with open_client(cluster) as client:
-            return _execute_on(client, units, ctx, summary, on_result, progress, retries, t0)
-    return _execute_on(cluster, units, ctx, summary, on_result, progress, retries, t0)
+            return _execute_on(client, units, ctx, summary, on_result, progress, retries, t0,
+                               on_start)
+    return _execute_on(cluster, units, ctx, summary, on_result, progress, retries, t0, on_start)
 
 
 def _execute_on(client: Any, units: list[WorkUnit], ctx: JobContext, summary: ExecutionSummary,
                 on_result: Callable[[UnitResult], None], progress: ProgressFn | None,
-                retries: int, t0: float) -> ExecutionSummary:
+                retries: int, t0: float,
+                on_start: Callable[[ExecutionSummary], None] | None) -> ExecutionSummary:
     from distributed import as_completed
 
     summary.dashboard_link = getattr(client, "dashboard_link", None)
@@ -177,6 +185,8 @@ def _execute_on(client: Any, units: list[WorkUnit], ctx: JobContext, summary: Ex
     summary.n_workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
     logger.info("submitting units", extra={"units": len(units), "scheduler": summary.scheduler,
                                            "dashboard": summary.dashboard_link})
+    if on_start:
+        on_start(summary)
     [ctx_future] = client.scatter([ctx], broadcast=True, hash=False)
     by_key: dict[str, WorkUnit] = {}
     futures = []

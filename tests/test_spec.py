@@ -326,3 +326,14 @@ def test_example_jobs_load(name):
         assert spec.stats == ("mean", "std", "min", "max", "median", "p10", "p90", "count",
                               "valid_fraction")
         assert spec.repository.path == str(JOBS_DIR.parent / "demo" / "warehouse")
+
+
+def test_committed_reference_doc_is_current():
+    """docs/job-spec.md is generated: regenerate it with
+    `python -c "from pixelquery_batch.spec import spec_reference_markdown as r; open('docs/job-spec.md','w').write(r())"`."""
+    from pathlib import Path
+
+    from pixelquery_batch.spec import spec_reference_markdown
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "job-spec.md"
+    assert doc.read_text() == spec_reference_markdown()
