@@ -21,42 +21,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
 import shapely
 from shapely.geometry import box
 
-from pixelquery_batch.catalog.models import FILE_SCHEMA, SCENE_SCHEMA, Catalog
+from pixelquery_batch.catalog.models import FILE_SCHEMA, Catalog
 from pixelquery_batch.catalog.store import (
     open_repository,
     read_catalog_tables,
     write_catalog_tables,
 )
-
-
-def synthetic_table(n: int, seed: int = 0) -> pa.Table:
-    rng = np.random.default_rng(seed)
-    lon = rng.uniform(-10, 30, n)
-    lat = rng.uniform(35, 60, n)
-    polys = [shapely.segmentize(box(x, y, x + 1.4, y + 1.0), 0.05) for x, y in zip(lon, lat, strict=True)]
-    wkb = [shapely.to_wkb(p) for p in polys]
-    base = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
-    return pa.Table.from_pydict({
-        "scene_id": [f"S2_T{i:05d}" for i in range(n)],
-        "datetime": [base + dt.timedelta(hours=int(h)) for h in rng.integers(0, 5 * 8760, n)],
-        "product": ["sentinel2-l2a"] * n,
-        "group": [f"scenes/S2_T{i:05d}" for i in range(n)],
-        "crs_epsg": [32633] * n,
-        "transform": [[10.0, 0.0, 500000.0, 0.0, -10.0, 5300000.0]] * n,
-        "height": [10980] * n, "width": [10980] * n,
-        "bands": [["blue", "green", "red", "nir", "scl"]] * n,
-        "bands_json": ['[{"name": "red"}]'] * n,
-        "footprint_wkb": wkb, "footprint_lonlat_wkb": wkb,
-        "minlon": lon, "minlat": lat, "maxlon": lon + 1.4, "maxlat": lat + 1.0,
-        "cloud_cover": rng.uniform(0, 100, n),
-        "properties_json": ["{}"] * n, "sources": [["file:///x.tif"]] * n,
-        "ingested_at": [base] * n,
-    }, schema=SCENE_SCHEMA)
+from pixelquery_batch.testing.catalogs import synthetic_scene_table
 
 
 def timed(fn, repeat: int) -> tuple[float, object]:
@@ -76,7 +50,7 @@ def main() -> int:
 
     print(f"# catalog search benchmark: {args.scenes} scenes, median of {args.repeat}")
     print(f"# python {platform.python_version()}, {platform.machine()}, {platform.node()}")
-    table = synthetic_table(args.scenes)
+    table = synthetic_scene_table(args.scenes, densify_deg=0.05)
     with tempfile.TemporaryDirectory() as tmp:
         repo = open_repository(Path(tmp) / "repo", create=True)
         session = repo.writable_session("main")

@@ -67,6 +67,18 @@ class S3Options(BaseModel):
         return self.model_copy(update=update) if update else self
 
 
+    def static_keys(self) -> dict[str, str]:
+        """``access_key_id``/``secret_access_key``/``session_token`` in clear (for the
+        storage clients only; never log the result). Empty without explicit keys."""
+        if self.access_key_id is None or self.secret_access_key is None:
+            return {}
+        keys = {"access_key_id": self.access_key_id.get_secret_value(),
+                "secret_access_key": self.secret_access_key.get_secret_value()}
+        if self.session_token is not None:
+            keys["session_token"] = self.session_token.get_secret_value()
+        return keys
+
+
 class StorageProfile(BaseModel):
     """A named storage profile (``configs/storage/*.yaml``)."""
 

@@ -90,10 +90,18 @@ def open_client(options: ClusterOptions) -> Iterator[Any]:
         cluster.close()
 
 
-def _unit_failure(unit: WorkUnit, exc: BaseException) -> list[dict[str, Any]]:
+def _unit_failed(summary: ExecutionSummary, unit: WorkUnit, exc: BaseException,
+                 ctx: JobContext) -> None:
+    """Apply the failure policy to a unit that raised (after its retries)."""
+    if ctx.on_error == "fail":
+        raise TaskError(f"unit {unit.unit_id} failed: {exc}", unit_id=unit.unit_id,
+                        scene_ids=[s.scene_id for s in unit.scenes],
+                        field_ids=[f.field_id for f in unit.fields][:20]) from exc
     err = f"{type(exc).__name__}: {exc}"
-    return [{"unit_id": unit.unit_id, "scene_id": s.scene_id, "field_id": f.field_id, "error": err}
-            for s in unit.scenes for f in unit.fields]
+    summary.units_failed += 1
+    summary.failures.extend(
+        {"unit_id": unit.unit_id, "scene_id": s.scene_id, "field_id": f.field_id, "error": err}
+        for s in unit.scenes for f in unit.fields)
 
 
 def _record(summary: ExecutionSummary, res: UnitResult, on_result: Callable[[UnitResult], None]) -> None:
@@ -154,12 +162,7 @@ def execute(
             except TaskError:
                 raise
             except Exception as exc:
-                if ctx.on_error == "fail":
-                    raise TaskError(f"unit {unit.unit_id} failed: {exc}", unit_id=unit.unit_id,
-                                    scene_ids=[s.scene_id for s in unit.scenes],
-                                    field_ids=[f.field_id for f in unit.fields][:20]) from exc
-                summary.units_failed += 1
-                summary.failures.extend(_unit_failure(unit, exc))
+                _unit_failed(summary, unit, exc, ctx)
             else:
                 _record(summary, res, on_result)
             if progress:
@@ -203,12 +206,7 @@ def _execute_on(client: Any, units: list[WorkUnit], ctx: JobContext, summary: Ex
             except TaskError:
                 raise
             except Exception as exc:
-                if ctx.on_error == "fail":
-                    raise TaskError(f"unit {unit.unit_id} failed: {exc}", unit_id=unit.unit_id,
-                                    scene_ids=[s.scene_id for s in unit.scenes],
-                                    field_ids=[f.field_id for f in unit.fields][:20]) from exc
-                summary.units_failed += 1
-                summary.failures.extend(_unit_failure(unit, exc))
+                _unit_failed(summary, unit, exc, ctx)
             else:
                 _record(summary, res, on_result)
             fut.release()

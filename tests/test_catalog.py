@@ -8,17 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 import shapely
 from shapely.geometry import box
 
 from pixelquery_batch.catalog.ingest import ingest
-from pixelquery_batch.catalog.models import SCENE_SCHEMA, Catalog
+from pixelquery_batch.catalog.models import Catalog
 from pixelquery_batch.catalog.stac import catalog_to_collection, catalog_to_item_collection
 from pixelquery_batch.catalog.store import resolve_snapshot
 from pixelquery_batch.errors import CatalogError
 from pixelquery_batch.geo import reproject_geometry
+from pixelquery_batch.testing.catalogs import synthetic_scene_table
 
 from .test_ingest import make_s2_scene
 
@@ -111,32 +111,8 @@ def test_stac_collection_is_valid(two_zone_repo: Path) -> None:
     assert len(list(catalog_to_collection(cat).get_items())) == 3
 
 
-def _fake_table(n: int) -> pa.Table:
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    lon = rng.uniform(-10, 30, n)
-    lat = rng.uniform(35, 60, n)
-    polys = [shapely.to_wkb(box(x, y, x + 1, y + 1)) for x, y in zip(lon, lat, strict=True)]
-    base = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
-    return pa.Table.from_pydict({
-        "scene_id": [f"S{i:05d}" for i in range(n)],
-        "datetime": [base + dt.timedelta(hours=int(h)) for h in rng.integers(0, 5 * 8760, n)],
-        "product": ["sentinel2-l2a"] * n,
-        "group": [f"scenes/S{i:05d}" for i in range(n)],
-        "crs_epsg": [32633] * n,
-        "transform": [[10.0, 0.0, 0.0, 0.0, -10.0, 0.0]] * n,
-        "height": [10980] * n, "width": [10980] * n,
-        "bands": [["red", "nir"]] * n, "bands_json": ["[]"] * n,
-        "footprint_wkb": polys, "footprint_lonlat_wkb": polys,
-        "minlon": lon, "minlat": lat, "maxlon": lon + 1, "maxlat": lat + 1,
-        "cloud_cover": [None] * n, "properties_json": ["{}"] * n, "sources": [[]] * n,
-        "ingested_at": [base] * n,
-    }, schema=SCENE_SCHEMA)
-
-
 def test_search_is_exact_on_a_large_table() -> None:
-    table = _fake_table(2000)
+    table = synthetic_scene_table(2000)
     cat = Catalog(table)
     bbox = (5.0, 45.0, 6.0, 46.0)
     start, end = dt.datetime(2021, 1, 1, tzinfo=dt.UTC), dt.datetime(2022, 1, 1, tzinfo=dt.UTC)

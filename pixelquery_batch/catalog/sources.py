@@ -110,11 +110,8 @@ def object_store_for(url: str, profile: StorageProfile | None = None) -> Any:
             kwargs["endpoint"] = s3.endpoint_url
         if s3.anonymous:
             kwargs["skip_signature"] = True
-        elif s3.access_key_id is not None and s3.secret_access_key is not None:
-            kwargs["access_key_id"] = s3.access_key_id.get_secret_value()
-            kwargs["secret_access_key"] = s3.secret_access_key.get_secret_value()
-            if s3.session_token is not None:
-                kwargs["session_token"] = s3.session_token.get_secret_value()
+        else:
+            kwargs.update(s3.static_keys())
         store = S3Store(root[5:], **kwargs)
     _STORES[key] = store
     return store

@@ -91,13 +91,8 @@ def _credentials(prefix: str, profile: StorageProfile) -> Any:
     s3 = profile.s3.resolved()
     if s3.anonymous:
         return ic.s3_anonymous_credentials()
-    if s3.access_key_id is not None and s3.secret_access_key is not None:
-        return ic.s3_credentials(
-            access_key_id=s3.access_key_id.get_secret_value(),
-            secret_access_key=s3.secret_access_key.get_secret_value(),
-            session_token=s3.session_token.get_secret_value() if s3.session_token else None,
-        )
-    return ic.s3_from_env_credentials()
+    keys = s3.static_keys()
+    return ic.s3_credentials(**keys) if keys else ic.s3_from_env_credentials()
 
 
 def _storage(location: str, profile: StorageProfile) -> ic.Storage:
@@ -114,13 +109,8 @@ def _storage(location: str, profile: StorageProfile) -> ic.Storage:
         }
         if s3.anonymous:
             kwargs["anonymous"] = True
-        elif s3.access_key_id is not None and s3.secret_access_key is not None:
-            kwargs["access_key_id"] = s3.access_key_id.get_secret_value()
-            kwargs["secret_access_key"] = s3.secret_access_key.get_secret_value()
-            if s3.session_token is not None:
-                kwargs["session_token"] = s3.session_token.get_secret_value()
         else:
-            kwargs["from_env"] = True
+            kwargs.update(s3.static_keys() or {"from_env": True})
         return ic.s3_storage(**kwargs)
     return ic.local_filesystem_storage(os.path.abspath(location))
 
