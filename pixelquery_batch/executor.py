@@ -218,3 +218,58 @@ def _execute_on(client: Any, units: list[WorkUnit], ctx: JobContext, summary: Ex
         raise
     summary.wall_s = time.perf_counter() - t0
     return summary
+
+
+def execute_rollup(
+    units: list[Any],
+    rctx: Any,
+    *,
+    cluster: str | Any = "sync",
+    progress: ProgressFn | None = None,
+    retries: int = 1,
+) -> Any:
+    """Run rollup units and tree-reduce their partials; returns one ``RollupResult``.
+
+    On a cluster, partial maps are merged pairwise on the workers (a binary tree of
+    ``merge_rollup_results`` tasks), so the client only receives the final, small map
+    and never any pixel.
+    """
+    from .tasks import RollupResult, merge_rollup_results, run_rollup_unit
+
+    if not units:
+        return RollupResult({}, {}, units=0)
+    if progress:
+        progress("rollup", 0, len(units))
+    if cluster == "sync":
+        out = None
+        for i, unit in enumerate(units, 1):
+            res = run_rollup_unit(unit, rctx)
+            out = res if out is None else merge_rollup_results(out, res)
+            if progress:
+                progress("rollup", i, len(units))
+        return out
+    from distributed import as_completed
+
+    client = cluster
+    [rctx_future] = client.scatter([rctx], broadcast=True, hash=False)
+    futures = [client.submit(run_rollup_unit, u, rctx_future, retries=retries, pure=False,
+                             key=f"pqb-rollup-{rctx.job.job_hash}-{u.unit_id}") for u in units]
+    level = list(futures)
+    while len(level) > 1:
+        nxt = [client.submit(merge_rollup_results, level[i], level[i + 1], pure=False)
+               for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    done = 0
+    try:
+        for fut in as_completed(futures):
+            if fut.status == "error" and rctx.job.on_error == "fail":
+                fut.result()  # raises the unit's TaskError
+            done += 1
+            if progress:
+                progress("rollup", done, len(units))
+        return level[0].result()
+    except BaseException:
+        client.cancel(futures + level)
+        raise

@@ -11,10 +11,11 @@ computes each field's mask once for all its scenes, and computes each field enti
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +28,17 @@ from .errors import CatalogError, PlanError
 if TYPE_CHECKING:
     import geopandas as gpd
 
-__all__ = ["FieldTask", "Plan", "SceneTask", "WorkUnit", "plan_job"]
+__all__ = [
+    "FieldTask",
+    "Plan",
+    "RegionPart",
+    "RollupPlan",
+    "RollupUnit",
+    "SceneTask",
+    "WorkUnit",
+    "plan_job",
+    "plan_rollup",
+]
 
 Window = tuple[int, int, int, int]  # row0, col0, height, width (may extend past the raster)
 
@@ -39,12 +50,19 @@ COST_MASK_S = 0.0008       # one field's pixel weights (coverage rule costs more
 
 @dataclass(frozen=True, slots=True)
 class SceneTask:
-    """What a worker needs of one scene: where its bands are and when it was taken."""
+    """What a worker needs of one scene: where its bands are and when it was taken.
+
+    ``exclude_wkb`` (in the unit's CRS) covers the pixels that same-day scenes on other
+    grids already provide: day merges and rollups leave them out, so pixels of overlapping
+    tiles are never counted twice.
+    """
 
     scene_id: str
     datetime: str
     group: str
     bands: tuple[tuple[str, BandInfo], ...]  # requested name/role -> band
+    day: str = ""
+    exclude_wkb: bytes | None = None
 
     def band(self, name: str) -> BandInfo:
         for key, info in self.bands:
@@ -133,6 +151,90 @@ def _scene_bands(scene: Scene, names: Sequence[str]) -> tuple[tuple[str, BandInf
     return tuple(out)
 
 
+GridKey = tuple[Any, ...]
+GridMembers = list[tuple[Scene, tuple[tuple[str, BandInfo], ...]]]
+
+
+def _group_grids(catalog: Catalog, bands: Sequence[str]) -> tuple[dict[GridKey, GridMembers],
+                                                                   list[tuple[str, str]]]:
+    """Scenes with the needed bands, grouped by pixel grid (ordered), and the skipped ones."""
+    scenes_all = catalog.scenes()
+    if not scenes_all:
+        raise PlanError("no scene matches the job's scene filter",
+                        hint="widen scenes.start/end or check the product; `pqb scenes` lists them")
+    skipped: list[tuple[str, str]] = []
+    grids: dict[GridKey, GridMembers] = defaultdict(list)
+    for scene in scenes_all:
+        resolved = _scene_bands(scene, bands)
+        if isinstance(resolved, str):
+            skipped.append((scene.scene_id, resolved))
+            continue
+        if scene.transform[1] != 0 or scene.transform[3] != 0:
+            raise PlanError(f"scene {scene.scene_id} is on a rotated grid: not supported")
+        chunk_shapes = tuple(sorted({b.chunks_yx for _, b in resolved}))
+        grids[(scene.crs_epsg, scene.transform, scene.shape_yx, chunk_shapes)].append((scene, resolved))
+    if not grids:
+        raise PlanError("no matched scene has the bands the job needs",
+                        hint="; ".join(f"{s}: {r}" for s, r in skipped[:5]))
+    ordered = dict(sorted(grids.items(), key=lambda kv: repr(kv[0])))
+    for key in ordered:
+        ordered[key].sort(key=lambda m: (m[0].datetime, m[0].scene_id))
+    return ordered, skipped
+
+
+def _day(scene: Scene) -> str:
+    return scene.datetime.astimezone(dt.UTC).date().isoformat()
+
+
+def _exclusions(grids: dict[GridKey, GridMembers]) -> dict[tuple[GridKey, str], bytes]:
+    """Per (grid, day): the area (in the grid's CRS) that earlier grids cover that day.
+
+    Grids are ranked in a fixed order; a pixel inside a higher-ranked grid's footprint on
+    the same day belongs to that grid, so overlapping tiles are never counted twice.
+    """
+    from .geo import reproject_geometry
+
+    by_day: dict[str, list[GridKey]] = defaultdict(list)
+    for key, members in grids.items():
+        for day in dict.fromkeys(_day(s) for s, _ in members):
+            by_day[day].append(key)
+    out: dict[tuple[GridKey, str], bytes] = {}
+    for day, keys in by_day.items():
+        for i, key in enumerate(keys[1:], 1):
+            own = grids[key][0][0]
+            parts = []
+            for other in keys[:i]:
+                fp = grids[other][0][0].footprint_lonlat
+                if fp.intersects(own.footprint_lonlat):
+                    parts.append(reproject_geometry(shapely.segmentize(fp, 0.01), "EPSG:4326", own.crs))
+            if parts:
+                out[(key, day)] = shapely.to_wkb(shapely.union_all(parts))
+    return out
+
+
+def _scene_tasks(key: GridKey, batch: GridMembers,
+                 exclusions: dict[tuple[GridKey, str], bytes]) -> tuple[SceneTask, ...]:
+    return tuple(SceneTask(s.scene_id, s.datetime.isoformat(), s.group, rb, _day(s),
+                           exclusions.get((key, _day(s)))) for s, rb in batch)
+
+
+def _day_batches(members: GridMembers, per_unit: int) -> list[GridMembers]:
+    """Consecutive batches of about ``per_unit`` scenes that never split a day."""
+    days: dict[str, GridMembers] = defaultdict(list)
+    for m in members:
+        days[_day(m[0])].append(m)
+    batches: list[GridMembers] = []
+    current: GridMembers = []
+    for day_members in days.values():
+        if current and len(current) + len(day_members) > per_unit:
+            batches.append(current)
+            current = []
+        current.extend(day_members)
+    if current:
+        batches.append(current)
+    return batches
+
+
 def _windows(bounds: np.ndarray, transform: tuple[float, ...], pad: int) -> np.ndarray:
     """Unclipped (row0, col0, height, width) windows of bounds arrays (north-up grids)."""
     a, _, c, _, e, f = transform
@@ -209,34 +311,19 @@ def plan_job(
     PlanError
         No scene, no field, or no scene with the needed bands.
     """
-    scenes_all = catalog.scenes()
-    if not scenes_all:
-        raise PlanError("no scene matches the job's scene filter",
-                        hint="widen scenes.start/end or check the product; `pqb scenes` lists them")
     if len(fields) == 0:
         raise PlanError("no fields to compute")
-    skipped: list[tuple[str, str]] = []
-    grids: dict[tuple[Any, ...], list[tuple[Scene, tuple[tuple[str, BandInfo], ...]]]] = defaultdict(list)
-    for scene in scenes_all:
-        resolved = _scene_bands(scene, bands)
-        if isinstance(resolved, str):
-            skipped.append((scene.scene_id, resolved))
-            continue
-        chunk_shapes = tuple(sorted({b.chunks_yx for _, b in resolved}))
-        grids[(scene.crs_epsg, scene.transform, scene.shape_yx, chunk_shapes)].append((scene, resolved))
-    if not grids:
-        raise PlanError("no matched scene has the bands the job needs",
-                        hint="; ".join(f"{s}: {r}" for s, r in skipped[:5]))
+    grids, skipped = _group_grids(catalog, bands)
+    exclusions = _exclusions(grids)
 
-    pad = 0 if rule == "centre" else 1
+    pad = 0 if rule in ("centre", "point") else 1
     ids = fields["field_id"].to_numpy()
     matched = np.zeros(len(fields), dtype=bool)
     by_crs: dict[int, Any] = {}
     units: list[WorkUnit] = []
     chunks_read = chunks_touched = bytes_decoded = 0
-    for (epsg, transform, shape_yx, chunk_shapes), members in sorted(grids.items(), key=lambda kv: repr(kv[0])):
-        if transform[1] != 0 or transform[3] != 0:
-            raise PlanError(f"scene grid of {members[0][0].scene_id} is rotated: not supported")
+    for gkey, members in grids.items():
+        epsg, transform, shape_yx, chunk_shapes = gkey
         geoms = by_crs.get(epsg)
         if geoms is None:
             geoms = by_crs[epsg] = fields.geometry.to_crs(epsg=epsg).to_numpy()
@@ -255,7 +342,7 @@ def plan_job(
         blocks: dict[tuple[int, int], list[int]] = defaultdict(list)
         for k in range(len(hit)):
             blocks[(int(block_r[k]), int(block_c[k]))].append(k)
-        scenes_sorted = sorted(members, key=lambda m: (m[0].datetime, m[0].scene_id))
+        scenes_sorted = members
         n_bands = len(bands)
         itemsize = max(np.dtype(b.dtype).itemsize for _, rb in members for _, b in rb)
         touched_grid: set[tuple[int, int]] = set()
@@ -276,9 +363,8 @@ def plan_job(
                 mask_cost = len(part) * COST_MASK_S * (4 if rule == "coverage" else 1)
                 per_unit = max(1, min(len(scenes_sorted),
                                       math.floor(max(target_unit_s - mask_cost, 0) / max(per_scene, 1e-9)) or 1))
-                for s0 in range(0, len(scenes_sorted), per_unit):
-                    batch = scenes_sorted[s0:s0 + per_unit]
-                    stasks = tuple(SceneTask(s.scene_id, s.datetime.isoformat(), s.group, rb) for s, rb in batch)
+                for batch in _day_batches(scenes_sorted, per_unit):
+                    stasks = _scene_tasks(gkey, batch, exclusions)
                     uid = _unit_id(epsg, transform, bkey, f0, [s.scene_id for s in stasks],
                                    [f.field_id for f in ftasks])
                     units.append(WorkUnit(uid, int(epsg), tuple(transform), tuple(shape_yx),  # type: ignore[arg-type]
@@ -308,3 +394,130 @@ def plan_job(
         variables_bands=tuple(bands),
         warnings=tuple(warnings),
     )
+
+
+# --------------------------------------------------------------------------- rollups
+
+
+@dataclass(frozen=True, slots=True)
+class RegionPart:
+    """The part of a region inside one block, in the block grid's CRS."""
+
+    region_id: str
+    wkb: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RollupUnit:
+    """One rollup task: one block of one grid x a batch of that grid's scenes."""
+
+    unit_id: str
+    crs_epsg: int
+    transform: tuple[float, float, float, float, float, float]
+    shape_yx: tuple[int, int]
+    window: tuple[int, int, int, int]  # row0, row1, col0, col1 (inside the raster)
+    chunks: frozenset[tuple[int, int]]  # chunks of the window that regions touch
+    regions: tuple[RegionPart, ...]
+    scenes: tuple[SceneTask, ...]
+    periods: tuple[tuple[str, str], ...]  # (day, period_start)
+
+    def __dask_tokenize__(self) -> str:
+        return self.unit_id
+
+
+@dataclass(frozen=True)
+class RollupPlan:
+    """The planned pixel rollup."""
+
+    units: tuple[RollupUnit, ...]
+    scene_ids: tuple[str, ...]
+    n_regions: int
+    regions_outside: tuple[str, ...]
+    chunks_read: int
+    skipped_scenes: tuple[tuple[str, str], ...]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "tasks": len(self.units),
+            "scenes_matched": len(self.scene_ids),
+            "regions": self.n_regions,
+            "regions_outside_every_scene": list(self.regions_outside),
+            "chunks_read": self.chunks_read,
+            "scenes_skipped": [{"scene_id": s, "reason": r} for s, r in self.skipped_scenes],
+        }
+
+
+def plan_rollup(
+    catalog: Catalog,
+    regions: gpd.GeoDataFrame,
+    *,
+    bands: Sequence[str],
+    period_of: Callable[[str], str],
+    n_variables: int = 1,
+    block_chunks: int = 2,
+    target_unit_s: float = 1.0,
+) -> RollupPlan:
+    """Pixel-rollup units: chunk-aligned blocks of each grid x batches of days.
+
+    Blocks never overlap, so every chunk is read once per scene and band (no read
+    amplification), and every pixel belongs to exactly one block.
+
+    Parameters
+    ----------
+    regions
+        ``region_id`` and polygon geometry (any CRS).
+    period_of
+        Maps a UTC day (``YYYY-MM-DD``) to its period start (ISO string).
+    """
+    grids, skipped = _group_grids(catalog, bands)
+    exclusions = _exclusions(grids)
+    ids = regions["region_id"].to_numpy()
+    matched = np.zeros(len(regions), dtype=bool)
+    units: list[RollupUnit] = []
+    chunks_read = 0
+    for gkey, members in grids.items():
+        epsg, transform, shape_yx, chunk_shapes = gkey
+        geoms = regions.geometry.to_crs(epsg=epsg).to_numpy()
+        hit = np.flatnonzero(shapely.intersects(geoms, members[0][0].footprint))
+        if len(hit) == 0:
+            continue
+        matched[hit] = True
+        cy, cx = max(chunk_shapes)
+        a, _, c, _, e, f = transform
+        by, bx = cy * block_chunks, cx * block_chunks
+        pixels_per_scene = 0
+        for r0 in range(0, shape_yx[0], by):
+            for c0 in range(0, shape_yx[1], bx):
+                r1, c1 = min(r0 + by, shape_yx[0]), min(c0 + bx, shape_yx[1])
+                bbox = shapely.box(c + a * c0, f + e * r1, c + a * c1, f + e * r0)
+                parts = []
+                for k in hit:
+                    if shapely.intersects(geoms[k], bbox):
+                        part = shapely.intersection(geoms[k], bbox.buffer(abs(a)))
+                        if not part.is_empty:
+                            parts.append(RegionPart(str(ids[k]), shapely.to_wkb(part)))
+                if not parts:
+                    continue
+                chunks = set()
+                for i in range(r0 // cy, (r1 - 1) // cy + 1):
+                    for j in range(c0 // cx, (c1 - 1) // cx + 1):
+                        cb = shapely.box(c + a * j * cx, f + e * min((i + 1) * cy, shape_yx[0]),
+                                         c + a * min((j + 1) * cx, shape_yx[1]), f + e * i * cy)
+                        if any(shapely.intersects(shapely.from_wkb(p.wkb), cb) for p in parts):
+                            chunks.add((i, j))
+                pixels_per_scene = (r1 - r0) * (c1 - c0)
+                per_scene = (len(chunks) * len(bands) * COST_CHUNK_S
+                             + pixels_per_scene * n_variables * 3e-8 * (1 + len(parts)))
+                per_unit = max(1, math.floor(target_unit_s / max(per_scene, 1e-9)))
+                for batch in _day_batches(members, per_unit):
+                    stasks = _scene_tasks(gkey, batch, exclusions)
+                    days = sorted({s.day for s in stasks})
+                    uid = _unit_id("rollup", epsg, transform, r0, c0, [s.scene_id for s in stasks],
+                                   [p.region_id for p in parts])
+                    units.append(RollupUnit(uid, int(epsg), tuple(transform), tuple(shape_yx),  # type: ignore[arg-type]
+                                            (r0, r1, c0, c1), frozenset(chunks), tuple(parts),
+                                            stasks, tuple((d, period_of(d)) for d in days)))
+                    chunks_read += len(chunks) * len(bands) * len(stasks)
+    used = {s.scene_id for m in grids.values() for s, _ in m}
+    return RollupPlan(tuple(units), tuple(sorted(used)), len(regions),
+                      tuple(str(i) for i in ids[~matched]), chunks_read, tuple(skipped))

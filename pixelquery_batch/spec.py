@@ -317,6 +317,141 @@ class StatsOutput(BaseModel):
     )
 
 
+def _check_period_text(value: str) -> str:
+    from .kernels.timeseries import parse_period
+
+    try:
+        parse_period(value)
+    except SpecError as exc:
+        raise _error(exc.message) from None
+    return value
+
+
+class TimeseriesOutput(BaseModel):
+    """Per-field time series and temporal composites, from the per-scene results."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    period: str = Field(
+        default="scene",
+        description="Composite period: `scene` (one value per acquisition day), `day`, "
+        "`week`, `month`, or an ISO-8601 duration such as `P10D`, `P2W`, `P3M`.",
+    )
+    aggregation: Literal["mean", "median", "max", "min", "last", "max_ndvi"] = Field(
+        default="mean",
+        description="How the scenes of a period combine: mean/median/max/min of each "
+        "statistic, `last` (latest valid scene) or `max_ndvi` (the scene with the highest "
+        "field NDVI).",
+    )
+    variables: tuple[str, ...] | None = Field(
+        default=None, description="Variables to include (default: all bands and indices)."
+    )
+    fill: Literal["none", "linear"] = Field(
+        default="none",
+        description="Gap filling: `none` (gaps are rows with count 0) or `linear` "
+        "(interpolated, flagged in the `filled` column).",
+    )
+    wide: bool = Field(
+        default=False,
+        description="Also write a wide table (field x period columns of the mean).",
+    )
+    format: Literal["parquet", "csv"] = Field(default="parquet", description="Table format.")
+
+    @field_validator("period")
+    @classmethod
+    def _check_period(cls, value: str) -> str:
+        return _check_period_text(value)
+
+
+class PointsSpec(BaseModel):
+    """Points whose pixel values are followed through time."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str = Field(min_length=1, description="Vector file of points (any CRS), relative "
+                      "to the spec file.")
+    id: str = Field(default="id", min_length=1, description="Attribute holding the point id.")
+    layer: str | None = Field(default=None, description="Layer of multi-layer files.")
+
+
+class RegionsSpec(BaseModel):
+    """Large polygons (districts, basins) to roll results up to."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str = Field(min_length=1, description="Vector file of region polygons.")
+    id: str = Field(default="id", min_length=1, description="Attribute holding the region id.")
+    layer: str | None = Field(default=None, description="Layer of multi-layer files.")
+    fix_invalid: bool = Field(default=False, description="Repair invalid geometries.")
+
+
+class CompositeOutput(BaseModel):
+    """A composite raster per region and period, written as a COG."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    crs: str = Field(description="Target CRS, e.g. `EPSG:3035` or `EPSG:32633`.")
+    resolution: float = Field(gt=0, description="Target pixel size in CRS units.")
+    method: Literal["max_ndvi", "median", "mean", "max"] = Field(
+        default="max_ndvi",
+        description="`max_ndvi` (per pixel, the value of the scene with the highest NDVI), "
+        "or the per-pixel median/mean/max over the period's scenes.",
+    )
+    variable: str = Field(default="ndvi", description="Variable to composite.")
+    max_pixels: int = Field(
+        default=100_000_000, gt=0,
+        description="Refuse composites larger than this many pixels per region and period.",
+    )
+
+
+class RollupOutput(BaseModel):
+    """Region-wide rollups per period."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    regions: RegionsSpec = Field(description="The regions.")
+    period: str = Field(default="month", description="Rollup period (as in timeseries).")
+    variables: tuple[str, ...] | None = Field(
+        default=None, description="Variables to roll up (default: all)."
+    )
+    stats: tuple[str, ...] = Field(
+        default=("mean", "std", "min", "max", "median", "p10", "p90", "count"),
+        description="Pixel rollup statistics (mean, std, min, max, sum, count exact; median "
+        "and pNN from a histogram, with the error bound in `quantile_error_bound`).",
+    )
+    kinds: tuple[Literal["pixel", "field"], ...] = Field(
+        default=("pixel",),
+        description="`pixel`: statistics over every valid pixel of each region; `field`: "
+        "statistics of the per-field results of the fields inside each region.",
+    )
+    threshold: float | None = Field(
+        default=None, description="Field rollup: share of fields whose mean is above this."
+    )
+    histogram: dict[str, tuple[float, float, int]] | None = Field(
+        default=None,
+        description="Quantile histogram per variable: `[lo, hi, bins]` (default: [-1, 1, "
+        "4000] for indices, [-0.5, 1.5, 4000] otherwise).",
+    )
+    composite: CompositeOutput | None = Field(
+        default=None, description="Optional composite raster per region and period."
+    )
+
+    @field_validator("period")
+    @classmethod
+    def _check_period(cls, value: str) -> str:
+        return _check_period_text(value)
+
+    @field_validator("stats")
+    @classmethod
+    def _check_stats(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [s for s in value
+               if s == "valid_fraction" or (s != "count" and _stat_problem(s) is not None)]
+        if bad:
+            raise _error(f"unsupported rollup statistic(s) {bad} (expected mean, std, min, "
+                         "max, sum, median, p1..p99, count)")
+        return value
+
+
 class OutputsSpec(BaseModel):
     """Where results are written."""
 
@@ -330,6 +465,13 @@ class OutputsSpec(BaseModel):
     stats: StatsOutput | None = Field(
         default_factory=StatsOutput,
         description="Per-field statistics table; `null` skips it.",
+    )
+    timeseries: TimeseriesOutput | None = Field(
+        default=None,
+        description="Per-field time series / temporal composites (`outputs.dir/timeseries/`).",
+    )
+    rollup: RollupOutput | None = Field(
+        default=None, description="Region rollups per period (`outputs.dir/rollup/`)."
     )
 
 
@@ -385,7 +527,16 @@ class JobSpec(BaseModel):
     scenes: SceneFilter = Field(
         default_factory=SceneFilter, description="Which scenes to read (default: all)."
     )
-    fields: FieldsSpec = Field(description="The field polygons to summarise.")
+    fields: FieldsSpec | None = Field(
+        default=None,
+        description="The field polygons to summarise (needed unless the job only rolls "
+        "pixels up to regions).",
+    )
+    points: PointsSpec | None = Field(
+        default=None,
+        description="Points whose pixel values are followed through time "
+        "(`outputs.dir/points/`).",
+    )
     bands: tuple[str, ...] = Field(
         default=(),
         description="Raw bands (names or roles such as `red`, `nir`) to report statistics "
@@ -490,6 +641,36 @@ class JobSpec(BaseModel):
             raise _problems_error(problems)
         return value
 
+    @model_validator(mode="after")
+    def _check_outputs(self) -> JobSpec:
+        out = self.outputs
+        needs_fields = (out.stats is not None or out.timeseries is not None
+                        or (out.rollup is not None and "field" in out.rollup.kinds))
+        if needs_fields and self.fields is None:
+            raise _error("missing required key 'fields' (the statistics, time series and field "
+                         "rollups need field polygons)")
+        if out.rollup is not None and "field" in out.rollup.kinds and out.timeseries is None:
+            raise _error("outputs.rollup.kinds has 'field': it rolls up the per-field time "
+                         "series, so outputs.timeseries is needed too")
+        names = set(self.bands) | set(self.indices)
+        for where, chosen in (("outputs.timeseries.variables", out.timeseries and out.timeseries.variables),
+                              ("outputs.rollup.variables", out.rollup and out.rollup.variables)):
+            unknown = sorted(set(chosen or ()) - names)
+            if unknown:
+                raise _error(f"{where}: variable(s) {unknown} are not defined "
+                             f"(bands/indices: {sorted(names)})")
+        if (out.timeseries is not None and out.timeseries.aggregation == "max_ndvi"
+                and "ndvi" not in names):
+            raise _error("outputs.timeseries.aggregation max_ndvi needs an `ndvi` index")
+        if out.rollup is not None and out.rollup.composite is not None:
+            comp = out.rollup.composite
+            if comp.variable not in names:
+                raise _error(f"outputs.rollup.composite.variable {comp.variable!r} is not "
+                             f"defined (bands/indices: {sorted(names)})")
+            if comp.method == "max_ndvi" and "ndvi" not in names:
+                raise _error("outputs.rollup.composite.method max_ndvi needs an `ndvi` index")
+        return self
+
     # -- API ----------------------------------------------------------------------------
 
     @property
@@ -527,11 +708,19 @@ class JobSpec(BaseModel):
                 "repository": self.repository.model_copy(
                     update={"path": _resolve_path(self.repository.path, base)}
                 ),
-                "fields": self.fields.model_copy(
+                "fields": None if self.fields is None else self.fields.model_copy(
                     update={"path": _resolve_path(self.fields.path, base)}
                 ),
+                "points": None if self.points is None else self.points.model_copy(
+                    update={"path": _resolve_path(self.points.path, base)}
+                ),
                 "outputs": self.outputs.model_copy(
-                    update={"dir": _resolve_path(self.outputs.dir, base)}
+                    update={"dir": _resolve_path(self.outputs.dir, base),
+                            "rollup": None if self.outputs.rollup is None else
+                            self.outputs.rollup.model_copy(update={
+                                "regions": self.outputs.rollup.regions.model_copy(update={
+                                    "path": _resolve_path(self.outputs.rollup.regions.path, base)
+                                })})}
                 ),
             }
         )

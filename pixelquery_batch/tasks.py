@@ -42,6 +42,7 @@ class JobContext:
     cloud_classes: tuple[int, ...] | None = None
     cloud_bits: tuple[int, ...] | None = None
     on_error: str = "skip"
+    daily: bool = False  # also return day rows (time series)
 
     def __repr__(self) -> str:  # keep credentials out of logs
         return f"JobContext(job_hash={self.job_hash!r}, repo={self.repo!r})"
@@ -57,6 +58,7 @@ class UnitResult:
     duration_s: float
     failures: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[dict[str, Any]] = field(default_factory=list)
+    day_table: pa.Table | None = None
 
 
 def stat_columns(stats: Sequence[str]) -> list[str]:
@@ -141,8 +143,57 @@ def _clip(window: tuple[int, int, int, int], shape_yx: tuple[int, int]):  # type
     return (y0, y1, x0, x1), (slice(y0 - r0, y1 - r0), slice(x0 - c0, x1 - c0))
 
 
+def _centres_in(geom_wkb: bytes | None, transform: tuple[float, ...],
+                window: tuple[int, int, int, int]) -> np.ndarray | None:
+    """Pixels of ``window`` whose centres lie in ``geom_wkb`` (``None`` when no geometry)."""
+    if geom_wkb is None:
+        return None
+    geom = shapely.from_wkb(geom_wkb)
+    a, _, c, _, e, f = transform
+    r0, c0, h, w = window
+    xs = c + a * (np.arange(c0, c0 + w) + 0.5)
+    ys = f + e * (np.arange(r0, r0 + h) + 0.5)
+    shapely.prepare(geom)
+    return shapely.contains_xy(geom, xs[None, :], ys[:, None])
+
+
+class _Rows:
+    """Column lists of one output table."""
+
+    def __init__(self, stats: Sequence[str]) -> None:
+        self.stats = stats
+        self.cols = stat_columns(stats)
+        self.data: dict[str, list[Any]] = {k: [] for k in result_schema(stats).names}
+
+    def add(self, field_id: str, scene_id: str, when: dt.datetime, variable: str,
+            res: dict[str, float], weights: np.ndarray, invalid: np.ndarray, cloud: np.ndarray,
+            ctx: JobContext) -> None:
+        d = self.data
+        cloud_w = float(weights[invalid & cloud].sum())
+        values = [float(res[c]) for c in self.cols]  # before appending: rows stay aligned
+        d["field_id"].append(field_id)
+        d["scene_id"].append(scene_id)
+        d["datetime"].append(when)
+        d["variable"].append(variable)
+        for c, v in zip(self.cols, values, strict=True):
+            d[c].append(v)
+        d["pixel_count"].append(float(weights.sum()))
+        d["nodata_count"].append(float(weights[invalid].sum()) - cloud_w)
+        d["cloud_count"].append(cloud_w)
+        d["snapshot_id"].append(ctx.repo.snapshot_id)
+        d["job_hash"].append(ctx.job_hash)
+
+    def table(self) -> pa.Table:
+        return pa.Table.from_pydict(self.data, schema=result_schema(self.stats))
+
+
 def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None) -> UnitResult:
     """Compute every (field, scene, variable) row of one unit.
+
+    With ``ctx.daily`` it also returns *day rows*: per field and day, the pixels of that
+    day's scenes on this grid merged (first valid, clear pixel in scene order), minus the
+    pixels a same-day scene on another grid provides (``SceneTask.exclude_wkb``), so the day
+    rows of all grids cover disjoint pixels and time series never count a pixel twice.
 
     Parameters
     ----------
@@ -164,8 +215,8 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
     t0 = time.perf_counter()
     reader = reader or _reader_for(ctx.repo)
     before = reader.chunks_read
-    cols = stat_columns(ctx.stats)
-    rows: dict[str, list[Any]] = {k: [] for k in result_schema(ctx.stats).names}
+    rows = _Rows(ctx.stats)
+    day_rows = _Rows(ctx.stats) if ctx.daily else None
     failures: list[dict[str, Any]] = []
     warnings: list[dict[str, Any]] = []
 
@@ -184,85 +235,218 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
     fields = []
     for f in unit.fields:
         try:
-            geom = shapely.from_wkb(f.wkb)
-            weights = geometry_weights(geom, unit.transform, f.window, ctx.rule)
-            clip = _clip(f.window, unit.shape_yx)
-            total = float(weights.sum())
-            if total == 0:
+            if ctx.rule == "point":
+                weights = np.ones((f.window[2], f.window[3]))
+            else:
+                weights = geometry_weights(shapely.from_wkb(f.wkb), unit.transform, f.window, ctx.rule)
+            if float(weights.sum()) == 0:
                 warnings.append({"field_id": f.field_id, "warning":
                                  f"field covers no pixel with the {ctx.rule} rule (smaller than a pixel?)"})
-            fields.append((f, weights, clip))
+            fields.append((f, weights, _clip(f.window, unit.shape_yx)))
         except Exception as exc:
             fail(exc, scene_id=None, field_id=f.field_id)
     clipped: list[tuple[int, int, int, int]] = [c[0] for _, _, c in fields if c is not None]
+    mosaic = None
     if clipped:
         mosaic = (min(c[0] for c in clipped), max(c[1] for c in clipped),
                   min(c[2] for c in clipped), max(c[3] for c in clipped))
-    else:
-        mosaic = None
-
     exprs = [(vname, _expression(vname, text)) for vname, text in ctx.variables]
-    for scene in unit.scenes:
-        when = dt.datetime.fromisoformat(scene.datetime)
-        raws: dict[tuple[str, int | None], np.ndarray] = {}
-        try:
-            bands = _needed_bands(scene, ctx)
-            if mosaic is not None:
-                requests = []
-                for band in {(b.array, b.index): b for b in bands.values()}.values():
-                    chunks: set[tuple[int, int]] = set()
-                    for c in clipped:
-                        chunks |= chunks_for_window(c, band.chunks_yx)
-                    requests.append(ChunkRequest(scene.group, band, mosaic, frozenset(chunks)))
-                raws = dict(zip(((r.band.array, r.band.index) for r in requests),
-                                reader.read(requests), strict=True))
-        except Exception as exc:
-            for f, _, _ in fields:
-                fail(exc, scene_id=scene.scene_id, field_id=f.field_id)
-            continue
 
+    days: dict[str, list[SceneTask]] = {}
+    for scene in unit.scenes:
+        days.setdefault(scene.day or scene.datetime[:10], []).append(scene)
+
+    for day_scenes in days.values():
+        # 1. read every scene of the day (raw chunk mosaics of the needed bands)
+        loaded = []
+        for scene in day_scenes:
+            try:
+                bands = _needed_bands(scene, ctx)
+                raws: dict[tuple[str, int | None], np.ndarray] = {}
+                if mosaic is not None:
+                    requests = []
+                    for band in {(b.array, b.index): b for b in bands.values()}.values():
+                        chunks: set[tuple[int, int]] = set()
+                        for c in clipped:
+                            chunks |= chunks_for_window(c, band.chunks_yx)
+                        requests.append(ChunkRequest(scene.group, band, mosaic, frozenset(chunks)))
+                    raws = dict(zip(((r.band.array, r.band.index) for r in requests),
+                                    reader.read(requests), strict=True))
+                loaded.append((scene, bands, raws))
+            except Exception as exc:
+                if isinstance(exc, TaskError):
+                    raise
+                for f, _, _ in fields:
+                    fail(exc, scene_id=scene.scene_id, field_id=f.field_id)
+        if not loaded:
+            continue
+        # 2. per field: scene rows, then the day row
         for f, weights, clip in fields:
             try:
                 h, w = f.window[2], f.window[3]
-                env: dict[str, np.ndarray] = {}
-                cloud_full = np.zeros((h, w), bool)
-                if clip is not None and mosaic is not None:
-                    (y0, y1, x0, x1), sl = clip
-                    rs = (slice(y0 - mosaic[0], y1 - mosaic[0]), slice(x0 - mosaic[2], x1 - mosaic[2]))
-                    for name, band in bands.items():
-                        raw = raws[(band.array, band.index)][rs]
-                        full = np.full((h, w), np.nan)
-                        full[sl] = _physical(raw, band, ctx.mask_nodata)
-                        env[name] = full
-                        if ctx.cloud_band and name == ctx.cloud_band:
-                            cloud_full[sl] = _cloud_mask(raw, band, ctx)
-                else:
-                    env = {name: np.full((h, w), np.nan) for name in bands}
                 in_field = weights > 0
-                for vname, expr in exprs:
-                    values = np.asarray(expr.evaluate({n: env[n] for n in expr.names}), dtype=np.float64)
-                    if values.shape != (h, w):
-                        values = np.broadcast_to(values, (h, w)).copy()
-                    if ctx.cloud_band:
-                        values = np.where(cloud_full, np.nan, values)
-                    res = zonal_stats(values, weights, ctx.stats)
-                    invalid = in_field & ~np.isfinite(values)
-                    cloud_w = float(weights[invalid & cloud_full].sum())
-                    rows["field_id"].append(f.field_id)
-                    rows["scene_id"].append(scene.scene_id)
-                    rows["datetime"].append(when)
-                    rows["variable"].append(vname)
-                    for c in cols:
-                        rows[c].append(float(res[c]))
-                    rows["pixel_count"].append(float(weights.sum()))
-                    rows["nodata_count"].append(float(weights[invalid].sum()) - cloud_w)
-                    rows["cloud_count"].append(cloud_w)
-                    rows["snapshot_id"].append(ctx.repo.snapshot_id)
-                    rows["job_hash"].append(ctx.job_hash)
+                merged: dict[str, np.ndarray] = {}
+                merged_cloud = np.zeros((h, w), bool)
+                for scene, bands, raws in loaded:
+                    when = dt.datetime.fromisoformat(scene.datetime)
+                    env, cloud_full = _field_env(f.window, clip, mosaic, bands, raws, ctx)
+                    for vname, expr in exprs:
+                        values = np.asarray(expr.evaluate({n: env[n] for n in expr.names}),
+                                            dtype=np.float64)
+                        if values.shape != (h, w):
+                            values = np.broadcast_to(values, (h, w)).copy()
+                        if ctx.cloud_band:
+                            values = np.where(cloud_full, np.nan, values)
+                        res = zonal_stats(values, weights, rows.cols)
+                        rows.add(f.field_id, scene.scene_id, when, vname, res, weights,
+                                 in_field & ~np.isfinite(values), cloud_full, ctx)
+                        if day_rows is not None:
+                            prev = merged.get(vname)
+                            merged[vname] = values if prev is None else np.where(np.isnan(prev), values, prev)
+                    merged_cloud |= cloud_full
+                if day_rows is not None:
+                    first = loaded[0][0]
+                    excluded = _centres_in(first.exclude_wkb, unit.transform, f.window)
+                    dweights = weights if excluded is None else np.where(excluded, 0.0, weights)
+                    ids = "+".join(sorted(s.scene_id for s, _, _ in loaded))
+                    when = min(dt.datetime.fromisoformat(s.datetime) for s, _, _ in loaded)
+                    for vname, _ in exprs:
+                        values = merged[vname]
+                        res = zonal_stats(values, dweights, day_rows.cols)
+                        day_rows.add(f.field_id, ids, when, vname, res, dweights,
+                                     (dweights > 0) & ~np.isfinite(values), merged_cloud, ctx)
             except TaskError:
                 raise
             except Exception as exc:
-                fail(exc, scene_id=scene.scene_id, field_id=f.field_id)
-    table = pa.Table.from_pydict(rows, schema=result_schema(ctx.stats))
-    return UnitResult(unit.unit_id, table, reader.chunks_read - before,
-                      time.perf_counter() - t0, failures, warnings)
+                fail(exc, scene_id=loaded[0][0].scene_id, field_id=f.field_id)
+    return UnitResult(unit.unit_id, rows.table(), reader.chunks_read - before,
+                      time.perf_counter() - t0, failures, warnings,
+                      day_table=day_rows.table() if day_rows is not None else None)
+
+
+def _field_env(window: tuple[int, int, int, int], clip: Any, mosaic: tuple[int, int, int, int] | None,
+               bands: dict[str, BandInfo], raws: dict[tuple[str, int | None], np.ndarray],
+               ctx: JobContext) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Physical band values (NaN = invalid or outside the raster) and the cloud mask over
+    one field's window."""
+    h, w = window[2], window[3]
+    cloud_full = np.zeros((h, w), bool)
+    if clip is None or mosaic is None:
+        return {name: np.full((h, w), np.nan) for name in bands}, cloud_full
+    (y0, y1, x0, x1), sl = clip
+    rs = (slice(y0 - mosaic[0], y1 - mosaic[0]), slice(x0 - mosaic[2], x1 - mosaic[2]))
+    env: dict[str, np.ndarray] = {}
+    for name, band in bands.items():
+        raw = raws[(band.array, band.index)][rs]
+        full = np.full((h, w), np.nan)
+        full[sl] = _physical(raw, band, ctx.mask_nodata)
+        env[name] = full
+        if ctx.cloud_band and name == ctx.cloud_band:
+            cloud_full[sl] = _cloud_mask(raw, band, ctx)
+    return env, cloud_full
+
+
+# --------------------------------------------------------------------------- rollups
+
+
+@dataclass(frozen=True, slots=True)
+class RollupContext:
+    """What rollup units share: the job context plus histogram specs and stats."""
+
+    job: JobContext
+    variables: tuple[str, ...]
+    histograms: tuple[tuple[str, tuple[float, float, int]], ...]  # variable -> (lo, hi, bins)
+
+    def __repr__(self) -> str:
+        return f"RollupContext(job_hash={self.job.job_hash!r})"
+
+
+@dataclass
+class RollupResult:
+    """Keyed partials ``(region_id, period_start, variable) -> Partial`` and observed days."""
+
+    partials: dict[tuple[str, str, str], Any]
+    days: dict[tuple[str, str, str], set[str]]
+    chunks_read: int = 0
+    duration_s: float = 0.0
+    units: int = 1
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+
+def merge_rollup_results(a: RollupResult, b: RollupResult) -> RollupResult:
+    """Associative merge (the Dask tree reduction's combine step)."""
+    from .kernels.rollup import merge_keyed
+
+    days = {k: set(v) for k, v in a.days.items()}
+    for k, v in b.days.items():
+        days.setdefault(k, set()).update(v)
+    return RollupResult(merge_keyed(a.partials, b.partials), days,
+                        a.chunks_read + b.chunks_read, a.duration_s + b.duration_s,
+                        a.units + b.units, a.failures + b.failures)
+
+
+def run_rollup_unit(unit: Any, rctx: RollupContext, reader: ChunkReader | None = None) -> RollupResult:
+    """Partials of every region part of one block, per period and variable.
+
+    Same-day scenes of the grid are merged pixel by pixel (first valid, clear pixel in
+    scene order) and pixels that a same-day scene on another grid provides are left out,
+    so a pixel is counted once per day whatever the tiling.
+    """
+    from .kernels.rollup import Partial, histogram_for
+    from .rasterize import geometry_weights
+
+    ctx = rctx.job
+    t0 = time.perf_counter()
+    reader = reader or _reader_for(ctx.repo)
+    before = reader.chunks_read
+    r0, r1, c0, c1 = unit.window
+    window = (r0, c0, r1 - r0, c1 - c0)
+    specs = {v: histogram_for(v, dict(rctx.histograms).get(v)) for v in rctx.variables}
+    exprs = [(n, _expression(n, t)) for n, t in ctx.variables if n in rctx.variables]
+    masks = [(p.region_id, geometry_weights(shapely.from_wkb(p.wkb), unit.transform, window, "centre") > 0)
+             for p in unit.regions]
+    period_of = dict(unit.periods)
+    partials: dict[tuple[str, str, str], Any] = {}
+    days_seen: dict[tuple[str, str, str], set[str]] = {}
+    failures: list[dict[str, Any]] = []
+    by_day: dict[str, list[SceneTask]] = {}
+    for scene in unit.scenes:
+        by_day.setdefault(scene.day, []).append(scene)
+    clip = ((r0, r1, c0, c1), (slice(0, r1 - r0), slice(0, c1 - c0)))
+    for day, scenes in by_day.items():
+        merged: dict[str, np.ndarray] = {}
+        try:
+            for scene in scenes:
+                bands = _needed_bands(scene, ctx)
+                requests = [ChunkRequest(scene.group, b, unit.window, unit.chunks)
+                            for b in {(b.array, b.index): b for b in bands.values()}.values()]
+                raws = dict(zip(((r.band.array, r.band.index) for r in requests),
+                                reader.read(requests), strict=True))
+                env, cloud = _field_env(window, clip, (r0, r1, c0, c1), bands, raws, ctx)
+                for vname, expr in exprs:
+                    values = np.asarray(expr.evaluate({n: env[n] for n in expr.names}), dtype=np.float64)
+                    if ctx.cloud_band:
+                        values = np.where(cloud, np.nan, values)
+                    prev = merged.get(vname)
+                    merged[vname] = values if prev is None else np.where(np.isnan(prev), values, prev)
+        except Exception as exc:
+            if ctx.on_error == "fail":
+                raise TaskError(f"rollup unit {unit.unit_id} failed on day {day}: {exc}",
+                                unit_id=unit.unit_id, scene_id=scenes[0].scene_id) from exc
+            failures.append({"unit_id": unit.unit_id, "scene_id": "+".join(s.scene_id for s in scenes),
+                             "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        excluded = _centres_in(scenes[0].exclude_wkb, unit.transform, window)
+        period = period_of[day]
+        for vname, values in merged.items():
+            if excluded is not None:
+                values = np.where(excluded, np.nan, values)
+            for region_id, mask in masks:
+                part = Partial.from_values(values[mask], specs[vname])
+                key = (region_id, period, vname)
+                prev = partials.get(key)
+                partials[key] = part if prev is None else prev.merge(part)
+                if part.count > 0:
+                    days_seen.setdefault(key, set()).add(day)
+    return RollupResult(partials, days_seen, reader.chunks_read - before,
+                        time.perf_counter() - t0, 1, failures)

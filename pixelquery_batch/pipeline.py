@@ -1,0 +1,574 @@
+"""The job pipeline: spec -> prepared job -> plans -> Dask execution -> outputs + manifest.
+
+Stages of :func:`run_job`, all on one Dask client:
+
+1. per-field statistics (``outputs.stats``), and the per-field *day rows* the time series
+   are built from (``outputs.timeseries``);
+2. point series (``points``);
+3. pixel rollups (``outputs.rollup`` with ``kinds: [pixel]``), tree-reduced on the cluster;
+4. on the client, from small tables only: time-series composites and field rollups.
+
+Every table is published atomically; ``manifest.json`` is written last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .catalog.models import Catalog
+from .catalog.store import RepoRef, resolve_snapshot
+from .errors import InputDataError, PixelQueryError, SpecError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+    from .executor import ClusterOptions, ExecutionSummary
+    from .planner import Plan
+    from .tasks import JobContext
+
+__all__ = [
+    "PreparedJob",
+    "RunResult",
+    "load_job",
+    "plan_prepared",
+    "prepare_job",
+    "run_job",
+    "validate_job",
+]
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+@dataclass
+class PreparedJob:
+    """A job spec resolved against its repository: what planning and running need."""
+
+    spec: Any
+    ref: RepoRef
+    scenes: Catalog
+    fields: Any  # GeoDataFrame (field_id, geometry) or None
+    variables: dict[str, Any]  # name -> Expression
+    bands: tuple[str, ...]
+    cloud: dict[str, Any] | None  # {"band", "classes"|"bits"}
+    points: Any = None  # GeoDataFrame (field_id = point id) or None
+    regions: Any = None  # GeoDataFrame (region_id, geometry) or None
+    problems: list[str] = field(default_factory=list)
+
+    def context(self, *, daily: bool = False) -> JobContext:
+        from .tasks import JobContext
+
+        cloud = self.cloud or {}
+        return JobContext(
+            repo=self.ref,
+            job_hash=self.spec.job_hash(),
+            variables=tuple((n, e.text) for n, e in self.variables.items()),
+            stats=tuple(self.spec.stats),
+            rule=self.spec.pixels,
+            mask_nodata=self.spec.masks.nodata,
+            cloud_band=cloud.get("band"),
+            cloud_classes=tuple(cloud["classes"]) if cloud.get("classes") is not None else None,
+            cloud_bits=tuple(cloud["bits"]) if cloud.get("bits") is not None else None,
+            on_error=self.spec.on_error,
+            daily=daily,
+        )
+
+    @property
+    def window(self) -> tuple[Any, Any]:
+        """The job's time window (spec bounds, else the matched scenes' first/last day)."""
+        times = self.scenes.table.column("datetime").to_pylist()
+        start = self.spec.scenes.start or (min(times) if times else None)
+        end = self.spec.scenes.end or (max(times) if times else None)
+        return start, end
+
+
+def load_job(spec: str | os.PathLike[str] | Any) -> Any:
+    """A :class:`~pixelquery_batch.spec.JobSpec` from a path (or the spec itself)."""
+    from .spec import JobSpec, load_spec
+
+    return spec if isinstance(spec, JobSpec) else load_spec(spec)
+
+
+def _cloud_rule(spec: Any, scenes: Catalog) -> dict[str, Any] | None:
+    from .products import load_product
+
+    rule = spec.masks.cloud
+    if rule is None:
+        return None
+    if rule == "auto":
+        products = sorted({s.product for s in scenes.scenes()})
+        masks = {}
+        for p in products:
+            try:
+                cm = load_product(p).cloud_mask
+            except PixelQueryError:
+                cm = None
+            masks[p] = cm
+        distinct = {m.model_dump_json() if m else None for m in masks.values()}
+        if len(distinct) > 1:
+            raise SpecError(
+                f"masks.cloud: auto is ambiguous: products {products} flag clouds differently",
+                hint="give masks.cloud explicitly ({band, exclude} or {band, bits})")
+        cm = next(iter(masks.values()), None)
+        if cm is None:
+            logger.info("no cloud mask: the product profile defines none")
+            return None
+        return {"band": cm.band, "classes": list(cm.classes) if cm.classes else None,
+                "bits": list(cm.bits) if cm.bits else None}
+    return {"band": rule.band, "classes": list(rule.exclude) if rule.exclude is not None else None,
+            "bits": list(rule.bits) if rule.bits is not None else None}
+
+
+def _load_points(spec: Any) -> Any:
+    import shapely
+
+    p = spec.points
+    gdf = _load_points_file(p.path, p.id, p.layer)
+    kinds = set(shapely.get_type_id(gdf.geometry.to_numpy()).tolist())
+    if kinds != {0}:
+        raise InputDataError(f"{p.path}: points must be Point geometries", path=p.path)
+    return gdf
+
+
+def _load_points_file(path: str, id_column: str, layer: str | None) -> Any:
+    """Read a point file into (field_id, geometry), checking ids and CRS."""
+    import geopandas as gpd
+
+    p = Path(path)
+    if not p.exists():
+        raise InputDataError(f"file not found: {p}", path=str(p))
+    try:
+        gdf = gpd.read_parquet(p) if p.suffix.lower() in (".parquet", ".geoparquet") else \
+            gpd.read_file(p, layer=layer) if layer else gpd.read_file(p)
+    except Exception as exc:
+        raise InputDataError(f"cannot read {p}: {exc}", path=str(p)) from exc
+    if id_column not in gdf.columns:
+        raise InputDataError(f"{p}: no id column {id_column!r}", path=str(p),
+                             hint=f"columns: {[c for c in gdf.columns if c != gdf.geometry.name]}")
+    ids = gdf[id_column].astype(str)
+    dup = sorted(ids[ids.duplicated(keep=False)].unique().tolist())
+    if dup:
+        raise InputDataError(f"{p}: duplicate ids {dup[:10]}", path=str(p))
+    if gdf.crs is None:
+        raise InputDataError(f"{p}: no CRS", path=str(p))
+    out = gpd.GeoDataFrame({"field_id": ids.to_numpy()}, geometry=gdf.geometry.to_numpy(), crs=gdf.crs)
+    return out.sort_values("field_id", kind="stable").reset_index(drop=True)
+
+
+def prepare_job(spec: str | os.PathLike[str] | Any, *, check_only: bool = False) -> PreparedJob:
+    """Resolve a job spec: snapshot, matched scenes, fields, points, regions, bands.
+
+    With ``check_only`` the consistency problems (bands missing from scenes, empty time
+    window) are collected in ``problems`` instead of raised.
+    """
+    from .config import load_storage_profile
+    from .fields import load_fields
+
+    spec = load_job(spec)
+    storage = load_storage_profile(spec.repository.storage)
+    ref = resolve_snapshot(spec.repository.path, spec.repository.snapshot, profile=storage)
+    sc = spec.scenes
+    scenes = ref.catalog().search(start=sc.start, end=sc.end, product=sc.product,
+                                  max_cloud=sc.max_cloud, scene_ids=sc.ids)
+    problems: list[str] = []
+    if len(scenes) == 0:
+        problems.append(f"scenes: no scene between {sc.start} and {sc.end}"
+                        + (f" of product {sc.product}" if sc.product else "")
+                        + f" at snapshot {ref.snapshot_id}")
+    fields = None
+    if spec.fields is not None:
+        fields = load_fields(spec.fields.path, id_column=spec.fields.id, layer=spec.fields.layer,
+                             fix_invalid=spec.fields.fix_invalid)
+    points = _load_points(spec) if spec.points is not None else None
+    regions = None
+    rollup = spec.outputs.rollup
+    if rollup is not None:
+        r = rollup.regions
+        regions = load_fields(r.path, id_column=r.id, layer=r.layer,
+                              fix_invalid=r.fix_invalid).rename(columns={"field_id": "region_id"})
+    variables = spec.variables()
+    cloud = _cloud_rule(spec, scenes) if len(scenes) else None
+    bands = tuple(dict.fromkeys(
+        [n for e in variables.values() for n in sorted(e.names)]
+        + ([cloud["band"]] if cloud else [])))
+    for scene in scenes.scenes():
+        for name in bands:
+            try:
+                scene.band(name)
+            except PixelQueryError:
+                problems.append(f"scene {scene.scene_id} has no band or role {name!r} "
+                                f"(bands: {', '.join(scene.band_names)})")
+    if problems and not check_only:
+        raise SpecError("; ".join(problems[:10]), path=str(spec.source_path))
+    return PreparedJob(spec, ref, scenes, fields, variables, bands, cloud, points, regions, problems)
+
+
+def plan_prepared(job: PreparedJob) -> Plan:
+    """The per-field plan of a prepared job (pure: see :func:`~pixelquery_batch.planner.plan_job`)."""
+    from .planner import plan_job
+
+    if job.fields is None:
+        raise SpecError("this job has no fields (it only rolls pixels up to regions)")
+    return plan_job(job.scenes, job.fields, bands=job.bands, rule=job.spec.pixels,
+                    n_variables=len(job.variables))
+
+
+def validate_job(spec_path: str | os.PathLike[str]) -> list[str]:
+    """Every problem of a job spec (shape, then consistency with the repository)."""
+    try:
+        job = prepare_job(spec_path, check_only=True)
+    except PixelQueryError as exc:
+        problems = getattr(exc, "problems", None)
+        if problems:
+            return [f"{p['file']}:{p['line']} {p['path']}: {p['message']}" if p.get("path")
+                    else f"{p['file']}:{p['line']} {p['message']}" for p in problems]
+        return [str(exc)]
+    return job.problems
+
+
+@dataclass
+class RunResult:
+    """What :func:`run_job` produced."""
+
+    manifest_path: Path
+    manifest: dict[str, Any]
+    outputs: dict[str, Path]
+    summary: ExecutionSummary
+
+    @property
+    def ok(self) -> bool:
+        return not self.manifest["failures"]
+
+
+@contextmanager
+def _client_for(cluster: Any) -> Iterator[Any]:
+    from .executor import ClusterOptions, open_client
+
+    if isinstance(cluster, ClusterOptions):
+        with open_client(cluster) as client:
+            yield client
+    else:
+        yield cluster  # "sync" or an existing Client
+
+
+def run_job(
+    spec: str | os.PathLike[str] | Any,
+    *,
+    cluster: ClusterOptions | str | Any | None = None,
+    progress: ProgressFn | None = None,
+    on_start: Callable[[ExecutionSummary], None] | None = None,
+) -> RunResult:
+    """Plan and run a job; write its tables and ``manifest.json`` atomically.
+
+    Parameters
+    ----------
+    spec
+        Path of a YAML job spec, or a loaded spec.
+    cluster
+        ``None``: the spec's ``cluster`` section (an address, else a LocalCluster);
+        ``"sync"``: in-process; an address string (``tcp://host:8786``);
+        :class:`ClusterOptions`; or an existing ``distributed.Client``.
+    progress
+        ``progress(stage, done, total)`` callback.
+    on_start
+        Called when the cluster is connected (scheduler address, dashboard link).
+    """
+    from . import __version__
+    from .executor import ClusterOptions, ExecutionSummary
+    from .writers import atomic_write_json
+
+    started = dt.datetime.now(dt.UTC)
+    job = prepare_job(spec)
+    spec = job.spec
+    if cluster is None:
+        c = spec.cluster
+        cluster = ClusterOptions(address=c.address, n_workers=c.n_workers,
+                                 threads_per_worker=c.threads_per_worker,
+                                 memory_limit=c.memory_limit, dashboard=c.dashboard)
+    elif isinstance(cluster, str) and cluster != "sync":
+        cluster = ClusterOptions(address=cluster)
+    out_dir = Path(spec.outputs.dir)
+    outputs: dict[str, Path] = {}
+    manifest: dict[str, Any] = {
+        "pixelquery_batch": __version__,
+        "job": {"name": spec.name, "job_hash": spec.job_hash(),
+                "spec_path": str(spec.source_path) if spec.source_path else None,
+                "spec": spec.model_dump(mode="json")},
+        "started_at": started.isoformat(),
+        "repository": {"location": job.ref.location, "requested": spec.repository.snapshot or "main",
+                       "snapshot_id": job.ref.snapshot_id},
+        "scenes": job.scenes.ids,
+        "cloud_mask": job.cloud,
+        "failures": [],
+        "warnings": [],
+    }
+    summary = ExecutionSummary()
+    series = None
+    with _client_for(cluster) as client:
+        if job.fields is not None:
+            summary, series = _run_fields(job, client, out_dir, outputs, manifest, progress,
+                                          on_start)
+        elif on_start:
+            on_start(summary)
+        if job.points is not None:
+            _run_points(job, client, out_dir, outputs, manifest, progress)
+        if spec.outputs.rollup is not None and "pixel" in spec.outputs.rollup.kinds:
+            _run_pixel_rollup(job, client, out_dir, outputs, manifest, progress)
+    if spec.outputs.rollup is not None and "field" in spec.outputs.rollup.kinds:
+        _run_field_rollup(job, series, out_dir, outputs)
+    finished = dt.datetime.now(dt.UTC)
+    manifest["finished_at"] = finished.isoformat()
+    manifest["duration_s"] = round((finished - started).total_seconds(), 3)
+    manifest["outputs"] = {k: str(v) for k, v in outputs.items()}
+    manifest_path = atomic_write_json(out_dir / "manifest.json", manifest)
+    return RunResult(manifest_path, manifest, outputs, summary)
+
+
+def _execution_record(summary: ExecutionSummary) -> dict[str, Any]:
+    return {
+        "scheduler": summary.scheduler, "workers": summary.n_workers,
+        "dashboard": summary.dashboard_link, "units": summary.units_total,
+        "units_done": summary.units_done, "units_failed": summary.units_failed,
+        "rows": summary.rows, "chunks_read": summary.chunks_read,
+        "wall_s": round(summary.wall_s, 3), "unit_s_total": round(summary.unit_s_total, 3),
+        "unit_s_max": round(summary.unit_s_max, 3),
+    }
+
+
+def _run_fields(job: PreparedJob, client: Any, out_dir: Path, outputs: dict[str, Path],
+                manifest: dict[str, Any], progress: ProgressFn | None,
+                on_start: Callable[[ExecutionSummary], None] | None,
+                ) -> tuple[ExecutionSummary, pd.DataFrame | None]:
+    """Per-field statistics (and day rows -> time series); returns the long series."""
+    from .executor import execute
+    from .tasks import result_schema
+    from .writers import TableWriter
+
+    spec = job.spec
+    ts_spec = spec.outputs.timeseries
+    plan = plan_prepared(job)
+    ctx = job.context(daily=ts_spec is not None)
+    logger.info("plan ready", extra={"job": spec.name, "job_hash": ctx.job_hash,
+                                     "snapshot_id": job.ref.snapshot_id, "tasks": len(plan.units),
+                                     "pairs": plan.n_pairs})
+    schema = result_schema(ctx.stats)
+    writer = None
+    if spec.outputs.stats is not None:
+        writer = TableWriter(out_dir, "stats", schema, fmt=spec.outputs.stats.format,
+                             sort_by=("field_id", "scene_id", "variable"))
+    days = TableWriter(out_dir, "days", schema, sort_by=("field_id", "datetime", "variable")) \
+        if ts_spec is not None else None
+
+    def on_result(res: Any) -> None:
+        if writer is not None:
+            writer.write_part(res.unit_id, res.table)
+        if days is not None and res.day_table is not None:
+            days.write_part(res.unit_id, res.day_table)
+
+    series = None
+    try:
+        summary = execute(plan, ctx, on_result=on_result, cluster=client, progress=progress,
+                          on_start=on_start)
+        if writer is not None:
+            transform = _add_geometry(job.fields) if spec.outputs.stats.format == "geoparquet" else None
+            outputs["stats"] = writer.commit(transform)
+        if days is not None:
+            series = _write_timeseries(job, days.read_all(), out_dir, outputs)
+    finally:
+        for w in (writer, days):
+            if w is not None:
+                w.abort()
+    manifest["plan"] = plan.summary()
+    manifest["execution"] = _execution_record(summary)
+    manifest["failures"].extend(summary.failures)
+    manifest["warnings"].extend(summary.warnings)
+    return summary, series
+
+
+def _write_timeseries(job: PreparedJob, day_rows: pa.Table, out_dir: Path,
+                      outputs: dict[str, Path]) -> pd.DataFrame:
+    """Composite the day rows into the per-field series and write it (long, and wide)."""
+    from .kernels.timeseries import composite, to_wide
+
+    ts = job.spec.outputs.timeseries
+    df = day_rows.to_pandas()
+    if ts.variables:
+        df = df[df["variable"].isin(ts.variables)]
+    stats = [s for s in job.spec.stats if s not in ("count", "valid_fraction")]
+    start, end = job.window
+    long = composite(df, ts.period, aggregation=ts.aggregation, stats=stats, start=start, end=end,
+                     fill=ts.fill)
+    long["snapshot_id"] = job.ref.snapshot_id
+    long["job_hash"] = job.spec.job_hash()
+    outputs["timeseries"] = _write_frame(out_dir, "timeseries", long, ts.format,
+                                         ("field_id", "variable", "period_start"))
+    if ts.wide:
+        wide = to_wide(long, stat="mean").reset_index()
+        wide.columns = [str(c) for c in wide.columns]
+        outputs["timeseries_wide"] = _write_frame(out_dir, "timeseries_wide", wide, ts.format, ())
+    return long
+
+
+def _write_frame(out_dir: Path, name: str, df: pd.DataFrame, fmt: str,
+                 sort_by: tuple[str, ...]) -> Path:
+    import pyarrow as pa
+
+    from .writers import TableWriter
+
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    writer = TableWriter(out_dir, name, table.schema, fmt=fmt, sort_by=sort_by)
+    try:
+        writer.write_part("all", table)
+        return writer.commit()
+    finally:
+        writer.abort()
+
+
+def _run_points(job: PreparedJob, client: Any, out_dir: Path, outputs: dict[str, Path],
+                manifest: dict[str, Any], progress: ProgressFn | None) -> None:
+    from .executor import execute
+    from .planner import plan_job
+
+    plan = plan_job(job.scenes, job.points, bands=job.bands, rule="point",
+                    n_variables=len(job.variables))
+    ctx = dataclasses.replace(job.context(), rule="point", stats=("mean",), daily=False)
+    tables = []
+    summary = execute(plan, ctx, on_result=lambda r: tables.append(r.table), cluster=client,
+                      progress=progress)
+    import pyarrow as pa
+
+    df = pa.concat_tables(tables).to_pandas() if tables else None
+    if df is None or df.empty:
+        import pandas as pd
+
+        df = pd.DataFrame(columns=["point_id", "scene_id", "datetime", "variable", "value",
+                                   "valid", "cloud", "snapshot_id", "job_hash"])
+    else:
+        df = df.rename(columns={"field_id": "point_id", "mean": "value"})
+        df["valid"] = df["count"] > 0
+        df["cloud"] = df["cloud_count"] > 0
+        df = df[["point_id", "scene_id", "datetime", "variable", "value", "valid", "cloud",
+                 "snapshot_id", "job_hash"]]
+    outputs["points"] = _write_frame(out_dir, "points", df, "parquet",
+                                     ("point_id", "scene_id", "variable"))
+    manifest["points"] = {"plan": plan.summary(), "execution": _execution_record(summary)}
+    manifest["failures"].extend(summary.failures)
+
+
+def _period_lookup(job: PreparedJob, period_text: str) -> tuple[Any, Callable[[str], str]]:
+    import numpy as np
+
+    from .kernels.timeseries import parse_period, period_bins
+
+    start, end = job.window
+    times = job.scenes.table.column("datetime").to_pylist()
+    bins = period_bins(parse_period(period_text), start, end, times)
+    starts = bins["period_start"].dt.date.astype(str).to_numpy()
+    ends = bins["period_end"].dt.date.astype(str).to_numpy()
+
+    def period_of(day: str) -> str:
+        i = int(np.searchsorted(starts, day, side="right")) - 1
+        if i < 0 or day > ends[i]:
+            return ""  # outside every bin (cannot happen for scenes inside the window)
+        return str(starts[i])
+
+    return bins, period_of
+
+
+def _run_pixel_rollup(job: PreparedJob, client: Any, out_dir: Path, outputs: dict[str, Path],
+                      manifest: dict[str, Any], progress: ProgressFn | None) -> None:
+    import math
+
+    import pandas as pd
+
+    from .executor import execute_rollup
+    from .kernels.rollup import histogram_for
+    from .planner import plan_rollup
+    from .tasks import RollupContext
+
+    rollup = job.spec.outputs.rollup
+    variables = tuple(rollup.variables or job.variables)
+    bins, period_of = _period_lookup(job, rollup.period)
+    needed = [n for v in variables for n in sorted(job.variables[v].names)]
+    bands = tuple(dict.fromkeys(needed + ([job.cloud["band"]] if job.cloud else [])))
+    plan = plan_rollup(job.scenes, job.regions, bands=bands, period_of=period_of,
+                       n_variables=len(variables))
+    ctx = job.context()
+    rctx = RollupContext(
+        job=dataclasses.replace(ctx, variables=tuple((n, t) for n, t in ctx.variables if n in variables)),
+        variables=variables,
+        histograms=tuple((v, tuple(h)) for v, h in (rollup.histogram or {}).items()),
+    )
+    result = execute_rollup(list(plan.units), rctx, cluster=client, progress=progress)
+    rows = []
+    region_ids = job.regions["region_id"].tolist()
+    for region_id in region_ids:
+        for variable in variables:
+            spec = histogram_for(variable, (rollup.histogram or {}).get(variable))
+            for b in bins.itertuples(index=False):
+                key = (region_id, str(b.period_start.date()), variable)
+                part = result.partials.get(key)
+                stats = part.finalize(list(rollup.stats)) if part is not None and part.count > 0 \
+                    else {s: (0.0 if s == "count" else math.nan) for s in rollup.stats}
+                stats.setdefault("count", part.count if part is not None else 0.0)
+                bound = stats.pop("quantile_error_bound", spec.error_bound())
+                rows.append({"region_id": region_id, "period_start": b.period_start,
+                             "period_end": b.period_end, "variable": variable,
+                             **{s: float(stats[s]) for s in rollup.stats},
+                             "count": float(stats["count"]),
+                             "n_scenes": len(result.days.get(key, ())),
+                             "quantile_error_bound": float(bound),
+                             "snapshot_id": job.ref.snapshot_id, "job_hash": job.spec.job_hash()})
+    df = pd.DataFrame(rows)
+    outputs["rollup"] = _write_frame(out_dir, "rollup", df, "parquet",
+                                     ("region_id", "variable", "period_start"))
+    manifest["rollup"] = {"plan": plan.summary(), "units": result.units,
+                          "chunks_read": result.chunks_read,
+                          "unit_s_total": round(result.duration_s, 3)}
+    manifest["failures"].extend(result.failures)
+
+
+def _run_field_rollup(job: PreparedJob, long: pd.DataFrame | None, out_dir: Path,
+                      outputs: dict[str, Path]) -> None:
+    import geopandas as gpd
+
+    from .kernels.rollup import field_rollup
+
+    rollup = job.spec.outputs.rollup
+    if long is None:
+        raise SpecError("the field rollup needs outputs.timeseries")
+    if rollup.variables:
+        long = long[long["variable"].isin(rollup.variables)]
+    ea = job.fields.to_crs("EPSG:6933")
+    centroids = gpd.GeoDataFrame({"field_id": ea["field_id"], "area_m2": ea.area},
+                                 geometry=ea.centroid, crs=ea.crs)
+    joined = gpd.sjoin(centroids, job.regions.to_crs("EPSG:6933"), how="left", predicate="within")
+    assignment = joined[["field_id", "region_id", "area_m2"]].drop_duplicates("field_id")
+    df = field_rollup(long, assignment, threshold=rollup.threshold, stat="mean",
+                      regions=job.regions["region_id"].tolist())
+    df["snapshot_id"] = job.ref.snapshot_id
+    df["job_hash"] = job.spec.job_hash()
+    outputs["rollup_fields"] = _write_frame(out_dir, "rollup_fields", df, "parquet",
+                                            ("region_id", "variable", "period_start"))
+
+
+def _add_geometry(fields: Any) -> Callable[[Any], Any]:
+    def transform(table: Any) -> Any:
+        import geopandas as gpd
+
+        df = table.to_pandas()
+        geo = fields.to_crs("EPSG:4326").set_index("field_id").geometry
+        gdf = gpd.GeoDataFrame(df, geometry=df["field_id"].map(geo).to_numpy(), crs="EPSG:4326")
+        return gdf.to_arrow(geometry_encoding="WKB")
+
+    return transform
