@@ -67,7 +67,7 @@ def test_field_timeseries_example(workspace: Path) -> None:
                 ref.append({"field_id": f["id"], "variable": var, "date": pd.Timestamp(scene_id[-10:], tz="UTC"),
                             "mean": st["mean"], "count": st["count"]})
     ref = pd.DataFrame(ref)
-    ref["week"] = ref["date"] - pd.to_timedelta(ref["date"].dt.weekday, unit="D")
+    ref["week"] = ref["date"] - pd.to_timedelta(ref["date"].dt.day_of_week, unit="D")
     checked = 0
     for (fid, week), grp in ref[ref["count"] > 0].groupby(["field_id", "week"]):
         nd = grp[grp.variable == "ndvi"]
