@@ -248,30 +248,40 @@ def validate_cmd(spec: Path, as_json: bool) -> None:
 @_handle_errors
 def plan_cmd(spec: Path, as_json: bool) -> None:
     """Dry run: scenes and fields matched, tasks, chunks and bytes to read. No pixel I/O."""
-    from .api import plan_prepared, prepare_job
+    from .pipeline import plan_summary, prepare_job
 
     job = prepare_job(spec)
-    plan = plan_prepared(job)
-    summary = {"job": job.spec.name, "snapshot_id": job.ref.snapshot_id, **plan.summary()}
+    summary = plan_summary(job)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
     click.echo(f"job {job.spec.name} @ snapshot {job.ref.snapshot_id}")
-    click.echo(f"  scenes matched:        {summary['scenes_matched']}")
-    click.echo(f"  fields:                {summary['fields']} ({summary['fields_matched']} in some scene)")
-    outside = summary["fields_outside_every_scene"]
-    if outside:
-        click.echo(f"  outside every scene:   {len(outside)}: {', '.join(outside[:20])}"
-                   + (" ..." if len(outside) > 20 else ""))
-    click.echo(f"  field-scene pairs:     {summary['field_scene_pairs']}")
-    click.echo(f"  tasks:                 {summary['tasks']} ({summary['pairs_per_task']} pairs per task)")
-    click.echo(f"  bands read:            {', '.join(summary['bands_read'])}")
-    click.echo(f"  chunks to read:        {summary['chunks_read']} "
-               f"(touched by fields: {summary['chunks_touched']}, "
-               f"read amplification {summary['read_amplification']})")
-    click.echo(f"  decoded bytes (est.):  {summary['bytes_decoded_estimate'] / 1e6:.1f} MB")
-    for w in summary["warnings"]:
-        click.echo(f"  warning: {w}")
+    if "tasks" in summary:
+        click.echo(f"  scenes matched:        {summary['scenes_matched']}")
+        click.echo(f"  fields:                {summary['fields']} ({summary['fields_matched']} in some scene)")
+        outside = summary["fields_outside_every_scene"]
+        if outside:
+            click.echo(f"  outside every scene:   {len(outside)}: {', '.join(outside[:20])}"
+                       + (" ..." if len(outside) > 20 else ""))
+        click.echo(f"  field-scene pairs:     {summary['field_scene_pairs']}")
+        click.echo(f"  tasks:                 {summary['tasks']} ({summary['pairs_per_task']} pairs per task)")
+        click.echo(f"  bands read:            {', '.join(summary['bands_read'])}")
+        click.echo(f"  chunks to read:        {summary['chunks_read']} "
+                   f"(touched by fields: {summary['chunks_touched']}, "
+                   f"read amplification {summary['read_amplification']})")
+        click.echo(f"  decoded bytes (est.):  {summary['bytes_decoded_estimate'] / 1e6:.1f} MB")
+        for w in summary["warnings"]:
+            click.echo(f"  warning: {w}")
+    if "points" in summary:
+        p = summary["points"]
+        click.echo(f"  points:                {p['fields']} ({p['fields_matched']} in some scene), "
+                   f"{p['tasks']} task(s)")
+    if "rollup" in summary:
+        r = summary["rollup"]
+        click.echo(f"  rollup:                {r['regions']} regions, {r['tasks']} task(s), "
+                   f"{r['chunks_read']} chunks to read")
+        if r["regions_outside_every_scene"]:
+            click.echo(f"  regions outside every scene: {', '.join(r['regions_outside_every_scene'])}")
 
 
 @main.command("run")
@@ -292,14 +302,19 @@ def run_cmd(spec: Path, cluster: str | None, as_json: bool) -> None:
         progress.close()
     m = result.manifest
     if as_json:
-        click.echo(json.dumps({k: m[k] for k in ("job", "repository", "plan", "execution", "outputs")}
+        click.echo(json.dumps({k: m[k] for k in ("job", "repository", "plan", "execution", "rollup",
+                                                 "points", "outputs") if k in m}
                               | {"failures": len(m["failures"]), "manifest": str(result.manifest_path)},
                               indent=2, default=str))
     else:
-        ex = m["execution"]
-        click.echo(f"{m['job']['name']}: {ex['rows']} rows from {ex['units_done']}/{ex['units']} tasks "
-                   f"on {ex['workers'] or 1} worker(s) in {m['duration_s']:.1f} s "
+        click.echo(f"{m['job']['name']}: done in {m['duration_s']:.1f} s "
                    f"(snapshot {m['repository']['snapshot_id']})")
+        if "execution" in m:
+            ex = m["execution"]
+            click.echo(f"  per-field: {ex['rows']} rows from {ex['units_done']}/{ex['units']} tasks "
+                       f"on {ex['workers'] or 1} worker(s)")
+        if "rollup" in m:
+            click.echo(f"  rollup: {m['rollup']['units']} task(s), {m['rollup']['chunks_read']} chunks read")
         for name, path in m["outputs"].items():
             click.echo(f"  {name}: {path}")
         click.echo(f"  manifest: {result.manifest_path}")
@@ -314,8 +329,9 @@ def run_cmd(spec: Path, cluster: str | None, as_json: bool) -> None:
 
 def _announce(summary: Any) -> None:
     where = summary.scheduler if summary.scheduler != "sync" else "in-process (sync)"
-    click.echo(f"running {summary.units_total} task(s) on {where}"
-               + (f" with {summary.n_workers} worker(s)" if summary.n_workers else ""), err=True)
+    if summary.units_total:
+        click.echo(f"running {summary.units_total} per-field task(s) on {where}"
+                   + (f" with {summary.n_workers} worker(s)" if summary.n_workers else ""), err=True)
     if summary.dashboard_link:
         click.echo(f"dashboard: {summary.dashboard_link}", err=True)
 

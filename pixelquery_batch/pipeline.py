@@ -40,6 +40,7 @@ __all__ = [
     "RunResult",
     "load_job",
     "plan_prepared",
+    "plan_summary",
     "prepare_job",
     "run_job",
     "validate_job",
@@ -221,6 +222,26 @@ def plan_prepared(job: PreparedJob) -> Plan:
         raise SpecError("this job has no fields (it only rolls pixels up to regions)")
     return plan_job(job.scenes, job.fields, bands=job.bands, rule=job.spec.pixels,
                     n_variables=len(job.variables))
+
+
+def plan_summary(job: PreparedJob) -> dict[str, Any]:
+    """What ``pqb plan`` prints: the field plan, plus the point and rollup plans if any.
+
+    No pixel is read.
+    """
+    from .planner import plan_job, plan_rollup
+
+    out: dict[str, Any] = {"job": job.spec.name, "snapshot_id": job.ref.snapshot_id}
+    if job.fields is not None:
+        out.update(plan_prepared(job).summary())
+    if job.points is not None:
+        out["points"] = plan_job(job.scenes, job.points, bands=job.bands, rule="point").summary()
+    rollup = job.spec.outputs.rollup
+    if rollup is not None and "pixel" in rollup.kinds:
+        _, period_of = _period_lookup(job, rollup.period)
+        out["rollup"] = plan_rollup(job.scenes, job.regions, bands=job.bands,
+                                    period_of=period_of).summary()
+    return out
 
 
 def validate_job(spec_path: str | os.PathLike[str]) -> list[str]:
