@@ -273,3 +273,34 @@ def execute_rollup(
     except BaseException:
         client.cancel(futures + level)
         raise
+
+
+def execute_map(fn: Callable[..., Any], units: list[Any], *args: Any, cluster: str | Any = "sync",
+                progress: ProgressFn | None = None, stage: str = "units", retries: int = 1,
+                key_prefix: str = "pqb") -> list[Any]:
+    """Run ``fn(unit, *args)`` for every unit (in-process or on the client's cluster) and
+    return the results in unit order; shared arguments are sent to the workers once."""
+    if progress:
+        progress(stage, 0, len(units))
+    if cluster == "sync":
+        out = []
+        for i, unit in enumerate(units, 1):
+            out.append(fn(unit, *args))
+            if progress:
+                progress(stage, i, len(units))
+        return out
+    from distributed import as_completed
+
+    client = cluster
+    shared = client.scatter(list(args), broadcast=True, hash=False) if args else []
+    futures = [client.submit(fn, u, *shared, retries=retries, pure=False,
+                             key=f"{key_prefix}-{getattr(u, 'unit_id', i)}")
+               for i, u in enumerate(units)]
+    try:
+        for done, _ in enumerate(as_completed(futures), 1):
+            if progress:
+                progress(stage, done, len(units))
+        return client.gather(futures)
+    except BaseException:
+        client.cancel(futures)
+        raise

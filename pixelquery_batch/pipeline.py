@@ -345,6 +345,8 @@ def run_job(
             _run_points(job, client, out_dir, outputs, manifest, progress)
         if spec.outputs.rollup is not None and "pixel" in spec.outputs.rollup.kinds:
             _run_pixel_rollup(job, client, out_dir, outputs, manifest, progress)
+        if spec.outputs.rollup is not None and spec.outputs.rollup.composite is not None:
+            _run_composites(job, client, out_dir, outputs, manifest, progress)
     if spec.outputs.rollup is not None and "field" in spec.outputs.rollup.kinds:
         _run_field_rollup(job, series, out_dir, outputs)
     finished = dt.datetime.now(dt.UTC)
@@ -557,6 +559,46 @@ def _run_pixel_rollup(job: PreparedJob, client: Any, out_dir: Path, outputs: dic
                           "chunks_read": result.chunks_read,
                           "unit_s_total": round(result.duration_s, 3)}
     manifest["failures"].extend(result.failures)
+
+
+def _composite_units(job: PreparedJob) -> tuple[Any, ...]:
+    from .planner import plan_composites
+
+    rollup = job.spec.outputs.rollup
+    comp = rollup.composite
+    _, period_of = _period_lookup(job, rollup.period)
+    names = [comp.variable] + (["ndvi"] if comp.method == "max_ndvi" else [])
+    needed = [n for v in names for n in sorted(job.variables[v].names)]
+    bands = tuple(dict.fromkeys(needed + ([job.cloud["band"]] if job.cloud else [])))
+    return plan_composites(job.scenes, job.regions, bands=bands, period_of=period_of,
+                           crs=comp.crs, resolution=comp.resolution, variable=comp.variable,
+                           method=comp.method, max_pixels=comp.max_pixels)
+
+
+def _run_composites(job: PreparedJob, client: Any, out_dir: Path, outputs: dict[str, Path],
+                    manifest: dict[str, Any], progress: ProgressFn | None) -> None:
+    """Composite rasters per region and period (COGs written by the workers into a staging
+    directory, published as ``outputs.dir/composites/`` when all are done)."""
+    import shutil
+    import uuid
+
+    from .executor import execute_map
+    from .tasks import run_composite_unit
+    from .writers.tables import swap_dir
+
+    units = _composite_units(job)
+    staging = out_dir / f".staging-composites-{uuid.uuid4().hex[:8]}"
+    staging.mkdir(parents=True)
+    try:
+        results = execute_map(run_composite_unit, list(units), job.context(), str(staging),
+                              cluster=client, progress=progress, stage="composites",
+                              key_prefix=f"pqb-composite-{job.spec.job_hash()}")
+        final = out_dir / "composites"
+        swap_dir(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    outputs["composites"] = final
+    manifest["composites"] = results
 
 
 def _run_field_rollup(job: PreparedJob, long: pd.DataFrame | None, out_dir: Path,

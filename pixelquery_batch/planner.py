@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     import geopandas as gpd
 
 __all__ = [
+    "CompositeSource",
+    "CompositeUnit",
     "FieldTask",
     "Plan",
     "RegionPart",
@@ -36,6 +38,7 @@ __all__ = [
     "RollupUnit",
     "SceneTask",
     "WorkUnit",
+    "plan_composites",
     "plan_job",
     "plan_rollup",
 ]
@@ -521,3 +524,95 @@ def plan_rollup(
     used = {s.scene_id for m in grids.values() for s, _ in m}
     return RollupPlan(tuple(units), tuple(sorted(used)), len(regions),
                       tuple(str(i) for i in ids[~matched]), chunks_read, tuple(skipped))
+
+
+# --------------------------------------------------------------------------- composites
+
+
+@dataclass(frozen=True, slots=True)
+class CompositeSource:
+    """One scene feeding a composite: its grid and the window of it the target needs."""
+
+    scene: SceneTask
+    crs: str
+    transform: tuple[float, float, float, float, float, float]
+    shape_yx: tuple[int, int]
+    window: tuple[int, int, int, int]  # row0, row1, col0, col1
+
+
+@dataclass(frozen=True, slots=True)
+class CompositeUnit:
+    """One composite raster: a region x a period on the target grid."""
+
+    unit_id: str
+    region_id: str
+    region_wkb: bytes  # in the target CRS
+    period_start: str
+    target_crs: str
+    target_transform: tuple[float, float, float, float, float, float]
+    target_shape_yx: tuple[int, int]
+    sources: tuple[CompositeSource, ...]
+    variable: str
+    method: str
+
+    def __dask_tokenize__(self) -> str:
+        return self.unit_id
+
+
+def plan_composites(
+    catalog: Catalog,
+    regions: gpd.GeoDataFrame,
+    *,
+    bands: Sequence[str],
+    period_of: Callable[[str], str],
+    crs: str,
+    resolution: float,
+    variable: str,
+    method: str,
+    max_pixels: int,
+) -> tuple[CompositeUnit, ...]:
+    """One unit per region and period with at least one scene over the region.
+
+    Raises
+    ------
+    PlanError
+        A target grid larger than ``max_pixels`` (with its estimated size), before any
+        pixel is read.
+    """
+    from .kernels.resample import Grid, estimate_grid_pixels, source_window_for
+
+    grids, _ = _group_grids(catalog, bands)
+    target = regions.to_crs(crs)
+    lonlat = regions.to_crs("EPSG:4326")
+    units = []
+    for k in range(len(regions)):
+        region_id = str(regions["region_id"].iloc[k])
+        est = estimate_grid_pixels(tuple(lonlat.geometry.iloc[k].bounds), crs, resolution)
+        if est > max_pixels:
+            raise PlanError(
+                f"composite of region {region_id!r} at {resolution} {crs} would be about "
+                f"{est:,} pixels ({est * 4 / 1e9:.1f} GB as float32), over the limit of "
+                f"{max_pixels:,}",
+                hint="use a coarser outputs.rollup.composite.resolution or raise max_pixels",
+                region_id=region_id)
+        grid = Grid.covering(tuple(target.geometry.iloc[k].bounds), crs, resolution)
+        by_period: dict[str, list[CompositeSource]] = defaultdict(list)
+        for key, members in grids.items():
+            epsg, transform, shape_yx, _ = key
+            if not members[0][0].footprint_lonlat.intersects(lonlat.geometry.iloc[k]):
+                continue
+            source = Grid(f"EPSG:{epsg}", transform, shape_yx)
+            window = source_window_for(grid, source)
+            if window is None:
+                continue
+            for task in _scene_tasks(key, members, {}):
+                period = period_of(task.day)
+                if period:
+                    by_period[period].append(CompositeSource(task, source.crs, transform, shape_yx, window))
+        for period, sources in sorted(by_period.items()):
+            srcs = tuple(sorted(sources, key=lambda s: (s.scene.datetime, s.scene.scene_id)))
+            uid = _unit_id("composite", region_id, period, variable, method, crs, resolution,
+                           [s.scene.scene_id for s in srcs])
+            units.append(CompositeUnit(uid, region_id, shapely.to_wkb(target.geometry.iloc[k]), period,
+                                       crs, grid.transform, grid.shape_yx, srcs, variable, method))
+    return tuple(units)

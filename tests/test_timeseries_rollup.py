@@ -4,6 +4,7 @@ computations (rasterio reads + numpy/pandas), including overlapping tiles on one
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import geopandas as gpd
@@ -325,3 +326,74 @@ def test_rollup_bad_input(sample_small, sample_repo, tmp_path) -> None:
     assert result.manifest["rollup"]["plan"]["regions_outside_every_scene"] == ["FAR"]
     rows = table(result.outputs["rollup"])
     assert (rows[rows.region_id == "FAR"]["count"] == 0).all()
+
+
+@pytest.mark.parametrize("method", ["max_ndvi", "median"])
+def test_composite_cog_matches_a_rasterio_warp_reference(method, sample_small, sample_repo, tmp_path) -> None:
+    from rasterio.warp import Resampling, reproject
+
+    spec = write_spec(tmp_path, repo=sample_repo, fields=sample_small.fields_path, bands=[],
+                      indices={"ndvi": "builtin"}, scenes={"start": "2025-03-01", "end": "2025-05-31"},
+                      outputs={"dir": str(tmp_path / "out"), "stats": None,
+                               "rollup": {"regions": {"path": str(sample_small.regions_path)},
+                                          "period": "month", "kinds": [],
+                                          "composite": {"crs": "EPSG:3035", "resolution": 20, "method": method}}})
+    result = run_job(spec, cluster="sync")
+    cogs = cogs_by_date(sample_small.cog_dir)
+    regions = gpd.read_file(sample_small.regions_path)
+    checked = 0
+    for _, reg in regions.iterrows():
+        for month in ("2025-03", "2025-04"):
+            path = result.outputs["composites"] / f"{reg['id']}_{month}-01_ndvi_{method}.tif"
+            if not path.exists():
+                continue
+            with rasterio.open(path) as src:
+                got = src.read(1)
+                t = src.transform
+                assert src.crs.to_epsg() == 3035
+                assert t.a == 20 and t.c % 20 == 0 and t.f % 20 == 0  # grid aligned to the resolution
+            layers = []
+            for scene_id, cog in cogs.items():
+                if scene_id[-10:-3] != month:
+                    continue
+                bands = {}
+                for b in ("red", "nir", "scl"):
+                    with rasterio.open(cog[b]) as src:
+                        bands[b] = src.read(1)
+                        src_crs, src_t = src.crs, src.transform
+                red, nir = bands["red"] * SCALE + OFFSET, bands["nir"] * SCALE + OFFSET
+                with np.errstate(all="ignore"):
+                    v = (nir - red) / (nir + red)
+                v[(bands["red"] == 0) | (bands["nir"] == 0) | np.isin(bands["scl"], (3, 8, 9, 10))] = np.nan
+                dst = np.full(got.shape, np.nan)
+                reproject(v, dst, src_transform=src_t, src_crs=src_crs, dst_transform=t, dst_crs="EPSG:3035",
+                          resampling=Resampling.nearest, src_nodata=np.nan, dst_nodata=np.nan, tolerance=0)
+                layers.append(dst)
+            stack = np.stack(layers)
+            if method == "median":
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels
+                    want = np.nanmedian(stack, axis=0)
+            else:
+                score = np.where(np.isnan(stack), -np.inf, stack)
+                idx = np.argmax(score, axis=0)
+                want = np.take_along_axis(stack, idx[None], axis=0)[0]
+            geom = gpd.GeoSeries([reg.geometry], crs="EPSG:4326").to_crs("EPSG:3035").iloc[0]
+            inside = geometry_mask([mapping(geom)], out_shape=got.shape, transform=t, invert=True)
+            want = np.where(inside, want, np.nan).astype(np.float32)
+            np.testing.assert_array_equal(got, want)
+            checked += 1
+    assert checked >= 4
+
+
+def test_absurd_composite_grid_is_refused_before_any_work(sample_small, sample_repo, tmp_path) -> None:
+    from pixelquery_batch.errors import PlanError
+
+    spec = write_spec(tmp_path, repo=sample_repo, fields=sample_small.fields_path, bands=[],
+                      indices={"ndvi": "builtin"},
+                      outputs={"dir": str(tmp_path / "out"), "stats": None,
+                               "rollup": {"regions": {"path": str(sample_small.regions_path)}, "kinds": [],
+                                          "composite": {"crs": "EPSG:3035", "resolution": 0.01}}})
+    with pytest.raises(PlanError, match=r"would be about [\d,]+ pixels"):
+        run_job(spec, cluster="sync")
+    assert not (tmp_path / "out" / "composites").exists()

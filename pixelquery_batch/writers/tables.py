@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from ..errors import OutputError
 from .files import atomic_write_bytes
 
-__all__ = ["TableWriter"]
+__all__ = ["TableWriter", "swap_dir"]
 
 
 class TableWriter:
@@ -86,7 +86,7 @@ class TableWriter:
         """
         if self.fmt == "parquet" and transform is None:
             final = self.out_dir / self.name
-            _swap_dir(self.staging, final)
+            swap_dir(self.staging, final)
             return final
         table = self.read_all()
         if transform is not None:
@@ -103,7 +103,7 @@ class TableWriter:
             sink = pa.BufferOutputStream()
             pq.write_table(table, sink, compression="zstd")
             atomic_write_bytes(tmp / "part-all.parquet", sink.getvalue().to_pybytes())
-            _swap_dir(tmp, final)
+            swap_dir(tmp, final)
         shutil.rmtree(self.staging, ignore_errors=True)
         return final
 
@@ -112,7 +112,8 @@ class TableWriter:
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
-def _swap_dir(new: Path, final: Path) -> None:
+def swap_dir(new: Path, final: Path) -> None:
+    """Put directory ``new`` in place of ``final`` (the old one is removed afterwards)."""
     old = final.with_name(f".old-{final.name}-{uuid.uuid4().hex[:8]}")
     try:
         if final.exists():
