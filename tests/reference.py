@@ -124,3 +124,35 @@ def exactextract_means(field_geom_ll, cog: dict[str, Path], variable: str, tmp: 
     gdf = gpd.GeoDataFrame({"id": [0]}, geometry=[field_geom_ll], crs="EPSG:4326").to_crs(profile["crs"])
     res = exact_extract(str(path), gdf, ["mean", "count"], output="pandas")
     return float(res["mean"].iloc[0]), float(res["count"].iloc[0])
+
+
+def scene_variable(cog: dict[str, Path], variable: str = "ndvi"):
+    """A whole scene's variable (ndvi or a band) with nodata and clouds as NaN, read with
+    rasterio; returns (values, crs, transform)."""
+    bands = {}
+    for b in ("red", "nir", "scl"):
+        with rasterio.open(cog[b]) as src:
+            bands[b] = src.read(1)
+            crs, transform = src.crs, src.transform
+    red, nir = bands["red"] * SCALE + OFFSET, bands["nir"] * SCALE + OFFSET
+    with np.errstate(all="ignore"):
+        v = (nir - red) / (nir + red) if variable == "ndvi" else {"red": red, "nir": nir}[variable].copy()
+    invalid = (bands["red"] == 0) | np.isin(bands["scl"], CLOUD_CLASSES)
+    if variable in ("ndvi", "nir"):
+        invalid |= bands["nir"] == 0
+    v[invalid | ~np.isfinite(v)] = np.nan
+    return v, crs, transform
+
+
+def region_pixels(region_ll, cogs: dict[str, dict[str, Path]], month: str, variable: str = "ndvi") -> np.ndarray:
+    """Every valid pixel value of a region (centre rule) over the scenes of one month."""
+    pix = []
+    for scene_id, cog in cogs.items():
+        if scene_id[-10:-3] != month:
+            continue
+        v, crs, transform = scene_variable(cog, variable)
+        geom = gpd.GeoSeries([region_ll], crs="EPSG:4326").to_crs(crs).iloc[0]
+        m = geometry_mask([mapping(geom)], out_shape=v.shape, transform=transform, invert=True)
+        pix.append(v[m])
+    vals = np.concatenate(pix) if pix else np.empty(0)
+    return vals[np.isfinite(vals)]

@@ -13,14 +13,11 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-import rasterio
-from rasterio.features import geometry_mask
-from shapely.geometry import mapping
 
 from pixelquery_batch.catalog.ingest import ingest
 from pixelquery_batch.sample import generate_sample
 
-from .reference import OFFSET, SCALE, cogs_by_date, field_scene_values, reference_stats
+from .reference import cogs_by_date, field_scene_values, reference_stats, region_pixels
 
 JOBS = Path(__file__).resolve().parents[1] / "jobs"
 
@@ -101,24 +98,7 @@ def test_regional_rollup_example(workspace: Path) -> None:
     cogs = cogs_by_date(workspace / "demo" / "sample" / "cogs")
     for _, reg in regions.iterrows():
         for month in ("2025-03", "2025-04"):
-            pix = []
-            for scene_id, cog in cogs.items():
-                if scene_id[-10:-3] != month:
-                    continue
-                bands = {}
-                for b in ("red", "nir", "scl"):
-                    with rasterio.open(cog[b]) as src:
-                        bands[b] = src.read(1)
-                        crs, transform = src.crs, src.transform
-                geom = gpd.GeoSeries([reg.geometry], crs="EPSG:4326").to_crs(crs).iloc[0]
-                m = geometry_mask([mapping(geom)], out_shape=bands["red"].shape, transform=transform, invert=True)
-                red, nir = bands["red"] * SCALE + OFFSET, bands["nir"] * SCALE + OFFSET
-                with np.errstate(all="ignore"):
-                    v = (nir - red) / (nir + red)
-                v[(bands["red"] == 0) | (bands["nir"] == 0) | np.isin(bands["scl"], (3, 8, 9, 10))] = np.nan
-                pix.append(v[m])
-            vals = np.concatenate(pix)
-            vals = vals[np.isfinite(vals)]
+            vals = region_pixels(reg.geometry, cogs, month)
             row = rollup[(rollup.region_id == reg["id"]) & (rollup.period_start.dt.strftime("%Y-%m") == month)].iloc[0]
             assert row["count"] == len(vals)
             assert row["mean"] == pytest.approx(vals.mean(), rel=1e-12)

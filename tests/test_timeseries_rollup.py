@@ -22,7 +22,13 @@ from pixelquery_batch.errors import InputDataError, SpecError
 from pixelquery_batch.testing.cogs import make_cog
 
 from .conftest import write_spec
-from .reference import cogs_by_date, field_scene_values, reference_stats
+from .reference import (
+    cogs_by_date,
+    field_scene_values,
+    reference_stats,
+    region_pixels,
+    scene_variable,
+)
 
 SCALE, OFFSET = 1e-4, -0.1
 
@@ -239,25 +245,7 @@ def test_pixel_rollup_on_the_sample_matches_numpy_and_a_cluster(sample_small, sa
     for _, reg in regions.iterrows():
         for var in ("ndvi", "red"):
             for month in ("2025-03", "2025-04", "2025-05"):
-                pix = []
-                for scene_id, cog in cogs.items():
-                    if scene_id[-10:-3] != month:
-                        continue
-                    with rasterio.open(cog["red"]) as src:
-                        r = src.read(1)
-                        geom = gpd.GeoSeries([reg.geometry], crs="EPSG:4326").to_crs(src.crs).iloc[0]
-                        m = geometry_mask([mapping(geom)], out_shape=r.shape, transform=src.transform, invert=True)
-                    with rasterio.open(cog["nir"]) as src:
-                        n = src.read(1)
-                    with rasterio.open(cog["scl"]) as src:
-                        scl = src.read(1)
-                    red, nir = r * SCALE + OFFSET, n * SCALE + OFFSET
-                    with np.errstate(all="ignore"):
-                        v = (nir - red) / (nir + red) if var == "ndvi" else red.copy()
-                        v[(r == 0) | (n == 0 if var == "ndvi" else False) | np.isin(scl, (3, 8, 9, 10))] = np.nan
-                    pix.append(v[m])
-                vals = np.concatenate(pix)
-                vals = vals[np.isfinite(vals)]
+                vals = region_pixels(reg.geometry, cogs, month, var)
                 row = sync[(sync.region_id == reg["id"]) & (sync.variable == var)
                            & (sync.period_start.dt.strftime("%Y-%m") == month)].iloc[0]
                 assert row["count"] == len(vals)
@@ -356,15 +344,7 @@ def test_composite_cog_matches_a_rasterio_warp_reference(method, sample_small, s
             for scene_id, cog in cogs.items():
                 if scene_id[-10:-3] != month:
                     continue
-                bands = {}
-                for b in ("red", "nir", "scl"):
-                    with rasterio.open(cog[b]) as src:
-                        bands[b] = src.read(1)
-                        src_crs, src_t = src.crs, src.transform
-                red, nir = bands["red"] * SCALE + OFFSET, bands["nir"] * SCALE + OFFSET
-                with np.errstate(all="ignore"):
-                    v = (nir - red) / (nir + red)
-                v[(bands["red"] == 0) | (bands["nir"] == 0) | np.isin(bands["scl"], (3, 8, 9, 10))] = np.nan
+                v, src_crs, src_t = scene_variable(cog)
                 dst = np.full(got.shape, np.nan)
                 reproject(v, dst, src_transform=src_t, src_crs=src_crs, dst_transform=t, dst_crs="EPSG:3035",
                           resampling=Resampling.nearest, src_nodata=np.nan, dst_nodata=np.nan, tolerance=0)

@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pixelquery_batch.errors import SpecError
-from pixelquery_batch.kernels.stats import Moments, percentile_of, validate_stats
+from pixelquery_batch.kernels.stats import Moments, percentile_of, valid_values, validate_stats
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -337,16 +337,7 @@ class Partial:
         -------
         Partial
         """
-        values = np.asarray(values, dtype=np.float64)
-        ok = np.isfinite(values)
-        if invalid is not None:
-            invalid = np.asarray(invalid, dtype=bool)
-            if invalid.shape != values.shape:
-                raise ValueError(
-                    f"invalid must have the shape of values {values.shape}; got {invalid.shape}"
-                )
-            ok &= ~invalid
-        v = values[ok]
+        v, _ = valid_values(values, None, invalid)
         moments = Moments.from_values(v)
         if v.size:
             hist = np.bincount(_bin_indices(v, spec), minlength=spec.bins + 2).astype(np.int64)

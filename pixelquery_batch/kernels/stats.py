@@ -49,6 +49,7 @@ __all__ = [
     "STAT_NAMES",
     "Moments",
     "percentile_of",
+    "valid_values",
     "validate_stats",
     "weighted_quantiles",
     "zonal_stats",
@@ -216,7 +217,7 @@ class Moments:
         -------
         Moments
         """
-        v, w = _valid(values, weights, invalid)
+        v, w = valid_values(values, weights, invalid)
         return _moments(v, w)
 
     @property
@@ -260,7 +261,7 @@ class Moments:
         return out
 
 
-def _valid(
+def valid_values(
     values: np.ndarray, weights: np.ndarray | None, invalid: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Values and weights of the valid pixels (weights ``None`` when all are 1)."""
@@ -352,7 +353,7 @@ def zonal_stats(
             f"weights must have the shape of values {values.shape}; got {weights.shape}"
         )
     total = float(np.sum(weights[weights > 0]))
-    v, w = _valid(values, weights, invalid)
+    v, w = valid_values(values, weights, invalid)
     m = _moments(v, w)
     out: dict[str, float] = {}
     nan = math.nan
