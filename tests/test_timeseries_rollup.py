@@ -377,3 +377,50 @@ def test_absurd_composite_grid_is_refused_before_any_work(sample_small, sample_r
     with pytest.raises(PlanError, match=r"would be about [\d,]+ pixels"):
         run_job(spec, cluster="sync")
     assert not (tmp_path / "out" / "composites").exists()
+
+
+def test_composite_from_two_utm_zones(tmp_path) -> None:
+    """Scenes in UTM 33N and 34N around 18 E, composited on an EPSG:3035 grid, equal a
+    rasterio.warp reference."""
+    from pyproj import Transformer
+    from rasterio.warp import Resampling, reproject
+
+    cogs = tmp_path / "cogs"
+    cogs.mkdir()
+    lon0, lat0 = 18.0, 47.7
+    for tile, epsg, day, seed in (("33UYP", 32633, "2025-05-03", 1), ("34UCU", 32634, "2025-05-09", 2)):
+        x, y = Transformer.from_crs("EPSG:4326", f"EPSG:{epsg}", always_xy=True).transform(lon0, lat0)
+        origin = (round(x / 10) * 10 - 1500.0, round(y / 10) * 10 + 1500.0)
+        r = np.random.default_rng(seed)
+        red = r.integers(1200, 2500, (300, 300)).astype("uint16")
+        nir = r.integers(2500, 5500, (300, 300)).astype("uint16")
+        scl = np.full((300, 300), 4, "uint8")
+        for band, arr in (("red", red), ("nir", nir), ("scl", scl)):
+            make_cog(cogs / f"S2_{tile}_{day}_{band}.tif", shape_yx=(300, 300), dtype=str(arr.dtype), data=arr[None],
+                     origin_xy=origin, crs=f"EPSG:{epsg}", predictor=2, nodata=0, nodata_block=False)
+    assert ingest(str(cogs), str(tmp_path / "repo")).ok
+    region = box(lon0 - 0.012, lat0 - 0.008, lon0 + 0.012, lat0 + 0.008)
+    gpd.GeoDataFrame({"id": ["R"]}, geometry=[region], crs="EPSG:4326").to_file(tmp_path / "regions.geojson")
+    spec = write_spec(tmp_path, repo=tmp_path / "repo", fields=tmp_path / "regions.geojson", bands=[],
+                      indices={"ndvi": "builtin"},
+                      outputs={"dir": str(tmp_path / "out"), "stats": None,
+                               "rollup": {"regions": {"path": str(tmp_path / "regions.geojson")}, "kinds": [],
+                                          "composite": {"crs": "EPSG:3035", "resolution": 10, "method": "max_ndvi"}}})
+    result = run_job(spec, cluster="sync")
+    with rasterio.open(result.outputs["composites"] / "R_2025-05-01_ndvi_max_ndvi.tif") as src:
+        got, t = src.read(1), src.transform
+    layers = []
+    for scene_id, cog in cogs_by_date(cogs).items():
+        v, crs, transform = scene_variable(cog)
+        dst = np.full(got.shape, np.nan)
+        reproject(v, dst, src_transform=transform, src_crs=crs, dst_transform=t, dst_crs="EPSG:3035",
+                  resampling=Resampling.nearest, src_nodata=np.nan, dst_nodata=np.nan, tolerance=0)
+        layers.append(dst)
+        assert np.isfinite(dst).any(), scene_id  # both zones contribute
+    stack = np.stack(layers)
+    idx = np.argmax(np.where(np.isnan(stack), -np.inf, stack), axis=0)
+    want = np.take_along_axis(stack, idx[None], axis=0)[0]
+    geom = gpd.GeoSeries([region], crs="EPSG:4326").to_crs("EPSG:3035").iloc[0]
+    inside = geometry_mask([mapping(geom)], out_shape=got.shape, transform=t, invert=True)
+    np.testing.assert_array_equal(got, np.where(inside, want, np.nan).astype(np.float32))
+    assert np.isfinite(got).sum() > 0.5 * inside.sum()
