@@ -306,6 +306,15 @@ def test_rollup_bad_input(sample_small, sample_repo, tmp_path) -> None:
                       outputs={**base, "rollup": {"regions": {"path": str(tmp_path / "dup.geojson")}}})
     with pytest.raises(InputDataError, match="duplicate field ids 'R1'"):
         run_job(spec, cluster="sync")
+    from shapely.geometry import Polygon
+
+    bowtie = Polygon([(16.35, 47.76), (16.45, 47.84), (16.45, 47.76), (16.35, 47.84), (16.35, 47.76)])
+    bad = pd.concat([regions, gpd.GeoDataFrame({"id": ["BOW"]}, geometry=[bowtie], crs="EPSG:4326")])
+    bad.to_file(tmp_path / "bad.geojson")
+    spec = write_spec(tmp_path, repo=sample_repo, fields=sample_small.fields_path,
+                      outputs={**base, "rollup": {"regions": {"path": str(tmp_path / "bad.geojson")}}})
+    with pytest.raises(InputDataError, match="invalid geometries for ids 'BOW'"):
+        run_job(spec, cluster="sync")
     far = pd.concat([regions, gpd.GeoDataFrame({"id": ["FAR"]}, geometry=[box(5, 45, 5.1, 45.1)], crs="EPSG:4326")])
     far.to_file(tmp_path / "far.geojson")
     spec = write_spec(tmp_path, repo=sample_repo, fields=sample_small.fields_path,
