@@ -116,10 +116,13 @@ def _parse_when(value: str | None) -> dt.datetime | None:
               help="Acquisition time for files whose names carry no date (ISO 8601).")
 @click.option("--storage", default=None, help="Storage profile name or path (configs/storage/).")
 @click.option("--message", default=None, help="Commit message.")
+@click.option("--cloud-cover/--no-cloud-cover", default=True, show_default=True,
+              help="Compute scene cloud cover from the product's cloud-mask band.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_handle_errors
 def ingest_cmd(source: str, repo: str, pattern: str | None, product: str, bands: str | None,
-               when: str | None, storage: str | None, message: str | None, as_json: bool) -> None:
+               when: str | None, storage: str | None, message: str | None, cloud_cover: bool,
+               as_json: bool) -> None:
     """Ingest COGs from SOURCE (directory, glob, file or list file) as virtual references."""
     from .catalog.ingest import ingest
     from .config import load_storage_profile
@@ -130,7 +133,7 @@ def ingest_cmd(source: str, repo: str, pattern: str | None, product: str, bands:
             source, repo, pattern=pattern, product=product,
             bands=[b.strip() for b in bands.split(",")] if bands else None,
             datetime=_parse_when(when), storage=load_storage_profile(storage),
-            message=message, progress=progress,
+            message=message, cloud_cover=cloud_cover, progress=progress,
         )
     finally:
         progress.close()
@@ -170,6 +173,7 @@ def _parse_bbox(value: str | None) -> tuple[float, float, float, float] | None:
 @click.option("--bbox", default=None, help="minx,miny,maxx,maxy (in --bbox-crs).")
 @click.option("--bbox-crs", default="EPSG:4326", show_default=True, help="CRS of --bbox.")
 @click.option("--product", default=None, help="Only scenes of this product.")
+@click.option("--max-cloud", default=None, type=float, help="Only scenes with at most this cloud cover (%).")
 @click.option("--snapshot", default=None, help="Branch, tag or snapshot id (default: main).")
 @click.option("--storage", default=None, help="Storage profile name or path.")
 @click.option("--json", "as_json", is_flag=True, help="Shorthand for --format json.")
@@ -178,15 +182,15 @@ def _parse_bbox(value: str | None) -> tuple[float, float, float, float] | None:
               help="table, json records, or a STAC Collection with its Items.")
 @_handle_errors
 def scenes_cmd(repo: str, start: str | None, end: str | None, bbox: str | None, bbox_crs: str,
-               product: str | None, snapshot: str | None, storage: str | None, as_json: bool,
-               fmt: str) -> None:
+               product: str | None, max_cloud: float | None, snapshot: str | None,
+               storage: str | None, as_json: bool, fmt: str) -> None:
     """List the scenes of a repository, filtered by time, area and product."""
     from .api import open_catalog
     from .config import load_storage_profile
 
     catalog = open_catalog(repo, snapshot=snapshot, storage=load_storage_profile(storage))
     found = catalog.search(start=start, end=end, bbox=_parse_bbox(bbox), bbox_crs=bbox_crs,
-                           product=product)
+                           product=product, max_cloud=max_cloud)
     if as_json:
         fmt = "json"
     if fmt == "json":
@@ -199,8 +203,9 @@ def scenes_cmd(repo: str, start: str | None, end: str | None, bbox: str | None, 
     else:
         click.echo(f"{len(found)} of {len(catalog)} scene(s) at snapshot {catalog.snapshot_id}")
         for r in found.to_records():
+            cc = "   -  " if r["cloud_cover"] is None else f"{r['cloud_cover']:5.1f}%"
             click.echo(f"  {r['scene_id']:<40} {r['datetime']:<21} {r['crs']:<11} "
-                       f"{r['shape_yx'][0]}x{r['shape_yx'][1]}  {','.join(r['bands'])}")
+                       f"{r['shape_yx'][0]}x{r['shape_yx'][1]}  cloud {cc}  {','.join(r['bands'])}")
 
 
 @main.command("history")

@@ -142,3 +142,23 @@ def test_open_scene_path_never_imports_gdal(two_zone_repo: Path) -> None:
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_cloud_cover_is_computed_at_ingest(sample_small, sample_repo) -> None:
+    import numpy as np
+    import rasterio
+
+    from .reference import cogs_by_date
+
+    cat = resolve_snapshot(sample_repo).catalog()
+    for scene_id, cog in cogs_by_date(sample_small.cog_dir).items():
+        with rasterio.open(cog["scl"]) as src:
+            scl = src.read(1)
+        valid = scl != 0
+        want = 100.0 * (np.isin(scl, (3, 8, 9, 10)) & valid).sum() / valid.sum()
+        assert cat.get(scene_id).cloud_cover == pytest.approx(want, abs=1e-9)
+    covers = sorted(s.cloud_cover for s in cat.scenes())
+    limit = (covers[0] + covers[-1]) / 2
+    kept = cat.search(max_cloud=limit)
+    assert 0 < len(kept) < len(cat)
+    assert all(s.cloud_cover <= limit for s in kept.scenes())

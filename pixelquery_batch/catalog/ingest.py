@@ -408,6 +408,7 @@ def ingest(
     storage: StorageProfile | None = None,
     message: str | None = None,
     threads: int = 8,
+    cloud_cover: bool = True,
     progress: ProgressFn | None = None,
 ) -> IngestReport:
     """Ingest the COGs a SOURCE names into a repository, in one commit.
@@ -433,6 +434,9 @@ def ingest(
         Commit message (default: a summary of the ingest).
     threads
         Header-parsing threads.
+    cloud_cover
+        Compute each scene's cloud cover from the product's cloud-mask band (reads that
+        band once, through the virtual references) for ``scenes.max_cloud`` filters.
     progress
         ``progress(stage, done, total)`` callback.
 
@@ -560,7 +564,7 @@ def ingest(
         msg = message or (f"ingest {n_new} new, {len(datasets) - n_new} updated scene(s) "
                           f"from {source} (product {prof.name})")
         report.snapshot_id = _commit(location, storage, prefixes, datasets, rows, file_rows, msg,
-                                     report, progress)
+                                     report, progress, cloud=prof.cloud_mask if cloud_cover else None)
         report.scenes_written = sorted(datasets)
     report.duration_s = time.perf_counter() - t0
     logger.info("ingest finished", extra={"counts": report.counts(),
@@ -594,10 +598,43 @@ def _merge_tables(old_scenes: pa.Table, old_files: pa.Table, rows: list[dict[str
     return scenes.take(order), files.sort_by("url")
 
 
+def _fill_cloud_cover(session: Any, rows: list[dict[str, Any]], cloud: Any,
+                      progress: ProgressFn | None) -> None:
+    """Scene-level cloud cover (percent of valid mask-band pixels flagged as cloud), read
+    through the session's virtual references (every chunk of the mask band, no GDAL)."""
+    from .chunks import ChunkRequest, IcechunkChunkReader, chunks_for_window
+    from .models import BandInfo
+
+    reader = IcechunkChunkReader(session)
+    for i, row in enumerate(rows, 1):
+        bands = [BandInfo.from_dict(d) for d in json.loads(row["bands_json"])]
+        band = next((b for b in bands if b.name.lower() == cloud.band.lower()
+                     or (b.role or "").lower() == cloud.band.lower()), None)
+        if band is None:
+            continue
+        window = (0, int(row["height"]), 0, int(row["width"]))
+        raw = reader.read([ChunkRequest(row["group"], band, window,
+                                        frozenset(chunks_for_window(window, band.chunks_yx)))])[0]
+        valid = raw != band.nodata if band.nodata is not None else np.ones(raw.shape, bool)
+        if cloud.classes is not None:
+            flagged = np.isin(raw, np.asarray(cloud.classes, dtype=raw.dtype))
+        else:
+            bits = sum(1 << b for b in cloud.bits or ())
+            flagged = (raw.astype(np.int64) & bits) != 0
+        n_valid = int(valid.sum())
+        row["cloud_cover"] = 100.0 * float((flagged & valid).sum()) / n_valid if n_valid else None
+        if progress:
+            progress("cloud cover", i, len(rows))
+
+
 def _commit(location: str, storage: StorageProfile, prefixes: tuple[str, ...],
             datasets: dict[str, Any], rows: list[dict[str, Any]], file_rows: list[dict[str, Any]],
-            message: str, report: IngestReport, progress: ProgressFn | None) -> str:
-    """Write scenes + catalog and commit; serialised locally, retried on conflicts remotely."""
+            message: str, report: IngestReport, progress: ProgressFn | None,
+            cloud: Any = None) -> str:
+    """Write scenes + catalog and commit; serialised locally, retried on conflicts remotely.
+
+    With a cloud-mask rule (``cloud``), each new scene's cloud cover is computed from its
+    mask band before the catalog is written, in the same commit."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with commit_lock(location):
@@ -611,6 +648,8 @@ def _commit(location: str, storage: StorageProfile, prefixes: tuple[str, ...],
                     ds.vz.to_icechunk(session.store, group=f"{SCENES_GROUP}/{sid}", mode="w")
                     if progress:
                         progress("write", i, len(datasets))
+                if cloud is not None and attempt == 1:
+                    _fill_cloud_cover(session, rows, cloud, progress)
                 scenes, files = _merge_tables(old_scenes, old_files, rows, file_rows)
                 write_catalog_tables(session.store, scenes, files)
                 try:
