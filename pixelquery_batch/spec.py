@@ -29,18 +29,14 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
-    Discriminator,
     Field,
     PrivateAttr,
-    Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
 
 from .errors import ExpressionError, SpecError
 from .expr import Expression, check_name, parse_expression, resolve_index
@@ -63,455 +59,43 @@ __all__ = [
     "spec_reference_markdown",
 ]
 
-#: The job spec version this module reads.
-SPEC_VERSION = 1
-
-#: Statistics other than percentiles (``p1`` ... ``p99``).
-BASIC_STATS: tuple[str, ...] = (
-    "mean", "std", "min", "max", "median", "sum", "count", "valid_fraction",
+from .spec_models import (  # noqa: F401  (re-exported and used by JobSpec)
+    _ADDRESS,
+    _CLOUD_AUTO,
+    _CLOUD_RULE,
+    _EXPECTED_STATS,
+    _JOB_NAME,
+    _MAX_YAML_NODES,
+    _MEMORY,
+    _MULTI,
+    _PERCENTILE,
+    BASIC_STATS,
+    DEFAULT_STATS,
+    SPEC_VERSION,
+    CloudMask,
+    CloudMaskRule,
+    ClusterSpec,
+    CompositeOutput,
+    DateLike,
+    FieldsSpec,
+    MaskSpec,
+    OutputsSpec,
+    PointsSpec,
+    RegionsSpec,
+    RepositorySpec,
+    RollupOutput,
+    SceneFilter,
+    StatsOutput,
+    TimeseriesOutput,
+    _check_period_text,
+    _cloud_kind,
+    _describe,
+    _error,
+    _problems_error,
+    _sort_key,
+    _stat_problem,
+    _to_datelike,
 )
-#: Statistics reported when a spec has no ``stats`` key.
-DEFAULT_STATS: tuple[str, ...] = (
-    "mean", "std", "min", "max", "median", "count", "valid_fraction",
-)
-
-_EXPECTED_STATS = "mean, std, min, max, median, sum, p1..p99, count, valid_fraction"
-_PERCENTILE = re.compile(r"^p(\d+)$")
-_JOB_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
-_ADDRESS = re.compile(
-    r"^(?:(?:tcp|tls|ws|wss|ucx)://)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::\d{1,5})?$"
-)
-_MEMORY = re.compile(r"^\s*(?:\d+(?:\.\d*)?|\.\d+)\s*(?:[kmgtpe]i?b?|b)?\s*$", re.IGNORECASE)
-
-#: Tags of the ``masks.cloud`` union (they appear in pydantic error locations).
-_CLOUD_AUTO, _CLOUD_RULE = "cloud-auto", "cloud-rule"
-_MULTI = "pqb_multi"  # error type carrying several (sub-location, message) problems
-_MAX_YAML_NODES = 100_000
-
-
-# -- validation helpers ----------------------------------------------------------------
-
-
-def _error(message: str) -> PydanticCustomError:
-    """A validation error whose message is ``message`` verbatim."""
-    return PydanticCustomError("pqb", "{message}", {"message": message})
-
-
-def _problems_error(problems: list[tuple[tuple[str | int, ...], str]]) -> PydanticCustomError:
-    """One validation error carrying several problems below the current location."""
-    return PydanticCustomError(
-        _MULTI, "{summary}", {"summary": "; ".join(m for _, m in problems), "problems": problems}
-    )
-
-
-def _stat_problem(stat: str) -> str | None:
-    """Why ``stat`` is not a statistic name, or ``None`` when it is.
-
-    >>> _stat_problem("p90") is None
-    True
-    >>> _stat_problem("p100")
-    "percentile 'p100' out of range (p1..p99)"
-    """
-    if stat in BASIC_STATS:
-        return None
-    m = _PERCENTILE.match(stat)
-    if m:
-        q = int(m.group(1))
-        if not 1 <= q <= 99:
-            return f"percentile {stat!r} out of range (p1..p99)"
-        if m.group(1) != str(q):
-            return f"write percentile {stat!r} as 'p{q}'"
-        return None
-    return f"unknown statistic {stat!r} (expected one of {_EXPECTED_STATS})"
-
-
-def _to_datelike(value: Any) -> Any:
-    """YAML dates/datetimes pass through; ISO strings are parsed (date first)."""
-    if isinstance(value, dt.date):
-        return value
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            return dt.date.fromisoformat(text)
-        except ValueError:
-            pass
-        try:
-            return dt.datetime.fromisoformat(text)
-        except ValueError:
-            pass
-    raise _error(
-        f"expected a date like 2025-01-31 or an ISO datetime like 2025-01-31T12:00:00Z "
-        f"(got {_describe(value)})"
-    )
-
-
-def _sort_key(value: dt.date, *, end: bool) -> dt.datetime:
-    """Comparable naive-UTC datetime; a date means its whole day."""
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(dt.UTC).replace(tzinfo=None)
-        return value
-    return dt.datetime.combine(value, dt.time.max if end else dt.time.min)
-
-
-DateLike = Annotated[dt.datetime | dt.date, BeforeValidator(_to_datelike)]
-
-
-def _cloud_kind(value: Any) -> str | None:
-    if isinstance(value, str):
-        return _CLOUD_AUTO
-    if isinstance(value, dict | CloudMaskRule):
-        return _CLOUD_RULE
-    return None
-
-
-# -- models ------------------------------------------------------------------------------
-
-
-class RepositorySpec(BaseModel):
-    """Which pixelquery repository to read, and at which version."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    path: str = Field(
-        min_length=1,
-        description="Repository location: a local directory (relative to the spec file) "
-        "or an `s3://` URL.",
-    )
-    snapshot: str | None = Field(
-        default=None,
-        description="Snapshot id, tag or branch to read; `null` reads the `main` branch. "
-        "It is resolved to a snapshot id once, so every task reads the same version.",
-    )
-    storage: str | None = Field(
-        default=None,
-        description="Storage profile name (`configs/storage/NAME.yaml`) or path, used to "
-        "reach `s3://` repositories and COGs.",
-    )
-
-
-class SceneFilter(BaseModel):
-    """Which scenes of the catalog the job reads."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    start: DateLike | None = Field(
-        default=None,
-        description="First acquisition date (inclusive), as a YAML date, an ISO date or an "
-        "ISO datetime; `null`: no lower bound.",
-    )
-    end: DateLike | None = Field(
-        default=None,
-        description="Last acquisition date (inclusive: a date covers its whole day); "
-        "`null`: no upper bound. Must not be before `start`.",
-    )
-    product: str | None = Field(
-        default=None, description="Only scenes of this product profile (e.g. `sentinel2-l2a`)."
-    )
-    max_cloud: float | None = Field(
-        default=None,
-        ge=0,
-        le=100,
-        description="Only scenes whose scene-level cloud cover (percent, 0-100) is at most this.",
-    )
-    ids: tuple[str, ...] | None = Field(
-        default=None, min_length=1, description="Only these scene ids (`null`: all)."
-    )
-
-    @field_validator("end")
-    @classmethod
-    def _check_window(cls, end: dt.date | None, info: ValidationInfo) -> dt.date | None:
-        start = info.data.get("start")
-        if (
-            start is not None
-            and end is not None
-            and _sort_key(start, end=False) > _sort_key(end, end=True)
-        ):
-            raise _error(f"end {end.isoformat()} is before start {start.isoformat()}")
-        return end
-
-
-class FieldsSpec(BaseModel):
-    """The field polygons to summarise."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    path: str = Field(
-        min_length=1,
-        description="Vector file of field polygons (GeoJSON, GeoPackage, GeoParquet, "
-        "Shapefile ...), relative to the spec file, or a URL.",
-    )
-    id: str = Field(
-        default="id",
-        min_length=1,
-        description="Attribute holding the field id (values are used as strings).",
-    )
-    layer: str | None = Field(
-        default=None, description="Layer to read from multi-layer files (GeoPackage)."
-    )
-    fix_invalid: bool = Field(
-        default=False,
-        description="Repair invalid geometries instead of failing on them.",
-    )
-
-
-class CloudMaskRule(BaseModel):
-    """An explicit cloud mask: classes of a classification band, or bits of a QA band."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    band: str = Field(min_length=1, description="Band holding the classes or flags (e.g. `scl`).")
-    exclude: tuple[int, ...] | None = Field(
-        default=None,
-        min_length=1,
-        description="Class values to mask out (e.g. Sentinel-2 SCL `[3, 8, 9, 10]`).",
-    )
-    bits: tuple[Annotated[int, Field(ge=0, le=63)], ...] | None = Field(
-        default=None,
-        min_length=1,
-        description="Bit positions (0-63) to mask out when set (e.g. Landsat QA_PIXEL "
-        "`[1, 2, 3, 4]`).",
-    )
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> CloudMaskRule:
-        if (self.exclude is None) == (self.bits is None):
-            raise _error("give exactly one of 'exclude' (class values) or 'bits' (bit positions)")
-        return self
-
-
-CloudMask = Annotated[
-    Annotated[Literal["auto"], Tag(_CLOUD_AUTO)] | Annotated[CloudMaskRule, Tag(_CLOUD_RULE)],
-    Discriminator(
-        _cloud_kind,
-        custom_error_type="pqb",
-        custom_error_message="expected null, 'auto' or a mapping {band, exclude} or "
-        "{band, bits}",
-    ),
-]
-
-
-class MaskSpec(BaseModel):
-    """Which pixels are invalid (excluded from statistics)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    nodata: bool = Field(
-        default=True, description="Mask pixels equal to each band's nodata value."
-    )
-    cloud: CloudMask | None = Field(
-        default="auto",
-        description="Cloud mask: `auto` uses the product profile's rule (none if it has "
-        "none); `null` disables it; or `{band, exclude: [classes]}` / `{band, bits: [bits]}`.",
-    )
-
-
-class StatsOutput(BaseModel):
-    """The per-field statistics table."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    format: Literal["parquet", "geoparquet", "csv"] = Field(
-        default="parquet",
-        description="`parquet`, `geoparquet` (with field geometries) or `csv`.",
-    )
-
-
-def _check_period_text(value: str) -> str:
-    from .kernels.timeseries import parse_period
-
-    try:
-        parse_period(value)
-    except SpecError as exc:
-        raise _error(exc.message) from None
-    return value
-
-
-class TimeseriesOutput(BaseModel):
-    """Per-field time series and temporal composites, from the per-scene results."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    period: str = Field(
-        default="scene",
-        description="Composite period: `scene` (one value per acquisition day), `day`, "
-        "`week`, `month`, or an ISO-8601 duration such as `P10D`, `P2W`, `P3M`.",
-    )
-    aggregation: Literal["mean", "median", "max", "min", "last", "max_ndvi"] = Field(
-        default="mean",
-        description="How the scenes of a period combine: mean/median/max/min of each "
-        "statistic, `last` (latest valid scene) or `max_ndvi` (the scene with the highest "
-        "field NDVI).",
-    )
-    variables: tuple[str, ...] | None = Field(
-        default=None, description="Variables to include (default: all bands and indices)."
-    )
-    fill: Literal["none", "linear"] = Field(
-        default="none",
-        description="Gap filling: `none` (gaps are rows with count 0) or `linear` "
-        "(interpolated, flagged in the `filled` column).",
-    )
-    wide: bool = Field(
-        default=False,
-        description="Also write a wide table (field x period columns of the mean).",
-    )
-    format: Literal["parquet", "csv"] = Field(default="parquet", description="Table format.")
-
-    @field_validator("period")
-    @classmethod
-    def _check_period(cls, value: str) -> str:
-        return _check_period_text(value)
-
-
-class PointsSpec(BaseModel):
-    """Points whose pixel values are followed through time."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    path: str = Field(min_length=1, description="Vector file of points (any CRS), relative "
-                      "to the spec file.")
-    id: str = Field(default="id", min_length=1, description="Attribute holding the point id.")
-    layer: str | None = Field(default=None, description="Layer of multi-layer files.")
-
-
-class RegionsSpec(BaseModel):
-    """Large polygons (districts, basins) to roll results up to."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    path: str = Field(min_length=1, description="Vector file of region polygons.")
-    id: str = Field(default="id", min_length=1, description="Attribute holding the region id.")
-    layer: str | None = Field(default=None, description="Layer of multi-layer files.")
-    fix_invalid: bool = Field(default=False, description="Repair invalid geometries.")
-
-
-class CompositeOutput(BaseModel):
-    """A composite raster per region and period, written as a COG."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    crs: str = Field(description="Target CRS, e.g. `EPSG:3035` or `EPSG:32633`.")
-    resolution: float = Field(gt=0, description="Target pixel size in CRS units.")
-    method: Literal["max_ndvi", "median", "mean", "max"] = Field(
-        default="max_ndvi",
-        description="`max_ndvi` (per pixel, the value of the scene with the highest NDVI), "
-        "or the per-pixel median/mean/max over the period's scenes.",
-    )
-    variable: str = Field(default="ndvi", description="Variable to composite.")
-    max_pixels: int = Field(
-        default=100_000_000, gt=0,
-        description="Refuse composites larger than this many pixels per region and period.",
-    )
-
-
-class RollupOutput(BaseModel):
-    """Region-wide rollups per period."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    regions: RegionsSpec = Field(description="The regions.")
-    period: str = Field(default="month", description="Rollup period (as in timeseries).")
-    variables: tuple[str, ...] | None = Field(
-        default=None, description="Variables to roll up (default: all)."
-    )
-    stats: tuple[str, ...] = Field(
-        default=("mean", "std", "min", "max", "median", "p10", "p90", "count"),
-        description="Pixel rollup statistics (mean, std, min, max, sum, count exact; median "
-        "and pNN from a histogram, with the error bound in `quantile_error_bound`).",
-    )
-    kinds: tuple[Literal["pixel", "field"], ...] = Field(
-        default=("pixel",),
-        description="`pixel`: statistics over every valid pixel of each region; `field`: "
-        "statistics of the per-field results of the fields inside each region.",
-    )
-    threshold: float | None = Field(
-        default=None, description="Field rollup: share of fields whose mean is above this."
-    )
-    histogram: dict[str, tuple[float, float, int]] | None = Field(
-        default=None,
-        description="Quantile histogram per variable: `[lo, hi, bins]` (default: [-1, 1, "
-        "4000] for indices, [-0.5, 1.5, 4000] otherwise).",
-    )
-    composite: CompositeOutput | None = Field(
-        default=None, description="Optional composite raster per region and period."
-    )
-
-    @field_validator("period")
-    @classmethod
-    def _check_period(cls, value: str) -> str:
-        return _check_period_text(value)
-
-    @field_validator("stats")
-    @classmethod
-    def _check_stats(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        bad = [s for s in value
-               if s == "valid_fraction" or (s != "count" and _stat_problem(s) is not None)]
-        if bad:
-            raise _error(f"unsupported rollup statistic(s) {bad} (expected mean, std, min, "
-                         "max, sum, median, p1..p99, count)")
-        return value
-
-
-class OutputsSpec(BaseModel):
-    """Where results are written."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    dir: str = Field(
-        min_length=1,
-        description="Output directory (relative to the spec file) or `s3://` URL; the "
-        "run manifest is written here too.",
-    )
-    stats: StatsOutput | None = Field(
-        default_factory=StatsOutput,
-        description="Per-field statistics table; `null` skips it.",
-    )
-    timeseries: TimeseriesOutput | None = Field(
-        default=None,
-        description="Per-field time series / temporal composites (`outputs.dir/timeseries/`).",
-    )
-    rollup: RollupOutput | None = Field(
-        default=None, description="Region rollups per period (`outputs.dir/rollup/`)."
-    )
-
-
-class ClusterSpec(BaseModel):
-    """Which Dask cluster runs the job (does not change results)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    address: str | None = Field(
-        default=None,
-        description="Scheduler of an existing cluster, e.g. `tcp://host:8786`; `null` starts "
-        "a local cluster.",
-    )
-    n_workers: int = Field(default=2, ge=1, description="Local cluster: worker processes.")
-    threads_per_worker: int = Field(
-        default=1, ge=1, description="Local cluster: threads per worker."
-    )
-    memory_limit: str = Field(
-        default="2GiB",
-        description="Local cluster: memory per worker, a Dask size (`2GiB`, `500MB`) or `auto`.",
-    )
-    dashboard: bool = Field(default=True, description="Serve (and print) the Dask dashboard.")
-
-    @field_validator("address")
-    @classmethod
-    def _check_address(cls, value: str | None) -> str | None:
-        if value is not None and not _ADDRESS.match(value.strip()):
-            raise _error(f"invalid scheduler address {value!r} (expected e.g. tcp://host:8786)")
-        return None if value is None else value.strip()
-
-    @field_validator("memory_limit", mode="before")
-    @classmethod
-    def _check_memory(cls, value: Any) -> Any:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            value = str(value)
-        if isinstance(value, str) and value.strip().lower() != "auto" and not _MEMORY.match(
-            value
-        ):
-            raise _error(f"invalid memory size {value!r} (expected e.g. 2GiB, 500MB or auto)")
-        return value
 
 
 class JobSpec(BaseModel):
@@ -772,23 +356,6 @@ def _render_path(loc: Iterable[Any]) -> str:
         else:
             out += f".{part}" if out else str(part)
     return out
-
-
-def _describe(value: Any) -> str:
-    """Short description of a YAML value for messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, str | int | float):
-        return repr(value)
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list | tuple):
-        return "a list"
-    return type(value).__name__
 
 
 def _problem(file: str, line: int, loc: Loc, message: str) -> dict[str, Any]:
