@@ -183,9 +183,11 @@ def _execute_on(client: Any, units: list[WorkUnit], ctx: JobContext, summary: Ex
                 on_start: Callable[[ExecutionSummary], None] | None) -> ExecutionSummary:
     from distributed import as_completed
 
-    summary.dashboard_link = getattr(client, "dashboard_link", None)
+    info = client.scheduler_info(n_workers=-1)
+    has_dashboard = "dashboard" in info.get("services", {})
+    summary.dashboard_link = getattr(client, "dashboard_link", None) if has_dashboard else None
     summary.scheduler = client.scheduler.address
-    summary.n_workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+    summary.n_workers = len(info.get("workers", {}))
     logger.info("submitting units", extra={"units": len(units), "scheduler": summary.scheduler,
                                            "dashboard": summary.dashboard_link})
     if on_start:
