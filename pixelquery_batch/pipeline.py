@@ -306,7 +306,7 @@ def run_job(
     """
     from . import __version__
     from .executor import ClusterOptions, ExecutionSummary
-    from .writers import atomic_write_json
+    from .writers import RunOutputs, atomic_write_json
 
     started = dt.datetime.now(dt.UTC)
     job = prepare_job(spec)
@@ -335,20 +335,27 @@ def run_job(
     }
     summary = ExecutionSummary()
     series = None
-    with _client_for(cluster) as client:
-        if job.fields is not None:
-            summary, series = _run_fields(job, client, out_dir, outputs, manifest, progress,
-                                          on_start)
-        elif on_start:
-            on_start(summary)
-        if job.points is not None:
-            _run_points(job, client, out_dir, outputs, manifest, progress)
-        if spec.outputs.rollup is not None and "pixel" in spec.outputs.rollup.kinds:
-            _run_pixel_rollup(job, client, out_dir, outputs, manifest, progress)
-        if spec.outputs.rollup is not None and spec.outputs.rollup.composite is not None:
-            _run_composites(job, client, out_dir, outputs, manifest, progress)
-    if spec.outputs.rollup is not None and "field" in spec.outputs.rollup.kinds:
-        _run_field_rollup(job, series, out_dir, outputs)
+    run_outputs = RunOutputs(out_dir)
+    stage = run_outputs.root  # every stage writes here; published together at the end
+    try:
+        with _client_for(cluster) as client:
+            if job.fields is not None:
+                summary, series = _run_fields(job, client, stage, outputs, manifest, progress,
+                                              on_start)
+            elif on_start:
+                on_start(summary)
+            if job.points is not None:
+                _run_points(job, client, stage, outputs, manifest, progress)
+            if spec.outputs.rollup is not None and "pixel" in spec.outputs.rollup.kinds:
+                _run_pixel_rollup(job, client, stage, outputs, manifest, progress)
+            if spec.outputs.rollup is not None and spec.outputs.rollup.composite is not None:
+                _run_composites(job, client, stage, outputs, manifest, progress)
+        if spec.outputs.rollup is not None and "field" in spec.outputs.rollup.kinds:
+            _run_field_rollup(job, series, stage, outputs)
+        outputs = run_outputs.publish(outputs)
+    except BaseException:
+        run_outputs.abort()
+        raise
     finished = dt.datetime.now(dt.UTC)
     manifest["finished_at"] = finished.isoformat()
     manifest["duration_s"] = round((finished - started).total_seconds(), 3)

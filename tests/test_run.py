@@ -150,11 +150,17 @@ def test_failing_unit_surfaces_ids(sample_small, sample_repo, tmp_path) -> None:
     assert failed_scenes == {victim.stem.rsplit("_", 1)[0]}
     assert all(f["field_id"] for f in result.manifest["failures"])
     assert "changed" in result.manifest["failures"][0]["error"].lower()
+    before = read_stats(result.outputs["stats"])
+    manifest_before = Path(result.manifest_path).read_text()
     spec = write_spec(tmp_path, repo=tmp_path / "repo", fields=sample_small.fields_path, on_error="fail")
     with pytest.raises(TaskError) as err:
         run_job(spec, cluster="sync")
     assert err.value.scene_id == victim.stem.rsplit("_", 1)[0]
     assert err.value.field_id
+    # the failed run changed nothing: same table, same manifest, no staging left behind
+    pd.testing.assert_frame_equal(read_stats(result.outputs["stats"]), before)
+    assert Path(result.manifest_path).read_text() == manifest_before
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
 
 
 def test_local_cluster_matches_sync(sync_run, sample_small, sample_repo, tmp_path) -> None:

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from ..errors import OutputError
 from .files import atomic_write_bytes
 
-__all__ = ["TableWriter", "swap_dir"]
+__all__ = ["RunOutputs", "TableWriter", "swap_dir"]
 
 
 class TableWriter:
@@ -124,3 +124,39 @@ def swap_dir(new: Path, final: Path) -> None:
             os.replace(old, final)
         raise OutputError(f"cannot publish {final}: {exc}", path=str(final)) from exc
     shutil.rmtree(old, ignore_errors=True)
+
+
+class RunOutputs:
+    """All outputs of one run, staged together and published together.
+
+    Stages write into :attr:`root` (a hidden directory inside the output directory);
+    :meth:`publish` then moves every staged table/directory/file in place of the previous
+    one, so a run that fails half-way changes nothing, and a finished run never mixes
+    its tables with an older run's.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike[str]) -> None:
+        self.out_dir = Path(out_dir)
+        self.root = self.out_dir / f".staging-run-{uuid.uuid4().hex[:8]}"
+        try:
+            self.root.mkdir(parents=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create output directory {self.out_dir}: {exc}",
+                              path=str(self.out_dir)) from exc
+
+    def publish(self, staged: dict[str, Path]) -> dict[str, Path]:
+        """Move the staged outputs into the output directory; returns their final paths."""
+        final: dict[str, Path] = {}
+        for name, path in staged.items():
+            dest = self.out_dir / path.relative_to(self.root)
+            if path.is_dir():
+                swap_dir(path, dest)
+            else:
+                os.replace(path, dest)
+            final[name] = dest
+        self.abort()
+        return final
+
+    def abort(self) -> None:
+        """Drop whatever was staged (the previous outputs stay untouched)."""
+        shutil.rmtree(self.root, ignore_errors=True)
