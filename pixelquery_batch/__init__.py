@@ -36,6 +36,8 @@ _LAZY = {
     "IngestReport": ("pixelquery_batch.catalog.ingest", "IngestReport"),
     "open_scene": ("pixelquery_batch.catalog.reader", "open_scene"),
     "open_catalog": ("pixelquery_batch.api", "open_catalog"),
+    "timeseries": ("pixelquery_batch.api", "timeseries"),
+    "run_job": ("pixelquery_batch.pipeline", "run_job"),
     "Catalog": ("pixelquery_batch.catalog.models", "Catalog"),
     "Scene": ("pixelquery_batch.catalog.models", "Scene"),
     "RepoRef": ("pixelquery_batch.catalog.store", "RepoRef"),
@@ -45,11 +47,12 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from .api import open_catalog
+    from .api import open_catalog, timeseries
     from .catalog.ingest import IngestReport, ingest
     from .catalog.models import Catalog, Scene
     from .catalog.reader import open_scene
     from .catalog.store import RepoRef, resolve_snapshot
+    from .pipeline import run_job
     from .products import load_product
     from .sample import generate_sample
 
@@ -89,4 +92,6 @@ __all__ = [
     "open_catalog",
     "open_scene",
     "resolve_snapshot",
+    "run_job",
+    "timeseries",
 ]

@@ -22,6 +22,7 @@ __all__ = [
     "prepare_job",
     "run_job",
     "search_scenes",
+    "timeseries",
     "validate_job",
 ]
 
@@ -80,3 +81,66 @@ from .pipeline import (  # noqa: E402
     run_job,
     validate_job,
 )
+
+
+def timeseries(
+    repo: str | os.PathLike[str] | RepoRef,
+    lon: float,
+    lat: float,
+    *,
+    variables: dict[str, str] | None = None,
+    start: dt.date | dt.datetime | str | None = None,
+    end: dt.date | dt.datetime | str | None = None,
+    product: str | None = None,
+    snapshot: str | None = None,
+    cloud: bool = True,
+    storage: StorageProfile | None = None,
+) -> Any:
+    """The pixel value series at one lon/lat point, computed in-process.
+
+    Parameters
+    ----------
+    variables
+        ``name -> "builtin"`` or band math (default: ``{"ndvi": "builtin"}``).
+    cloud
+        Mask clouds with the product's cloud mask.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``scene_id, datetime, variable, value, valid, cloud`` sorted by time.
+    """
+    import geopandas as gpd
+    import pandas as pd
+    from shapely.geometry import Point
+
+    from .executor import execute
+    from .expr import resolve_index
+    from .pipeline import cloud_rule
+    from .planner import plan_job
+    from .tasks import JobContext
+
+    ref = as_repo_ref(repo, snapshot, storage=storage)
+    found = ref.catalog().search(start=start, end=end, product=product,
+                                 intersects=Point(lon, lat))
+    exprs = {n: resolve_index(n, t) for n, t in (variables or {"ndvi": "builtin"}).items()}
+    columns = ["scene_id", "datetime", "variable", "value", "valid", "cloud"]
+    if len(found) == 0:
+        return pd.DataFrame(columns=columns)
+    rule = cloud_rule("auto" if cloud else None, found)
+    bands = tuple(dict.fromkeys([n for e in exprs.values() for n in sorted(e.names)]
+                                + ([rule["band"]] if rule else [])))
+    points = gpd.GeoDataFrame({"field_id": ["point"]}, geometry=[Point(lon, lat)], crs="EPSG:4326")
+    plan = plan_job(found, points, bands=bands, rule="point")
+    ctx = JobContext(repo=ref, job_hash="", variables=tuple((n, e.text) for n, e in exprs.items()),
+                     stats=("mean",), rule="point", cloud_band=rule["band"] if rule else None,
+                     cloud_classes=tuple(rule["classes"]) if rule and rule["classes"] else None,
+                     cloud_bits=tuple(rule["bits"]) if rule and rule["bits"] else None,
+                     on_error="fail")
+    tables = []
+    execute(plan, ctx, on_result=lambda r: tables.append(r.table.to_pandas()))
+    df = pd.concat(tables, ignore_index=True)
+    out = pd.DataFrame({"scene_id": df["scene_id"], "datetime": df["datetime"],
+                        "variable": df["variable"], "value": df["mean"],
+                        "valid": df["count"] > 0, "cloud": df["cloud_count"] > 0})
+    return out.sort_values(["datetime", "scene_id", "variable"]).reset_index(drop=True)

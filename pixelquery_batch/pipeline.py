@@ -100,10 +100,11 @@ def load_job(spec: str | os.PathLike[str] | Any) -> Any:
     return spec if isinstance(spec, JobSpec) else load_spec(spec)
 
 
-def _cloud_rule(spec: Any, scenes: Catalog) -> dict[str, Any] | None:
+def cloud_rule(rule: Any, scenes: Catalog) -> dict[str, Any] | None:
+    """Resolve a ``masks.cloud`` value (``None``, ``"auto"`` or a rule) against the scenes'
+    product profiles: ``{"band", "classes", "bits"}`` or ``None``."""
     from .products import load_product
 
-    rule = spec.masks.cloud
     if rule is None:
         return None
     if rule == "auto":
@@ -198,7 +199,7 @@ def prepare_job(spec: str | os.PathLike[str] | Any, *, check_only: bool = False)
         regions = load_fields(r.path, id_column=r.id, layer=r.layer,
                               fix_invalid=r.fix_invalid).rename(columns={"field_id": "region_id"})
     variables = spec.variables()
-    cloud = _cloud_rule(spec, scenes) if len(scenes) else None
+    cloud = cloud_rule(spec.masks.cloud, scenes) if len(scenes) else None
     bands = tuple(dict.fromkeys(
         [n for e in variables.values() for n in sorted(e.names)]
         + ([cloud["band"]] if cloud else [])))

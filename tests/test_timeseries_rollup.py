@@ -433,3 +433,28 @@ def test_composite_from_two_utm_zones(tmp_path) -> None:
     inside = geometry_mask([mapping(geom)], out_shape=got.shape, transform=t, invert=True)
     np.testing.assert_array_equal(got, np.where(inside, want, np.nan).astype(np.float32))
     assert np.isfinite(got).sum() > 0.5 * inside.sum()
+
+
+def test_python_point_timeseries_equals_rasterio(sample_small, sample_repo) -> None:
+    import pixelquery_batch as pqb
+
+    fields = gpd.read_file(sample_small.fields_path)
+    pt = fields.geometry.iloc[3].representative_point()
+    df = pqb.timeseries(sample_repo, pt.x, pt.y, variables={"red": "red", "ndvi": "builtin"})
+    cogs = cogs_by_date(sample_small.cog_dir)
+    assert sorted(df.scene_id.unique()) == sorted(cogs)
+    for scene_id, cog in cogs.items():
+        vals = {}
+        for band in ("red", "nir", "scl"):
+            with rasterio.open(cog[band]) as src:
+                x, y = gpd.GeoSeries([pt], crs="EPSG:4326").to_crs(src.crs).iloc[0].coords[0]
+                vals[band] = float(next(src.sample([(x, y)]))[0])
+        red, nir = vals["red"] * SCALE + OFFSET, vals["nir"] * SCALE + OFFSET
+        cloudy = vals["scl"] in (3, 8, 9, 10)
+        row = df[(df.scene_id == scene_id) & (df.variable == "ndvi")].iloc[0]
+        assert bool(row["cloud"]) == cloudy
+        if cloudy:
+            assert math.isnan(row["value"])
+        else:
+            assert row["value"] == pytest.approx((nir - red) / (nir + red), abs=1e-12)
+    assert pqb.timeseries(sample_repo, 5.0, 45.0).empty
