@@ -233,3 +233,19 @@ def test_concurrent_ingests_do_not_lose_commits(tmp_path: Path) -> None:
     from pixelquery_batch.api import history
 
     assert len(history(repo)) == 5  # 4 ingests + the repository's initial snapshot
+
+
+def test_adding_a_band_later_with_a_directory_pattern(tmp_path: Path) -> None:
+    for band in ("red", "nir"):
+        make_cog(tmp_path / "a" / "S2B_33UXP_20250315" / f"{band}.tif", shape_yx=(64, 64))
+    pattern = "{scene}/{band}.tif"
+    assert ingest(str(tmp_path / "a"), str(tmp_path / "repo"), pattern=pattern).ok
+    make_cog(tmp_path / "b" / "S2B_33UXP_20250315" / "scl.tif", shape_yx=(64, 64), dtype="uint8")
+    report = ingest(str(tmp_path / "b"), str(tmp_path / "repo"), pattern=pattern)
+    assert report.ok
+    assert report.counts()["updated"] == 3  # files of the rewritten scene
+    scene = resolve_snapshot(tmp_path / "repo").catalog().get("S2B_33UXP_20250315")
+    assert scene.band_names == ("nir", "red", "scl")
+    expected, _ = read_with_rasterio(tmp_path / "a" / "S2B_33UXP_20250315" / "red.tif")
+    np.testing.assert_array_equal(open_scene(tmp_path / "repo", scene.scene_id, bands=["red"])["red"].values,
+                                  expected[0])

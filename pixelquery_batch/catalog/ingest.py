@@ -109,7 +109,6 @@ class IngestReport:
 @dataclass
 class _ParsedFile:
     file: SourceFile
-    match: PatternMatch | None
     band_key: str | None
     vds: Any
     transform: tuple[float, ...]
@@ -178,8 +177,7 @@ def _explain_parse_error(exc: BaseException) -> str:
 
 
 def _parse_file(
-    file: SourceFile, band_key: str | None, match: PatternMatch | None,
-    registry: Any, profile: StorageProfile,
+    file: SourceFile, band_key: str | None, registry: Any, profile: StorageProfile,
 ) -> _ParsedFile:
     from virtual_tiff import VirtualTIFF
     from virtualizarr import open_virtual_dataset
@@ -206,7 +204,7 @@ def _parse_file(
         raise InputDataError(f"unexpected array layout {dims}", path=file.url)
     chunks = da.data.metadata.chunk_grid.chunk_shape
     return _ParsedFile(
-        file=file, match=match, band_key=band_key, vds=vds, transform=transform, epsg=epsg,
+        file=file, band_key=band_key, vds=vds, transform=transform, epsg=epsg,
         nodata=nodata, shape_yx=(int(da.shape[-2]), int(da.shape[-1])),
         count=int(da.shape[0]) if len(dims) == 3 else None, dtype=str(da.dtype),
         chunks_yx=(int(chunks[-2]), int(chunks[-1])),
@@ -397,6 +395,52 @@ def _existing_tables(location: str, profile: StorageProfile) -> tuple[pa.Table, 
     return tables
 
 
+def _select_changed(
+    drafts: dict[str, _SceneDraft], old_files: pa.Table, storage: StorageProfile,
+    report: IngestReport,
+) -> tuple[list[_SceneDraft], dict[str, str]]:
+    """Scenes to (re)write and their status (``ingested``/``updated``).
+
+    A scene whose files are all known with the same fingerprint is reported unchanged. A
+    scene with a new or changed file is rewritten whole, keeping the earlier files of that
+    scene this listing did not name (so bands can be added later), if they still exist.
+    """
+    known = {r["url"]: r for r in old_files.to_pylist()}
+    old_members: dict[str, list[str]] = {}
+    for r in known.values():
+        old_members.setdefault(r["scene_id"], []).append(r["url"])
+    todo: list[_SceneDraft] = []
+    status_of: dict[str, str] = {}
+    for draft in drafts.values():
+        urls = {f.url for f, _ in draft.members}
+        prev = set(old_members.get(draft.scene_id, []))
+        if any(u in known and known[u]["scene_id"] != draft.scene_id for u in urls):
+            for f, band in draft.members:
+                other = known.get(f.url, {}).get("scene_id")
+                report.files.append(FileOutcome(
+                    f.url, "failed", draft.scene_id, band,
+                    reason=f"already ingested as part of scene {other}; a different pattern "
+                    "would move it" if other and other != draft.scene_id
+                    else "another file of this scene belongs to a different scene"))
+            continue
+        changed = [f for f, _ in draft.members
+                   if f.url not in known or known[f.url]["fingerprint"] != f.fingerprint]
+        if not changed and prev <= urls:
+            for f, band in draft.members:
+                report.files.append(FileOutcome(f.url, "unchanged", draft.scene_id, band))
+            continue
+        for url in sorted(prev - urls):
+            try:
+                _, extra = list_source(url[len("file://"):] if url.startswith("file://") else url,
+                                       profile=storage, suffixes=None)
+            except PixelQueryError:
+                continue  # gone: the scene is rewritten without it
+            draft.members.append((extra[0], known[url].get("band")))
+        status_of[draft.scene_id] = "updated" if draft.scene_id in old_members else "ingested"
+        todo.append(draft)
+    return todo, status_of
+
+
 def ingest(
     source: str,
     repo: str,
@@ -461,8 +505,8 @@ def ingest(
     if datetime is not None and datetime.tzinfo is None:
         datetime = datetime.replace(tzinfo=dt.UTC)
 
-    root_url, files = list_source(source, profile=storage,
-                                  suffixes=None if pattern else (".tif", ".tiff"))
+    _, files = list_source(source, profile=storage,
+                           suffixes=None if pattern else (".tif", ".tiff"))
     if pattern:
         patterns = [FilenamePattern.compile(pattern)]
     elif prof.layout == "band_per_file":
@@ -476,45 +520,7 @@ def ingest(
 
     # Dedup against the current catalog: skip scenes whose files are all unchanged.
     _, old_files = _existing_tables(location, storage)
-    known = {r["url"]: r for r in old_files.to_pylist()}
-    old_members: dict[str, list[str]] = {}
-    for r in known.values():
-        old_members.setdefault(r["scene_id"], []).append(r["url"])
-    todo: list[_SceneDraft] = []
-    status_of: dict[str, str] = {}
-    for draft in drafts.values():
-        urls = {f.url for f, _ in draft.members}
-        prev = set(old_members.get(draft.scene_id, []))
-        foreign = [u for u in urls if u in known and known[u]["scene_id"] != draft.scene_id]
-        if foreign:
-            for f, band in draft.members:
-                report.files.append(FileOutcome(
-                    f.url, "failed", draft.scene_id, band,
-                    reason=f"already ingested as part of scene {known[f.url]['scene_id']}; "
-                    "a different pattern would move it"))
-            continue
-        changed = [f for f, _ in draft.members
-                   if f.url not in known or known[f.url]["fingerprint"] != f.fingerprint]
-        if not changed and prev <= urls:
-            for f, band in draft.members:
-                report.files.append(FileOutcome(f.url, "unchanged", draft.scene_id, band))
-            continue
-        # Keep earlier files of an existing scene that this listing did not name.
-        for url in sorted(prev - urls):
-            try:
-                _, extra = list_source(url[len("file://"):] if url.startswith("file://") else url,
-                                       profile=storage, suffixes=None)
-            except PixelQueryError:
-                continue  # gone: the scene is rewritten without it
-            match = None
-            for pat in patterns:
-                match = pat.match(extra[0].relpath)
-                if match is not None:
-                    break
-            band = match.band_key if match is not None else None
-            draft.members.append((extra[0], band))
-        status_of[draft.scene_id] = "updated" if draft.scene_id in old_members else "ingested"
-        todo.append(draft)
+    todo, status_of = _select_changed(drafts, old_files, storage, report)
 
     # Parse headers (threads: each parse is a few small reads).
     registry = _registry_for([f for d in todo for f, _ in d.members], storage)
@@ -523,7 +529,7 @@ def ingest(
     failures: dict[str, str] = {}
     done = 0
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        futs = {pool.submit(_parse_file, f, band, None, registry, storage): (d, f) for d, f, band in jobs}
+        futs = {pool.submit(_parse_file, f, band, registry, storage): (d, f) for d, f, band in jobs}
         for fut, (_d, f) in futs.items():
             try:
                 parsed[f.url] = fut.result()
@@ -554,8 +560,8 @@ def ingest(
         datasets[draft.scene_id] = ds
         rows.append(row)
         for f, band in draft.members:
-            file_rows.append({"url": f.url, "scene_id": draft.scene_id, "size": f.size,
-                              "fingerprint": f.fingerprint})
+            file_rows.append({"url": f.url, "scene_id": draft.scene_id, "band": band,
+                              "size": f.size, "fingerprint": f.fingerprint})
             report.files.append(FileOutcome(f.url, status_of[draft.scene_id], draft.scene_id, band))
 
     if datasets:
@@ -570,7 +576,6 @@ def ingest(
     logger.info("ingest finished", extra={"counts": report.counts(),
                                           "snapshot_id": report.snapshot_id,
                                           "duration_s": round(report.duration_s, 3)})
-    del root_url
     return report
 
 

@@ -54,6 +54,7 @@ FILE_SCHEMA = pa.schema(
     [
         ("url", pa.string()),
         ("scene_id", pa.string()),
+        ("band", pa.string()),  # the {band} key the file was grouped by (None: multi-band)
         ("size", pa.int64()),
         ("fingerprint", pa.string()),
     ]

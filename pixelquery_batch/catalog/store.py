@@ -295,7 +295,17 @@ def read_catalog_tables(store: Any) -> tuple[pa.Table, pa.Table] | None:
         out.append(pq.read_table(io.BytesIO(data)) if data else None)
     if out[0] is None or out[1] is None:
         return None
-    return out[0], out[1]
+    from .models import FILE_SCHEMA, SCENE_SCHEMA
+
+    return _conform(out[0], SCENE_SCHEMA), _conform(out[1], FILE_SCHEMA)
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A stored table in the current schema (columns added since it was written are null)."""
+    for f in schema:
+        if f.name not in table.column_names:
+            table = table.append_column(f, pa.nulls(table.num_rows, f.type))
+    return table.select(schema.names).cast(schema)
 
 
 @dataclass(frozen=True)
