@@ -16,7 +16,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import math
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,7 +31,6 @@ from .errors import InputDataError, PixelQueryError, SpecError
 
 if TYPE_CHECKING:
     import pandas as pd
-    import pyarrow as pa
 
     from .executor import ClusterOptions, ExecutionSummary
     from .planner import Plan
@@ -49,6 +50,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, int, int], None]
+
+#: Fields per time-series compositing task.
+_FIELDS_PER_BUCKET = 2000
 
 
 @dataclass
@@ -382,7 +386,7 @@ def _run_fields(job: PreparedJob, client: Any, out_dir: Path, outputs: dict[str,
                 ) -> tuple[ExecutionSummary, pd.DataFrame | None]:
     """Per-field statistics (and day rows -> time series); returns the long series."""
     from .executor import execute
-    from .tasks import result_schema
+    from .tasks import result_schema, write_day_parts
     from .writers import TableWriter
 
     spec = job.spec
@@ -397,14 +401,14 @@ def _run_fields(job: PreparedJob, client: Any, out_dir: Path, outputs: dict[str,
     if spec.outputs.stats is not None:
         writer = TableWriter(out_dir, "stats", schema, fmt=spec.outputs.stats.format,
                              sort_by=("field_id", "scene_id", "variable"))
-    days = TableWriter(out_dir, "days", schema, sort_by=("field_id", "datetime", "variable")) \
-        if ts_spec is not None else None
+    days_dir = out_dir / ".days" if ts_spec is not None else None
+    n_buckets = max(1, math.ceil(len(job.fields) / _FIELDS_PER_BUCKET))
 
     def on_result(res: Any) -> None:
         if writer is not None:
             writer.write_part(res.unit_id, res.table)
-        if days is not None and res.day_table is not None:
-            days.write_part(res.unit_id, res.day_table)
+        if days_dir is not None and res.day_table is not None:
+            write_day_parts(res.day_table, str(days_dir), res.unit_id, n_buckets)
 
     series = None
     try:
@@ -413,12 +417,13 @@ def _run_fields(job: PreparedJob, client: Any, out_dir: Path, outputs: dict[str,
         if writer is not None:
             transform = _add_geometry(job.fields) if spec.outputs.stats.format == "geoparquet" else None
             outputs["stats"] = writer.commit(transform)
-        if days is not None:
-            series = _write_timeseries(job, days.read_all(), out_dir, outputs)
+        if days_dir is not None:
+            series = _run_timeseries(job, client, days_dir, out_dir, outputs, progress)
     finally:
-        for w in (writer, days):
-            if w is not None:
-                w.abort()
+        if writer is not None:
+            writer.abort()
+        if days_dir is not None:
+            shutil.rmtree(days_dir, ignore_errors=True)
     manifest["plan"] = plan.summary()
     manifest["execution"] = _execution_record(summary)
     manifest["failures"].extend(summary.failures)
@@ -426,28 +431,61 @@ def _run_fields(job: PreparedJob, client: Any, out_dir: Path, outputs: dict[str,
     return summary, series
 
 
-def _write_timeseries(job: PreparedJob, day_rows: pa.Table, out_dir: Path,
-                      outputs: dict[str, Path]) -> pd.DataFrame:
-    """Composite the day rows into the per-field series and write it (long, and wide)."""
-    from .kernels.timeseries import composite, to_wide
+def _run_timeseries(job: PreparedJob, client: Any, days_dir: Path, out_dir: Path,
+                    outputs: dict[str, Path], progress: ProgressFn | None) -> pd.DataFrame:
+    """Composite the day rows into per-field series, one task per bucket of fields (on the
+    cluster: the client never holds every day row); returns the long series."""
+    import pyarrow.parquet as pq
+
+    from .executor import execute_map
+    from .tasks import SeriesContext, composite_bucket
 
     ts = job.spec.outputs.timeseries
-    df = day_rows.to_pandas()
-    if ts.variables:
-        df = df[df["variable"].isin(ts.variables)]
-    stats = [s for s in job.spec.stats if s not in ("count", "valid_fraction")]
     start, end = job.window
-    long = composite(df, ts.period, aggregation=ts.aggregation, stats=stats, start=start, end=end,
-                     fill=ts.fill)
-    long["snapshot_id"] = job.ref.snapshot_id
-    long["job_hash"] = job.spec.job_hash()
-    outputs["timeseries"] = _write_frame(out_dir, "timeseries", long, ts.format,
-                                         ("field_id", "variable", "period_start"))
-    if ts.wide:
-        wide = to_wide(long, stat="mean").reset_index()
-        wide.columns = [str(c) for c in wide.columns]
-        outputs["timeseries_wide"] = _write_frame(out_dir, "timeseries_wide", wide, ts.format, ())
-    return long
+    sctx = SeriesContext(
+        period=ts.period, aggregation=ts.aggregation,
+        stats=tuple(s for s in job.spec.stats if s not in ("count", "valid_fraction")),
+        start=str(start), end=str(end), fill=ts.fill,
+        variables=tuple(ts.variables) if ts.variables else None,
+        scene_times=tuple(str(t) for t in job.scenes.table.column("datetime").to_pylist()),
+        wide=ts.wide, snapshot_id=job.ref.snapshot_id, job_hash=job.spec.job_hash(),
+    )
+    buckets = sorted(str(p) for p in days_dir.glob("b=*")) if days_dir.is_dir() else []
+    execute_map(composite_bucket, buckets, sctx, str(out_dir), cluster=client, progress=progress,
+                stage="timeseries", key_prefix=f"pqb-series-{sctx.job_hash}")
+    names = ["timeseries"] + (["timeseries_wide"] if ts.wide else [])
+    for name in names:
+        path = out_dir / name
+        if not path.is_dir():  # no field had any day row
+            path.mkdir(parents=True)
+        if ts.format == "csv":
+            import pyarrow.csv as pacsv
+
+            table = pq.read_table(path) if any(path.iterdir()) else None
+            csv_path = out_dir / f"{name}.csv"
+            if table is not None:
+                pacsv.write_csv(table, csv_path)
+            else:
+                csv_path.write_text("")
+            shutil.rmtree(path)
+            path = csv_path
+        outputs[name] = path
+    return _read_series(outputs["timeseries"])
+
+
+def _read_series(path: Path) -> pd.DataFrame:
+    """The long time series a stage wrote (a Parquet directory or a CSV file)."""
+    import pandas as pd
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    if path.suffix == ".csv":
+        if path.stat().st_size:
+            return pacsv.read_csv(path).to_pandas()
+    elif any(path.iterdir()):
+        return pq.read_table(path).to_pandas()
+    return pd.DataFrame(columns=["field_id", "variable", "period_start", "period_end", "mean",
+                                 "count", "n_scenes", "filled"])
 
 
 def _write_frame(out_dir: Path, name: str, df: pd.DataFrame, fmt: str,

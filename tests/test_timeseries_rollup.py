@@ -458,3 +458,26 @@ def test_python_point_timeseries_equals_rasterio(sample_small, sample_repo) -> N
         else:
             assert row["value"] == pytest.approx((nir - red) / (nir + red), abs=1e-12)
     assert pqb.timeseries(sample_repo, 5.0, 45.0).empty
+
+
+@pytest.mark.parametrize("period", ["scene", "P10D"])
+def test_bucketed_compositing_equals_a_single_bucket(period, sample_small, sample_repo, tmp_path, monkeypatch) -> None:
+    import pixelquery_batch.pipeline as pipeline
+
+    outputs = {"stats": None, "timeseries": {"period": period, "aggregation": "median", "fill": "linear",
+                                             "wide": True}}
+    one = write_spec(tmp_path, repo=sample_repo, fields=sample_small.fields_path, out="one",
+                     outputs={"dir": str(tmp_path / "one"), **outputs})
+    first = run_job(one, cluster="sync")
+    monkeypatch.setattr(pipeline, "_FIELDS_PER_BUCKET", 7)  # 40 fields -> 6 buckets
+    many = write_spec(tmp_path, repo=sample_repo, fields=sample_small.fields_path, out="many",
+                      outputs={"dir": str(tmp_path / "many"), **outputs})
+    second = run_job(many, cluster="sync")
+    assert len(list((tmp_path / "many" / "timeseries").iterdir())) > 1
+    key = ["field_id", "variable", "period_start"]
+    a = table(first.outputs["timeseries"]).sort_values(key).reset_index(drop=True)
+    b = table(second.outputs["timeseries"]).sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
+    wa = table(first.outputs["timeseries_wide"]).sort_values(["field_id", "variable"]).reset_index(drop=True)
+    wb = table(second.outputs["timeseries_wide"]).sort_values(["field_id", "variable"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(wa, wb)

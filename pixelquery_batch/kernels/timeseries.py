@@ -547,6 +547,7 @@ def composite(
     end: TimeLike,
     fill: str = "none",
     ndvi_variable: str = "ndvi",
+    scene_times: Sequence[TimeLike] | None = None,
 ) -> pd.DataFrame:
     """Composite the per-scene statistics into a regular per-field time series.
 
@@ -591,6 +592,10 @@ def composite(
         ``"none"`` or ``"linear"``.
     ndvi_variable
         The variable whose ``mean`` drives ``max_ndvi``.
+    scene_times
+        For ``scene`` periods: the acquisition times that define the bins (default: the
+        dates of ``rows``). Pass every scene's time when compositing a subset of fields,
+        so all subsets get the same bins.
 
     Returns
     -------
@@ -635,7 +640,8 @@ def composite(
             merge_cols.append("mean")
     merged = merge_same_day(rows, merge_cols)
     starts, ends = _bin_edges(
-        period, start, end, merged["datetime"] if period.kind == "scene" else None
+        period, start, end,
+        (merged["datetime"] if scene_times is None else scene_times) if period.kind == "scene" else None
     )
     n_bins = len(starts)
 
