@@ -104,6 +104,19 @@ def _unit_failed(summary: ExecutionSummary, unit: WorkUnit, exc: BaseException,
         for s in unit.scenes for f in unit.fields)
 
 
+def _consume(summary: ExecutionSummary, unit: WorkUnit, result: Callable[[], UnitResult],
+             ctx: JobContext, on_result: Callable[[UnitResult], None]) -> None:
+    """Take one unit's result (or its error, through the failure policy)."""
+    try:
+        res = result()
+    except TaskError:
+        raise
+    except Exception as exc:
+        _unit_failed(summary, unit, exc, ctx)
+    else:
+        _record(summary, res, on_result)
+
+
 def _record(summary: ExecutionSummary, res: UnitResult, on_result: Callable[[UnitResult], None]) -> None:
     summary.units_done += 1
     summary.rows += res.table.num_rows
@@ -157,14 +170,7 @@ def execute(
         if on_start:
             on_start(summary)
         for unit in units:
-            try:
-                res = run_unit(unit, ctx)
-            except TaskError:
-                raise
-            except Exception as exc:
-                _unit_failed(summary, unit, exc, ctx)
-            else:
-                _record(summary, res, on_result)
+            _consume(summary, unit, lambda u=unit: run_unit(u, ctx), ctx, on_result)
             if progress:
                 progress("units", summary.units_done + summary.units_failed, len(units))
         summary.wall_s = time.perf_counter() - t0
@@ -202,15 +208,7 @@ def _execute_on(client: Any, units: list[WorkUnit], ctx: JobContext, summary: Ex
     done = 0
     try:
         for fut in as_completed(futures):
-            unit = by_key[fut.key]
-            try:
-                res = fut.result()
-            except TaskError:
-                raise
-            except Exception as exc:
-                _unit_failed(summary, unit, exc, ctx)
-            else:
-                _record(summary, res, on_result)
+            _consume(summary, by_key[fut.key], fut.result, ctx, on_result)
             fut.release()
             done += 1
             if progress:
