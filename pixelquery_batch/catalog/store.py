@@ -117,7 +117,7 @@ def _storage(location: str, profile: StorageProfile) -> ic.Storage:
 
 def _authorize(config: ic.RepositoryConfig | None, profile: StorageProfile) -> dict[str, Any]:
     containers = (config.virtual_chunk_containers or {}) if config is not None else {}
-    return {prefix: _credentials(prefix, profile) for prefix in containers}
+    return ic.containers_credentials({prefix: _credentials(prefix, profile) for prefix in containers})
 
 
 def _check_local_location(path: Path, *, create: bool) -> None:
