@@ -496,6 +496,18 @@ def status(ok: bool | None) -> str:
     return "n/a" if ok is None else ("MET" if ok else "MISSED")
 
 
+def say_context(title: str) -> None:
+    """Print the benchmark title, library versions and the machine."""
+    import psutil
+
+    say(title)
+    say("# " + ", ".join(f"{k} {val}" for k, val in versions().items()))
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
+    say(f"# {platform.machine()}, {os.cpu_count()} CPUs ({affinity} usable), "
+        f"{total_ram() / GB:.1f} GB RAM ({psutil.virtual_memory().available / GB:.1f} GB available), "
+        f"{platform.node()}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenes", type=int, default=12)
@@ -517,16 +529,8 @@ def main() -> int:
     if args.naive_pairs is not None and args.naive_pairs < 1:
         ap.error("--naive-pairs must be >= 1")
 
-    import psutil
-
-    v = versions()
-    say(f"# per-field statistics benchmark: {args.scenes} scenes x {args.size}^2 px, "
-        f"{args.fields} fields, pixels={args.rule}, seed {args.seed}")
-    say("# " + ", ".join(f"{k} {val}" for k, val in v.items()))
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
-    say(f"# {platform.machine()}, {os.cpu_count()} CPUs ({affinity} usable), "
-        f"{total_ram() / GB:.1f} GB RAM ({psutil.virtual_memory().available / GB:.1f} GB available), "
-        f"{platform.node()}")
+    say_context(f"# per-field statistics benchmark: {args.scenes} scenes x {args.size}^2 px, "
+                f"{args.fields} fields, pixels={args.rule}, seed {args.seed}")
 
     with working_dir(args.workdir) as workdir:
         # ---------------------------------------------------------------- 1. setup

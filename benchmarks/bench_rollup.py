@@ -46,8 +46,6 @@ import argparse
 import datetime as dt
 import json
 import math
-import os
-import platform
 import resource
 import shutil
 import sys
@@ -61,7 +59,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_field_stats import (  # the sibling benchmark: shared setup and helpers
     CLOUD_CLASSES,
-    GB,
     MB,
     OFFSET,
     SCALE,
@@ -73,11 +70,10 @@ from bench_field_stats import (  # the sibling benchmark: shared setup and helpe
     engine_run,
     resident_fraction,
     say,
+    say_context,
     setup_data,
     status,
     time_cluster_start,
-    total_ram,
-    versions,
     working_dir,
 )
 
@@ -394,16 +390,8 @@ def main() -> int:
     if args.regions < 1:
         ap.error("--regions must be >= 1")
 
-    import psutil
-
-    v = versions()
-    say(f"# region rollup benchmark: {args.scenes} scenes x {args.size}^2 px, {args.regions} "
-        f"regions, {args.fields} fields (field job), seed {args.seed}")
-    say("# " + ", ".join(f"{k} {val}" for k, val in v.items()))
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
-    say(f"# {platform.machine()}, {os.cpu_count()} CPUs ({affinity} usable), "
-        f"{total_ram() / GB:.1f} GB RAM ({psutil.virtual_memory().available / GB:.1f} GB available), "
-        f"{platform.node()}")
+    say_context(f"# region rollup benchmark: {args.scenes} scenes x {args.size}^2 px, "
+                f"{args.regions} regions, {args.fields} fields (field job), seed {args.seed}")
 
     with working_dir(args.workdir) as workdir:
         # ---------------------------------------------------------------- 1. setup
