@@ -623,27 +623,18 @@ def _composite_units(job: PreparedJob) -> tuple[Any, ...]:
 
 def _run_composites(job: PreparedJob, client: Any, out_dir: Path, outputs: dict[str, Path],
                     manifest: dict[str, Any], progress: ProgressFn | None) -> None:
-    """Composite rasters per region and period (COGs written by the workers into a staging
-    directory, published as ``outputs.dir/composites/`` when all are done)."""
-    import shutil
-    import uuid
-
+    """Composite rasters per region and period: COGs written by the workers into
+    ``composites/`` of the run's staging directory (published with the other outputs)."""
     from .executor import execute_map
     from .tasks import run_composite_unit
-    from .writers.tables import swap_dir
 
     units = _composite_units(job)
-    staging = out_dir / f".staging-composites-{uuid.uuid4().hex[:8]}"
-    staging.mkdir(parents=True)
-    try:
-        results = execute_map(run_composite_unit, list(units), job.context(), str(staging),
-                              cluster=client, progress=progress, stage="composites",
-                              key_prefix=f"pqb-composite-{job.spec.job_hash()}")
-        final = out_dir / "composites"
-        swap_dir(staging, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    outputs["composites"] = final
+    target = out_dir / "composites"
+    target.mkdir(parents=True, exist_ok=True)
+    results = execute_map(run_composite_unit, list(units), job.context(), str(target),
+                          cluster=client, progress=progress, stage="composites",
+                          key_prefix=f"pqb-composite-{job.spec.job_hash()}")
+    outputs["composites"] = target
     manifest["composites"] = results
 
 

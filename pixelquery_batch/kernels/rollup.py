@@ -471,18 +471,9 @@ class Partial:
                 out[name] = float(m.count)
             elif empty:
                 out[name] = math.nan
-            elif name == "mean":
-                out[name] = m.mean
-            elif name == "std":
-                out[name] = m.std
-            elif name == "sum":
-                out[name] = float(m.sum)
-            elif name == "min":
-                out[name] = float(m.min)
-            elif name == "max":
-                out[name] = float(m.max)
             else:
-                out[name] = qvals[name]
+                moment = m.stat(name)
+                out[name] = qvals[name] if moment is None else moment
         if qnames:
             out["quantile_error_bound"] = bound
         return out

@@ -235,6 +235,21 @@ class Moments:
         """Weighted population standard deviation (NaN when empty)."""
         return math.sqrt(self.variance) if self.count > 0 else math.nan
 
+    def stat(self, name: str) -> float | None:
+        """``mean``, ``std``, ``sum``, ``min`` or ``max`` as a float; ``None`` for any other
+        statistic (quantiles and counts are not moments).
+
+        >>> Moments.from_values(np.array([1.0, 3.0])).stat("mean"), Moments().stat("median")
+        (2.0, None)
+        """
+        if name == "mean":
+            return self.mean
+        if name == "std":
+            return self.std
+        if name in ("sum", "min", "max"):
+            return float(getattr(self, name))
+        return None
+
     def merge(self, other: Moments) -> Moments:
         """Combine with the partial of a disjoint set of pixels."""
         if other.count <= 0:
@@ -368,18 +383,9 @@ def zonal_stats(
             out[name] = m.count / total if total > 0 else nan
         elif v.size == 0:
             out[name] = nan
-        elif name == "mean":
-            out[name] = m.mean
-        elif name == "std":
-            out[name] = m.std
-        elif name == "sum":
-            out[name] = m.sum
-        elif name == "min":
-            out[name] = m.min
-        elif name == "max":
-            out[name] = m.max
         else:
-            out[name] = quantiles[name]
+            moment = m.stat(name)
+            out[name] = quantiles[name] if moment is None else moment
     return out
 
 

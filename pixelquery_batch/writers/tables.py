@@ -24,6 +24,17 @@ from .files import atomic_write_bytes
 __all__ = ["RunOutputs", "TableWriter", "swap_dir"]
 
 
+def _make_staging(out_dir: Path, label: str) -> Path:
+    """A new hidden staging directory ``out_dir/.staging-<label>-<random>``."""
+    path = out_dir / f".staging-{label}-{uuid.uuid4().hex[:8]}"
+    try:
+        path.mkdir(parents=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output directory {out_dir}: {exc}",
+                          path=str(out_dir)) from exc
+    return path
+
+
 class TableWriter:
     """Collects Arrow parts for ``out_dir/<name>/`` and publishes them atomically.
 
@@ -48,12 +59,7 @@ class TableWriter:
         self.schema = schema
         self.fmt = fmt
         self.sort_by = sort_by
-        self.staging = self.out_dir / f".staging-{name}-{uuid.uuid4().hex[:8]}"
-        try:
-            self.staging.mkdir(parents=True)
-        except OSError as exc:
-            raise OutputError(f"cannot create output directory {self.out_dir}: {exc}",
-                              path=str(self.out_dir)) from exc
+        self.staging = _make_staging(self.out_dir, name)
         self.rows = 0
         self.parts = 0
 
@@ -98,8 +104,7 @@ class TableWriter:
             atomic_write_bytes(final, sink.getvalue().to_pybytes())
         else:
             final = self.out_dir / self.name
-            tmp = self.out_dir / f".staging-{self.name}-{uuid.uuid4().hex[:8]}-single"
-            tmp.mkdir()
+            tmp = _make_staging(self.out_dir, f"{self.name}-single")
             sink = pa.BufferOutputStream()
             pq.write_table(table, sink, compression="zstd")
             atomic_write_bytes(tmp / "part-all.parquet", sink.getvalue().to_pybytes())
@@ -137,12 +142,7 @@ class RunOutputs:
 
     def __init__(self, out_dir: str | os.PathLike[str]) -> None:
         self.out_dir = Path(out_dir)
-        self.root = self.out_dir / f".staging-run-{uuid.uuid4().hex[:8]}"
-        try:
-            self.root.mkdir(parents=True)
-        except OSError as exc:
-            raise OutputError(f"cannot create output directory {self.out_dir}: {exc}",
-                              path=str(self.out_dir)) from exc
+        self.root = _make_staging(self.out_dir, "run")
 
     def publish(self, staged: dict[str, Path]) -> dict[str, Path]:
         """Move the staged outputs into the output directory; returns their final paths."""
