@@ -128,10 +128,10 @@ def timeseries(
     if len(found) == 0:
         return pd.DataFrame(columns=columns)
     rule = cloud_rule("auto" if cloud else None, found)
-    bands = tuple(dict.fromkeys([n for e in exprs.values() for n in sorted(e.names)]
-                                + ([rule["band"]] if rule else [])))
+    bands = tuple(dict.fromkeys([n for e in exprs.values() for n in sorted(e.names)]))
     points = gpd.GeoDataFrame({"field_id": ["point"]}, geometry=[Point(lon, lat)], crs="EPSG:4326")
-    plan = plan_job(found, points, bands=bands, rule="point")
+    plan = plan_job(found, points, bands=bands, rule="point",
+                    optional_bands=(rule["band"],) if rule else ())
     ctx = JobContext(repo=ref, job_hash="", variables=tuple((n, e.text) for n, e in exprs.items()),
                      stats=("mean",), rule="point", cloud_band=rule["band"] if rule else None,
                      cloud_classes=tuple(rule["classes"]) if rule and rule["classes"] else None,

@@ -22,6 +22,7 @@ from .types import BBox, GeoTransform, ShapeYX
 
 __all__ = [
     "crs_from_user",
+    "crs_label",
     "footprint_lonlat",
     "footprint_native",
     "geo_from_tiff_attrs",
@@ -32,11 +33,14 @@ __all__ = [
 
 #: EPSG code GeoTIFF uses for "user defined" (no EPSG code).
 _USER_DEFINED = 32767
+#: virtual-tiff attributes that show a GeoTIFF carries CRS GeoKeys.
+_CRS_KEYS = ("projected_type", "geographic_type", "model_type", "geog_citation",
+             "gt_citation", "proj_citation", "geog_geodetic_datum", "proj_coord_trans")
 
 
 def geo_from_tiff_attrs(
     attrs: Mapping[str, Any], *, source: str = "<unknown>"
-) -> tuple[GeoTransform, int, float | None]:
+) -> tuple[GeoTransform, int | None, float | None]:
     """Geotransform, EPSG code and nodata from virtual-tiff GeoTIFF attributes.
 
     Parameters
@@ -51,14 +55,15 @@ def geo_from_tiff_attrs(
     Returns
     -------
     (transform, epsg, nodata)
-        The affine coefficients in rasterio order, the EPSG code and the nodata value
-        (``None`` when the file declares none). Matches what rasterio reports, including
-        rotated and PixelIsPoint rasters.
+        The affine coefficients in rasterio order, the EPSG code (``None`` for a
+        user-defined CRS, which the caller resolves from the file's full CRS definition)
+        and the nodata value (``None`` when the file declares none). Matches what
+        rasterio reports, including rotated and PixelIsPoint rasters.
 
     Raises
     ------
     InputDataError
-        When the file has no georeferencing or no EPSG code.
+        When the file has no georeferencing or no CRS at all.
     """
     if "model_transformation" in attrs:
         m = [float(v) for v in attrs["model_transformation"]]
@@ -79,10 +84,10 @@ def geo_from_tiff_attrs(
         c -= 0.5 * (a + b)
         f -= 0.5 * (d + e)
     epsg = attrs.get("projected_type") or attrs.get("geographic_type")
-    if epsg in (None, _USER_DEFINED):
+    if epsg is None and not any(k in attrs for k in _CRS_KEYS):
         raise InputDataError(
-            f"{source}: GeoTIFF has no EPSG code (user-defined CRS)",
-            hint="re-write the file with an EPSG-coded CRS (e.g. `gdalwarp -t_srs EPSG:32633`)",
+            f"{source}: GeoTIFF has no CRS (no GeoKeys)",
+            hint="assign the CRS, e.g. `gdal_edit.py -a_srs EPSG:xxxx file.tif`",
             path=source,
         )
     nodata_raw = attrs.get("gdal_no_data")
@@ -96,7 +101,8 @@ def geo_from_tiff_attrs(
             raise InputDataError(
                 f"{source}: unreadable GDAL_NODATA tag {nodata_raw!r}", path=source
             ) from exc
-    return (a, b, c, d, e, f), int(epsg), nodata
+    code = None if epsg in (None, _USER_DEFINED) else int(epsg)
+    return (a, b, c, d, e, f), code, nodata
 
 
 def pixel_centres(transform: GeoTransform, shape_yx: ShapeYX) -> tuple[np.ndarray, np.ndarray]:
@@ -127,6 +133,19 @@ def footprint_native(transform: GeoTransform, shape_yx: ShapeYX) -> Polygon:
 @lru_cache(maxsize=256)
 def _transformer(src: str, dst: str) -> Transformer:
     return Transformer.from_crs(CRS.from_user_input(src), CRS.from_user_input(dst), always_xy=True)
+
+
+def crs_label(crs: str) -> str:
+    """Short human name of a CRS: ``EPSG:nnnn`` when it has a code, else its name.
+
+    >>> crs_label("EPSG:32633")
+    'EPSG:32633'
+    """
+    if crs.upper().startswith("EPSG:"):
+        return crs.upper()
+    c = CRS.from_user_input(crs)
+    code = c.to_epsg()
+    return f"EPSG:{code}" if code else (c.name or "custom CRS")
 
 
 def crs_from_user(value: int | str) -> str:

@@ -69,6 +69,23 @@ class PreparedJob:
     points: Any = None  # GeoDataFrame (field_id = point id) or None
     regions: Any = None  # GeoDataFrame (region_id, geometry) or None
     problems: list[str] = field(default_factory=list)
+    unmasked_scenes: tuple[str, ...] = ()  # scenes without the cloud band (masks.cloud: auto)
+
+    @property
+    def optional_bands(self) -> tuple[str, ...]:
+        """Bands read where a scene has them: the cloud band of ``masks.cloud: auto``."""
+        if self.cloud and self.cloud.get("auto") and self.cloud["band"] not in self.bands:
+            return (self.cloud["band"],)
+        return ()
+
+    def needed_bands(self, variables: Any = None) -> tuple[str, ...]:
+        """Bands every scene must have for ``variables`` (default: all the job's), plus an
+        explicit cloud rule's band."""
+        names = self.variables if variables is None else variables
+        needed = [n for v in names for n in sorted(self.variables[v].names)]
+        if self.cloud and not self.cloud.get("auto"):
+            needed.append(self.cloud["band"])
+        return tuple(dict.fromkeys(needed))
 
     def context(self, *, daily: bool = False) -> JobContext:
         from .tasks import JobContext
@@ -111,7 +128,7 @@ def cloud_rule(rule: Any, scenes: Catalog) -> dict[str, Any] | None:
 
     if rule is None:
         return None
-    if rule == "auto":
+    if rule == "auto":  # scenes without the product's mask band are computed unmasked
         products = sorted({s.product for s in scenes.scenes()})
         masks = {}
         for p in products:
@@ -130,9 +147,9 @@ def cloud_rule(rule: Any, scenes: Catalog) -> dict[str, Any] | None:
             logger.info("no cloud mask: the product profile defines none")
             return None
         return {"band": cm.band, "classes": list(cm.classes) if cm.classes else None,
-                "bits": list(cm.bits) if cm.bits else None}
+                "bits": list(cm.bits) if cm.bits else None, "auto": True}
     return {"band": rule.band, "classes": list(rule.exclude) if rule.exclude is not None else None,
-            "bits": list(rule.bits) if rule.bits is not None else None}
+            "bits": list(rule.bits) if rule.bits is not None else None, "auto": False}
 
 
 def _load_points(spec: Any) -> Any:
@@ -206,17 +223,32 @@ def prepare_job(spec: str | os.PathLike[str] | Any, *, check_only: bool = False)
     cloud = cloud_rule(spec.masks.cloud, scenes) if len(scenes) else None
     bands = tuple(dict.fromkeys(
         [n for e in variables.values() for n in sorted(e.names)]
-        + ([cloud["band"]] if cloud else [])))
+        + ([cloud["band"]] if cloud and not cloud["auto"] else [])))
+    unmasked: list[str] = []
     for scene in scenes.scenes():
         for name in bands:
             try:
                 scene.band(name)
             except PixelQueryError:
-                problems.append(f"scene {scene.scene_id} has no band or role {name!r} "
-                                f"(bands: {', '.join(scene.band_names)})")
+                msg = (f"scene {scene.scene_id} has no band or role {name!r} "
+                       f"(bands: {', '.join(scene.band_names)})")
+                if cloud and name == cloud["band"]:
+                    msg += (f"; the explicit cloud rule masks.cloud.band {name!r} needs it: use "
+                            "`masks: {cloud: auto}` to mask where the band exists, or "
+                            "`masks: {cloud: null}` to compute unmasked")
+                problems.append(msg)
+        if cloud and cloud["auto"]:
+            try:
+                scene.band(cloud["band"])
+            except PixelQueryError:
+                unmasked.append(scene.scene_id)
+    if unmasked:
+        logger.warning("scenes without the cloud-mask band are computed unmasked",
+                       extra={"band": cloud["band"] if cloud else None, "scenes": len(unmasked)})
     if problems and not check_only:
         raise SpecError("; ".join(problems[:10]), path=str(spec.source_path))
-    return PreparedJob(spec, ref, scenes, fields, variables, bands, cloud, points, regions, problems)
+    return PreparedJob(spec, ref, scenes, fields, variables, bands, cloud, points, regions,
+                       problems, tuple(unmasked))
 
 
 def plan_prepared(job: PreparedJob) -> Plan:
@@ -225,8 +257,9 @@ def plan_prepared(job: PreparedJob) -> Plan:
 
     if job.fields is None:
         raise SpecError("this job has no fields (it only rolls pixels up to regions)")
-    return plan_job(job.scenes, job.fields, bands=job.bands, rule=job.spec.pixels,
-                    n_variables=len(job.variables))
+    return plan_job(job.scenes, job.fields, bands=job.bands, optional_bands=job.optional_bands,
+                    rule=job.spec.pixels, n_variables=len(job.variables),
+                    resolution=job.spec.resolution)
 
 
 def plan_summary(job: PreparedJob) -> dict[str, Any]:
@@ -240,12 +273,15 @@ def plan_summary(job: PreparedJob) -> dict[str, Any]:
     if job.fields is not None:
         out.update(plan_prepared(job).summary())
     if job.points is not None:
-        out["points"] = plan_job(job.scenes, job.points, bands=job.bands, rule="point").summary()
+        out["points"] = plan_job(job.scenes, job.points, bands=job.bands,
+                                 optional_bands=job.optional_bands, rule="point",
+                                 resolution=job.spec.resolution).summary()
     rollup = job.spec.outputs.rollup
     if rollup is not None and "pixel" in rollup.kinds:
         _, period_of = _period_lookup(job, rollup.period)
         out["rollup"] = plan_rollup(job.scenes, job.regions, bands=job.bands,
-                                    period_of=period_of).summary()
+                                    optional_bands=job.optional_bands, period_of=period_of,
+                                    resolution=job.spec.resolution).summary()
     return out
 
 
@@ -336,7 +372,9 @@ def run_job(
         "scenes": job.scenes.ids,
         "cloud_mask": job.cloud,
         "failures": [],
-        "warnings": [],
+        "warnings": [{"warning": f"no {job.cloud['band']!r} band: computed without a cloud "
+                      "mask (rows have cloud_masked = false)", "scene_id": sid}
+                     for sid in job.unmasked_scenes] if job.cloud else [],
     }
     summary = ExecutionSummary()
     series = None
@@ -508,8 +546,8 @@ def _run_points(job: PreparedJob, client: Any, out_dir: Path, outputs: dict[str,
     from .executor import execute
     from .planner import plan_job
 
-    plan = plan_job(job.scenes, job.points, bands=job.bands, rule="point",
-                    n_variables=len(job.variables))
+    plan = plan_job(job.scenes, job.points, bands=job.bands, optional_bands=job.optional_bands,
+                    rule="point", n_variables=len(job.variables), resolution=job.spec.resolution)
     ctx = dataclasses.replace(job.context(), rule="point", stats=("mean",), daily=False)
     tables = []
     summary = execute(plan, ctx, on_result=lambda r: tables.append(r.table), cluster=client,
@@ -568,10 +606,9 @@ def _run_pixel_rollup(job: PreparedJob, client: Any, out_dir: Path, outputs: dic
     rollup = job.spec.outputs.rollup
     variables = tuple(rollup.variables or job.variables)
     bins, period_of = _period_lookup(job, rollup.period)
-    needed = [n for v in variables for n in sorted(job.variables[v].names)]
-    bands = tuple(dict.fromkeys(needed + ([job.cloud["band"]] if job.cloud else [])))
-    plan = plan_rollup(job.scenes, job.regions, bands=bands, period_of=period_of,
-                       n_variables=len(variables))
+    plan = plan_rollup(job.scenes, job.regions, bands=job.needed_bands(variables),
+                       optional_bands=job.optional_bands, period_of=period_of,
+                       n_variables=len(variables), resolution=job.spec.resolution)
     ctx = job.context()
     rctx = RollupContext(
         job=dataclasses.replace(ctx, variables=tuple((n, t) for n, t in ctx.variables if n in variables)),
@@ -614,11 +651,10 @@ def _composite_units(job: PreparedJob) -> tuple[Any, ...]:
     comp = rollup.composite
     _, period_of = _period_lookup(job, rollup.period)
     names = [comp.variable] + (["ndvi"] if comp.method == "max_ndvi" else [])
-    needed = [n for v in names for n in sorted(job.variables[v].names)]
-    bands = tuple(dict.fromkeys(needed + ([job.cloud["band"]] if job.cloud else [])))
-    return plan_composites(job.scenes, job.regions, bands=bands, period_of=period_of,
-                           crs=comp.crs, resolution=comp.resolution, variable=comp.variable,
-                           method=comp.method, max_pixels=comp.max_pixels)
+    return plan_composites(job.scenes, job.regions, bands=job.needed_bands(names),
+                           period_of=period_of, crs=comp.crs, resolution=comp.resolution,
+                           variable=comp.variable, method=comp.method,
+                           max_pixels=comp.max_pixels, optional_bands=job.optional_bands)
 
 
 def _run_composites(job: PreparedJob, client: Any, out_dir: Path, outputs: dict[str, Path],

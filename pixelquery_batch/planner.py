@@ -11,6 +11,7 @@ computes each field's mask once for all its scenes, and computes each field enti
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import math
@@ -41,6 +42,7 @@ __all__ = [
     "plan_composites",
     "plan_job",
     "plan_rollup",
+    "work_grid",
 ]
 
 Window = tuple[int, int, int, int]  # row0, col0, height, width (may extend past the raster)
@@ -63,7 +65,7 @@ class SceneTask:
     scene_id: str
     datetime: str
     group: str
-    bands: tuple[tuple[str, BandInfo], ...]  # requested name/role -> band
+    bands: tuple[tuple[str, BandInfo], ...]  # requested name/role -> band (own grid set)
     day: str = ""
     exclude_wkb: bytes | None = None
 
@@ -72,6 +74,9 @@ class SceneTask:
             if key == name:
                 return info
         raise KeyError(name)
+
+    def has_band(self, name: str) -> bool:
+        return any(key == name for key, _ in self.bands)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +93,8 @@ class WorkUnit:
     """One task: a block of nearby fields x a batch of scenes on one grid."""
 
     unit_id: str
-    crs_epsg: int
-    transform: tuple[float, float, float, float, float, float]
+    crs: str  # "EPSG:nnnn" or WKT2
+    transform: tuple[float, float, float, float, float, float]  # the work grid
     shape_yx: tuple[int, int]
     scenes: tuple[SceneTask, ...]
     fields: tuple[FieldTask, ...]
@@ -144,23 +149,78 @@ class Plan:
         }
 
 
-def _scene_bands(scene: Scene, names: Sequence[str]) -> tuple[tuple[str, BandInfo], ...] | str:
+def _scene_bands(scene: Scene, names: Sequence[str], optional: Sequence[str] = ()
+                 ) -> tuple[tuple[str, BandInfo], ...] | str:
+    """Requested bands of a scene (each with its own grid filled in), or why it lacks one.
+
+    ``optional`` bands (e.g. the cloud mask of ``masks.cloud: auto``) are included when
+    the scene has them and silently left out otherwise."""
     out = []
     for name in names:
         try:
             out.append((name, scene.band(name)))
         except CatalogError:
             return f"no band or role {name!r} (has {', '.join(scene.band_names)})"
-    return tuple(out)
+    for name in optional:
+        if name in names:
+            continue
+        try:
+            out.append((name, scene.band(name)))
+        except CatalogError:
+            continue
+    filled = []
+    for name, band in out:
+        if band.transform is None or band.shape_yx is None:  # catalogs of single-grid scenes
+            band = dataclasses.replace(band, transform=tuple(scene.transform),
+                                       shape_yx=tuple(scene.shape_yx))
+        filled.append((name, band))
+    return tuple(filled)
+
+
+def work_grid(scene: Scene, bands: Sequence[BandInfo], resolution: float | None = None
+              ) -> tuple[tuple[float, ...], tuple[int, int]]:
+    """The grid a job computes a scene on: the finest grid among ``bands``, or a coarser
+    grid of pixel size ``resolution`` with the same origin.
+
+    Raises
+    ------
+    PlanError
+        ``resolution`` finer than the finest band (pixels would be invented).
+    """
+    from .grids import coarser_grid, resolution_of
+
+    grids = [scene.band_grid(b) for b in bands] or [(scene.transform, scene.shape_yx)]
+    finest = min(grids, key=lambda g: (resolution_of(g[0])[0] * resolution_of(g[0])[1], g))
+    if resolution is None:
+        return tuple(finest[0]), tuple(finest[1])  # type: ignore[return-value]
+    fx, fy = resolution_of(finest[0])
+    if resolution < min(fx, fy) - 1e-9:
+        raise PlanError(
+            f"resolution {resolution:g} is finer than the finest band the job uses "
+            f"({min(fx, fy):g} in scene {scene.scene_id})",
+            hint="leave `resolution` out to compute on the finest band's grid",
+            scene_id=scene.scene_id)
+    if abs(resolution - fx) <= 1e-9 and abs(resolution - fy) <= 1e-9:
+        return tuple(finest[0]), tuple(finest[1])  # type: ignore[return-value]
+    return coarser_grid(finest[0], finest[1], resolution)  # type: ignore[arg-type]
 
 
 GridKey = tuple[Any, ...]
 GridMembers = list[tuple[Scene, tuple[tuple[str, BandInfo], ...]]]
 
 
-def _group_grids(catalog: Catalog, bands: Sequence[str]) -> tuple[dict[GridKey, GridMembers],
-                                                                   list[tuple[str, str]]]:
-    """Scenes with the needed bands, grouped by pixel grid (ordered), and the skipped ones."""
+def _band_signature(resolved: tuple[tuple[str, BandInfo], ...]) -> tuple[Any, ...]:
+    return tuple(sorted((n, b.transform, b.shape_yx, b.chunks_yx) for n, b in resolved))
+
+
+def _group_grids(catalog: Catalog, bands: Sequence[str], *, optional: Sequence[str] = (),
+                 resolution: float | None = None,
+                 ) -> tuple[dict[GridKey, GridMembers], list[tuple[str, str]]]:
+    """Scenes with the needed bands, grouped by work grid (ordered), and the skipped ones.
+
+    A grid key is ``(crs, work transform, work shape, band grids)``: scenes sharing it
+    share every pixel index (field masks, chunk ids) and differ only in pixel values.
+    """
     scenes_all = catalog.scenes()
     if not scenes_all:
         raise PlanError("no scene matches the job's scene filter",
@@ -168,14 +228,14 @@ def _group_grids(catalog: Catalog, bands: Sequence[str]) -> tuple[dict[GridKey, 
     skipped: list[tuple[str, str]] = []
     grids: dict[GridKey, GridMembers] = defaultdict(list)
     for scene in scenes_all:
-        resolved = _scene_bands(scene, bands)
+        resolved = _scene_bands(scene, bands, optional)
         if isinstance(resolved, str):
             skipped.append((scene.scene_id, resolved))
             continue
         if scene.transform[1] != 0 or scene.transform[3] != 0:
             raise PlanError(f"scene {scene.scene_id} is on a rotated grid: not supported")
-        chunk_shapes = tuple(sorted({b.chunks_yx for _, b in resolved}))
-        grids[(scene.crs_epsg, scene.transform, scene.shape_yx, chunk_shapes)].append((scene, resolved))
+        wt, wshape = work_grid(scene, [b for _, b in resolved], resolution)
+        grids[(scene.crs, wt, wshape, _band_signature(resolved))].append((scene, resolved))
     if not grids:
         raise PlanError("no matched scene has the bands the job needs",
                         hint="; ".join(f"{s}: {r}" for s, r in skipped[:5]))
@@ -183,6 +243,39 @@ def _group_grids(catalog: Catalog, bands: Sequence[str]) -> tuple[dict[GridKey, 
     for key in ordered:
         ordered[key].sort(key=lambda m: (m[0].datetime, m[0].scene_id))
     return ordered, skipped
+
+
+def _work_chunk(work: tuple[Any, Any], bands: Sequence[BandInfo]) -> tuple[int, int]:
+    """The largest band chunk expressed in work-grid pixels (drives blocking)."""
+    from .grids import resolution_of
+
+    wx, wy = resolution_of(work[0])
+    best = (1, 1)
+    for b in bands:
+        bx, by = resolution_of(b.transform) if b.transform is not None else (wx, wy)
+        cy = max(1, round(b.chunks_yx[0] * by / wy))
+        cx = max(1, round(b.chunks_yx[1] * bx / wx))
+        best = (max(best[0], cy), max(best[1], cx))
+    return best
+
+
+def _distinct_bands(resolved: tuple[tuple[str, BandInfo], ...]) -> list[BandInfo]:
+    """One entry per stored array/band (two names for one band read it once)."""
+    return list({(b.array, b.index): b for _, b in resolved}.values())
+
+
+def _count_chunks(work: tuple[Any, Any], bands: Sequence[BandInfo],
+                  windows: Sequence[tuple[int, int, int, int]]) -> tuple[int, int]:
+    """(chunks, decoded bytes) of the given clipped work windows over every band."""
+    from .grids import band_chunks, grid_map
+
+    n = nbytes = 0
+    for b in bands:
+        gm = grid_map(work, (b.transform, b.shape_yx))
+        k = len(band_chunks(gm, list(windows), b.chunks_yx))
+        n += k
+        nbytes += k * b.chunks_yx[0] * b.chunks_yx[1] * np.dtype(b.dtype).itemsize
+    return n, nbytes
 
 
 def _day(scene: Scene) -> str:
@@ -248,17 +341,6 @@ def _windows(bounds: np.ndarray, transform: tuple[float, ...], pad: int) -> np.n
     return np.stack([row0, col0, np.maximum(row1 - row0, 1), np.maximum(col1 - col0, 1)], axis=1)
 
 
-def _chunk_set(win: Window, shape_yx: tuple[int, int], chunks_yx: tuple[int, int]) -> set[tuple[int, int]]:
-    r0, c0, h, w = win
-    r0c, r1c = max(r0, 0), min(r0 + h, shape_yx[0])
-    c0c, c1c = max(c0, 0), min(c0 + w, shape_yx[1])
-    if r1c <= r0c or c1c <= c0c:
-        return set()
-    cy, cx = chunks_yx
-    return {(i, j) for i in range(r0c // cy, (r1c - 1) // cy + 1)
-            for j in range(c0c // cx, (c1c - 1) // cx + 1)}
-
-
 def _block_index(pix: np.ndarray, size: int, chunk: int, block_chunks: int) -> np.ndarray:
     """Block of each pixel index: chunk-aligned blocks of about ``block_chunks`` chunks,
     spread evenly over the grid (8 chunks with ``block_chunks=6`` give 4 + 4, not 6 + 2)."""
@@ -282,8 +364,10 @@ def plan_job(
     fields: gpd.GeoDataFrame,
     *,
     bands: Sequence[str],
+    optional_bands: Sequence[str] = (),
     rule: str = "centre",
     n_variables: int = 1,
+    resolution: float | None = None,
     block_chunks: int = 6,
     target_unit_s: float = 0.6,
     max_fields_per_unit: int = 1500,
@@ -297,11 +381,15 @@ def plan_job(
     fields
         From :func:`pixelquery_batch.fields.prepare_fields` (``field_id``, geometry, CRS).
     bands
-        Band names or roles every scene must provide (variables' inputs + cloud band).
+        Band names or roles every scene must provide (the variables' inputs).
+    optional_bands
+        Bands used where a scene has them (the cloud mask of ``masks.cloud: auto``).
     rule
         Pixel rule; ``all_touched`` and ``coverage`` pad windows by one pixel.
     n_variables
         Variables computed per field (cost model).
+    resolution
+        Compute on a grid of this pixel size instead of the finest band's grid.
     block_chunks
         Block edge in chunks.
     target_unit_s
@@ -316,28 +404,29 @@ def plan_job(
     """
     if len(fields) == 0:
         raise PlanError("no fields to compute")
-    grids, skipped = _group_grids(catalog, bands)
+    grids, skipped = _group_grids(catalog, bands, optional=optional_bands, resolution=resolution)
     exclusions = _exclusions(grids)
 
     pad = 0 if rule in ("centre", "point") else 1
     ids = fields["field_id"].to_numpy()
     matched = np.zeros(len(fields), dtype=bool)
-    by_crs: dict[int, Any] = {}
+    by_crs: dict[str, Any] = {}
     units: list[WorkUnit] = []
     chunks_read = chunks_touched = bytes_decoded = 0
     for gkey, members in grids.items():
-        epsg, transform, shape_yx, chunk_shapes = gkey
-        geoms = by_crs.get(epsg)
+        crs, transform, shape_yx, _ = gkey
+        geoms = by_crs.get(crs)
         if geoms is None:
-            geoms = by_crs[epsg] = fields.geometry.to_crs(epsg=epsg).to_numpy()
+            geoms = by_crs[crs] = fields.geometry.to_crs(crs).to_numpy()
         footprint = members[0][0].footprint
         hit = np.flatnonzero(shapely.intersects(geoms, footprint))
         if len(hit) == 0:
             continue
         matched[hit] = True
         wins = _windows(shapely.bounds(geoms[hit]), transform, pad)
-        chunks_yx = max(chunk_shapes)  # the coarsest chunking drives blocking
-        cy, cx = chunks_yx
+        band_infos = _distinct_bands(members[0][1])
+        work = (transform, shape_yx)
+        cy, cx = _work_chunk(work, band_infos)  # the coarsest chunking drives blocking
         centre_r = wins[:, 0] + wins[:, 2] // 2
         centre_c = wins[:, 1] + wins[:, 3] // 2
         block_r = _block_index(centre_r, shape_yx[0], cy, block_chunks)
@@ -345,36 +434,36 @@ def plan_job(
         blocks: dict[tuple[int, int], list[int]] = defaultdict(list)
         for k in range(len(hit)):
             blocks[(int(block_r[k]), int(block_c[k]))].append(k)
-        scenes_sorted = members
-        n_bands = len(bands)
-        itemsize = max(np.dtype(b.dtype).itemsize for _, rb in members for _, b in rb)
-        touched_grid: set[tuple[int, int]] = set()
+        all_clipped: list[tuple[int, int, int, int]] = []
         for bkey in sorted(blocks):
             ks = blocks[bkey]
             for f0 in range(0, len(ks), max_fields_per_unit):
                 part = ks[f0:f0 + max_fields_per_unit]
                 ftasks = []
-                unit_chunks: set[tuple[int, int]] = set()
+                clipped = []
                 for k in part:
                     win = tuple(int(v) for v in wins[k])
-                    cs = _chunk_set(win, shape_yx, chunks_yx)  # type: ignore[arg-type]
-                    unit_chunks |= cs
+                    c = _clip_window(win, shape_yx)  # type: ignore[arg-type]
+                    if c is not None:
+                        clipped.append(c)
                     ftasks.append(FieldTask(str(ids[hit[k]]), shapely.to_wkb(geoms[hit[k]]), win))  # type: ignore[arg-type]
-                touched_grid |= unit_chunks
-                per_scene = (len(unit_chunks) * n_bands * COST_CHUNK_S
+                all_clipped.extend(clipped)
+                n_chunks, _ = _count_chunks(work, band_infos, clipped)
+                per_scene = (n_chunks * COST_CHUNK_S
                              + len(part) * n_variables * COST_FIELD_VAR_S)
                 mask_cost = len(part) * COST_MASK_S * (4 if rule == "coverage" else 1)
-                per_unit = max(1, min(len(scenes_sorted),
+                per_unit = max(1, min(len(members),
                                       math.floor(max(target_unit_s - mask_cost, 0) / max(per_scene, 1e-9)) or 1))
-                for batch in _day_batches(scenes_sorted, per_unit):
+                for batch in _day_batches(members, per_unit):
                     stasks = _scene_tasks(gkey, batch, exclusions)
-                    uid = _unit_id(epsg, transform, bkey, f0, [s.scene_id for s in stasks],
+                    uid = _unit_id(crs, transform, bkey, f0, [s.scene_id for s in stasks],
                                    [f.field_id for f in ftasks])
-                    units.append(WorkUnit(uid, int(epsg), tuple(transform), tuple(shape_yx),  # type: ignore[arg-type]
-                                          stasks, tuple(ftasks), len(unit_chunks)))
-                    chunks_read += len(unit_chunks) * n_bands * len(batch)
-        chunks_touched += len(touched_grid) * n_bands * len(scenes_sorted)
-        bytes_decoded += len(touched_grid) * n_bands * len(scenes_sorted) * cy * cx * itemsize
+                    units.append(WorkUnit(uid, crs, tuple(transform), tuple(shape_yx),  # type: ignore[arg-type]
+                                          stasks, tuple(ftasks), n_chunks))
+                    chunks_read += n_chunks * len(batch)
+        touched, nbytes = _count_chunks(work, band_infos, all_clipped)
+        chunks_touched += touched * len(members)
+        bytes_decoded += nbytes * len(members)
     used = {s.scene_id for m in grids.values() for s, _ in m}
     warnings: list[str] = []
     outside = tuple(str(i) for i in ids[~matched])
@@ -399,6 +488,16 @@ def plan_job(
     )
 
 
+def _clip_window(win: Window, shape_yx: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """(row0, row1, col0, col1) of an unclipped window inside the raster, or ``None``."""
+    r0, c0, h, w = win
+    r0c, r1c = max(r0, 0), min(r0 + h, shape_yx[0])
+    c0c, c1c = max(c0, 0), min(c0 + w, shape_yx[1])
+    if r1c <= r0c or c1c <= c0c:
+        return None
+    return r0c, r1c, c0c, c1c
+
+
 # --------------------------------------------------------------------------- rollups
 
 
@@ -415,11 +514,11 @@ class RollupUnit:
     """One rollup task: one block of one grid x a batch of that grid's scenes."""
 
     unit_id: str
-    crs_epsg: int
-    transform: tuple[float, float, float, float, float, float]
+    crs: str  # "EPSG:nnnn" or WKT2
+    transform: tuple[float, float, float, float, float, float]  # the work grid
     shape_yx: tuple[int, int]
     window: tuple[int, int, int, int]  # row0, row1, col0, col1 (inside the raster)
-    chunks: frozenset[tuple[int, int]]  # chunks of the window that regions touch
+    parts: tuple[tuple[int, int, int, int], ...]  # work windows regions touch (read these)
     regions: tuple[RegionPart, ...]
     scenes: tuple[SceneTask, ...]
     periods: tuple[tuple[str, str], ...]  # (day, period_start)
@@ -456,14 +555,18 @@ def plan_rollup(
     *,
     bands: Sequence[str],
     period_of: Callable[[str], str],
+    optional_bands: Sequence[str] = (),
+    resolution: float | None = None,
     n_variables: int = 1,
     block_chunks: int = 2,
     target_unit_s: float = 1.0,
 ) -> RollupPlan:
-    """Pixel-rollup units: chunk-aligned blocks of each grid x batches of days.
+    """Pixel-rollup units: chunk-aligned blocks of each work grid x batches of days.
 
-    Blocks never overlap, so every chunk is read once per scene and band (no read
-    amplification), and every pixel belongs to exactly one block.
+    Blocks never overlap, so every chunk of every band is read once per scene (no read
+    amplification, whatever the bands' tile sizes and resolutions), and every pixel
+    belongs to exactly one block. Each unit lists the work-grid windows its regions
+    touch; workers map them onto each band's own grid and chunks.
 
     Parameters
     ----------
@@ -472,23 +575,24 @@ def plan_rollup(
     period_of
         Maps a UTC day (``YYYY-MM-DD``) to its period start (ISO string).
     """
-    grids, skipped = _group_grids(catalog, bands)
+    grids, skipped = _group_grids(catalog, bands, optional=optional_bands, resolution=resolution)
     exclusions = _exclusions(grids)
     ids = regions["region_id"].to_numpy()
     matched = np.zeros(len(regions), dtype=bool)
     units: list[RollupUnit] = []
     chunks_read = 0
     for gkey, members in grids.items():
-        epsg, transform, shape_yx, chunk_shapes = gkey
-        geoms = regions.geometry.to_crs(epsg=epsg).to_numpy()
+        crs, transform, shape_yx, _ = gkey
+        geoms = regions.geometry.to_crs(crs).to_numpy()
         hit = np.flatnonzero(shapely.intersects(geoms, members[0][0].footprint))
         if len(hit) == 0:
             continue
         matched[hit] = True
-        cy, cx = max(chunk_shapes)
+        band_infos = _distinct_bands(members[0][1])
+        work = (transform, shape_yx)
+        cy, cx = _work_chunk(work, band_infos)
         a, _, c, _, e, f = transform
         by, bx = cy * block_chunks, cx * block_chunks
-        pixels_per_scene = 0
         for r0 in range(0, shape_yx[0], by):
             for c0 in range(0, shape_yx[1], bx):
                 r1, c1 = min(r0 + by, shape_yx[0]), min(c0 + bx, shape_yx[1])
@@ -501,26 +605,27 @@ def plan_rollup(
                             parts.append(RegionPart(str(ids[k]), shapely.to_wkb(part)))
                 if not parts:
                     continue
-                chunks = set()
+                touched = []
                 for i in range(r0 // cy, (r1 - 1) // cy + 1):
                     for j in range(c0 // cx, (c1 - 1) // cx + 1):
-                        cb = shapely.box(c + a * j * cx, f + e * min((i + 1) * cy, shape_yx[0]),
-                                         c + a * min((j + 1) * cx, shape_yx[1]), f + e * i * cy)
+                        w = (i * cy, min((i + 1) * cy, r1), j * cx, min((j + 1) * cx, c1))
+                        cb = shapely.box(c + a * w[2], f + e * w[1], c + a * w[3], f + e * w[0])
                         if any(shapely.intersects(shapely.from_wkb(p.wkb), cb) for p in parts):
-                            chunks.add((i, j))
+                            touched.append(w)
+                n_chunks, _ = _count_chunks(work, band_infos, touched)
                 pixels_per_scene = (r1 - r0) * (c1 - c0)
-                per_scene = (len(chunks) * len(bands) * COST_CHUNK_S
+                per_scene = (n_chunks * COST_CHUNK_S
                              + pixels_per_scene * n_variables * 3e-8 * (1 + len(parts)))
                 per_unit = max(1, math.floor(target_unit_s / max(per_scene, 1e-9)))
                 for batch in _day_batches(members, per_unit):
                     stasks = _scene_tasks(gkey, batch, exclusions)
                     days = sorted({s.day for s in stasks})
-                    uid = _unit_id("rollup", epsg, transform, r0, c0, [s.scene_id for s in stasks],
+                    uid = _unit_id("rollup", crs, transform, r0, c0, [s.scene_id for s in stasks],
                                    [p.region_id for p in parts])
-                    units.append(RollupUnit(uid, int(epsg), tuple(transform), tuple(shape_yx),  # type: ignore[arg-type]
-                                            (r0, r1, c0, c1), frozenset(chunks), tuple(parts),
+                    units.append(RollupUnit(uid, crs, tuple(transform), tuple(shape_yx),  # type: ignore[arg-type]
+                                            (r0, r1, c0, c1), tuple(touched), tuple(parts),
                                             stasks, tuple((d, period_of(d)) for d in days)))
-                    chunks_read += len(chunks) * len(bands) * len(stasks)
+                    chunks_read += n_chunks * len(stasks)
     used = {s.scene_id for m in grids.values() for s, _ in m}
     return RollupPlan(tuple(units), tuple(sorted(used)), len(regions),
                       tuple(str(i) for i in ids[~matched]), chunks_read, tuple(skipped))
@@ -570,6 +675,7 @@ def plan_composites(
     variable: str,
     method: str,
     max_pixels: int,
+    optional_bands: Sequence[str] = (),
 ) -> tuple[CompositeUnit, ...]:
     """One unit per region and period with at least one scene over the region.
 
@@ -581,7 +687,7 @@ def plan_composites(
     """
     from .kernels.resample import Grid, estimate_grid_pixels, source_window_for
 
-    grids, _ = _group_grids(catalog, bands)
+    grids, _ = _group_grids(catalog, bands, optional=optional_bands)
     target = regions.to_crs(crs)
     lonlat = regions.to_crs("EPSG:4326")
     units = []
@@ -598,10 +704,10 @@ def plan_composites(
         grid = Grid.covering(tuple(target.geometry.iloc[k].bounds), crs, resolution)
         by_period: dict[str, list[CompositeSource]] = defaultdict(list)
         for key, members in grids.items():
-            epsg, transform, shape_yx, _ = key
+            src_crs, transform, shape_yx, _ = key
             if not members[0][0].footprint_lonlat.intersects(lonlat.geometry.iloc[k]):
                 continue
-            source = Grid(f"EPSG:{epsg}", transform, shape_yx)
+            source = Grid(src_crs, transform, shape_yx)
             window = source_window_for(grid, source)
             if window is None:
                 continue

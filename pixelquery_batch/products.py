@@ -7,6 +7,7 @@ named by ``PIXELQUERY_CONFIG_DIR``), or a path given directly.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from pathlib import Path
 from typing import Literal
@@ -20,6 +21,7 @@ __all__ = [
     "KNOWN_ROLES",
     "BandSpec",
     "CloudMaskSpec",
+    "OffsetChange",
     "ProductProfile",
     "list_products",
     "load_product",
@@ -72,6 +74,26 @@ class CloudMaskSpec(BaseModel):
         return self
 
 
+class OffsetChange(BaseModel):
+    """A change of DN encoding from an acquisition date on (e.g. a processing baseline)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    since: dt.date = Field(description="First acquisition date (UTC) the change applies to.")
+    offset: float | None = Field(default=None, description="New offset from that date on.")
+    scale: float | None = Field(default=None, description="New scale from that date on.")
+    bands: tuple[str, ...] | None = Field(
+        default=None,
+        description="Bands it applies to (names); default: every band whose scale is not 1.",
+    )
+    reason: str = Field(default="", description="Why (shown with each scene's scale/offset).")
+
+    def applies_to(self, band: BandSpec) -> bool:
+        if self.bands is None:
+            return band.scale != 1.0
+        return any(band.matches(b) for b in self.bands)
+
+
 class ProductProfile(BaseModel):
     """A product profile (see ``configs/products/`` for examples)."""
 
@@ -88,6 +110,30 @@ class ProductProfile(BaseModel):
     )
     cloud_mask: CloudMaskSpec | None = None
     bands: tuple[BandSpec, ...] = ()
+    offset_changes: tuple[OffsetChange, ...] = Field(
+        default=(),
+        description="Date-dependent changes of scale/offset (later entries win), e.g. "
+        "Sentinel-2 processing baseline 04.00 adding BOA_ADD_OFFSET from 2022-01-25.",
+    )
+
+    def scale_offset(self, band: BandSpec, when: dt.date | dt.datetime) -> tuple[float, float, str]:
+        """Scale, offset and their origin for a band of a scene acquired at ``when``.
+
+        >>> p = load_product("sentinel2-l2a")
+        >>> red = p.band_for_key("B04")
+        >>> p.scale_offset(red, dt.date(2021, 6, 1))[:2], p.scale_offset(red, dt.date(2023, 6, 1))[:2]
+        ((0.0001, 0.0), (0.0001, -0.1))
+        """
+        day = when.date() if isinstance(when, dt.datetime) else when
+        scale, offset, source = band.scale, band.offset, f"profile {self.name}"
+        for change in self.offset_changes:
+            if day >= change.since and change.applies_to(band):
+                if change.scale is not None:
+                    scale = change.scale
+                if change.offset is not None:
+                    offset = change.offset
+                source = f"profile {self.name}: {change.reason or f'since {change.since}'}"
+        return scale, offset, source
 
     def band_for_key(self, key: str) -> BandSpec | None:
         """The band a file-name key refers to, or ``None`` when the profile does not know it."""

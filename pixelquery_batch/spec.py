@@ -147,6 +147,16 @@ class JobSpec(BaseModel):
     masks: MaskSpec = Field(
         default_factory=MaskSpec, description="Which pixels are invalid."
     )
+    resolution: float | None = Field(
+        default=None,
+        gt=0,
+        description="Pixel size (CRS units) to compute on. Default: the finest grid among "
+        "the bands the job uses (e.g. 10 m for NDVI on Sentinel-2, 20 m for an index of "
+        "20 m bands); coarser bands and masks are brought onto it by nearest neighbour "
+        "(each pixel takes the coarse pixel holding its centre). A coarser value computes "
+        "on a grid of that size with the same origin (finer bands sampled by nearest; "
+        "partial edge pixels dropped).",
+    )
     outputs: OutputsSpec = Field(description="Where results are written.")
     cluster: ClusterSpec = Field(
         default_factory=ClusterSpec, description="Which Dask cluster runs the job."

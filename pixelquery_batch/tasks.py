@@ -20,13 +20,13 @@ import numpy as np
 import pyarrow as pa
 import shapely
 
-from .catalog.chunks import ChunkReader, ChunkRequest, chunks_for_window
+from .catalog.chunks import ChunkReader, ChunkRequest
 from .catalog.models import BandInfo
 from .catalog.store import RepoRef
 from .errors import TaskError
 from .planner import SceneTask, WorkUnit
 
-__all__ = ["JobContext", "UnitResult", "result_schema", "run_unit"]
+__all__ = ["JobContext", "UnitResult", "read_bands", "result_schema", "run_unit"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +80,7 @@ def result_schema(stats: Sequence[str]) -> pa.Schema:
             ("pixel_count", pa.float64()),
             ("nodata_count", pa.float64()),
             ("cloud_count", pa.float64()),
+            ("cloud_masked", pa.bool_()),
             ("snapshot_id", pa.string()),
             ("job_hash", pa.string()),
         ]
@@ -129,10 +130,51 @@ def _cloud_mask(raw: np.ndarray, band: BandInfo, ctx: JobContext) -> np.ndarray:
 
 
 def _needed_bands(scene: SceneTask, ctx: JobContext) -> dict[str, BandInfo]:
+    """The bands a scene is read for; the cloud band only where the scene has it (the
+    planner leaves it out of scenes without it when the mask is ``auto``)."""
     names = [n for v, text in ctx.variables for n in sorted(_expression(v, text).names)]
-    if ctx.cloud_band:
+    if ctx.cloud_band and scene.has_band(ctx.cloud_band):
         names.append(ctx.cloud_band)
     return {n: scene.band(n) for n in dict.fromkeys(names)}
+
+
+def _cloud_applies(scene: SceneTask, ctx: JobContext) -> bool:
+    return bool(ctx.cloud_band) and scene.has_band(ctx.cloud_band)  # type: ignore[arg-type]
+
+
+Work = tuple[tuple[float, ...], tuple[int, int]]  # work grid: (transform, shape_yx)
+
+
+def read_bands(reader: ChunkReader, scene: SceneTask, bands: dict[str, BandInfo], work: Work,
+               window: tuple[int, int, int, int], need: Sequence[tuple[int, int, int, int]],
+               ) -> dict[tuple[str, int | None], np.ndarray]:
+    """Raw values of ``bands`` over a clipped work-grid ``window`` (row0, row1, col0, col1).
+
+    Each band is read on its own grid, over only the chunks its own tiling needs to
+    cover the work windows ``need``; bands on a coarser grid are then brought onto the
+    work grid by nearest neighbour (each work pixel takes the band pixel holding its
+    centre). Pixels outside every ``need`` window keep the band's fill value.
+    """
+    from .grids import band_chunks, grid_map
+
+    requests: list[ChunkRequest] = []
+    maps = []
+    for band in {(b.array, b.index): b for b in bands.values()}.values():
+        grid = (band.transform or work[0], band.shape_yx or work[1])
+        gm = grid_map((tuple(work[0]), tuple(work[1])), (tuple(grid[0]), tuple(grid[1])))
+        bw = gm.band_window(window)
+        if bw is None:
+            raise TaskError(f"band {band.name} of scene {scene.scene_id} does not cover the "
+                            f"work window {window}", scene_id=scene.scene_id)
+        chunks = band_chunks(gm, list(need), band.chunks_yx)
+        requests.append(ChunkRequest(scene.group, band, bw, frozenset(chunks)))
+        maps.append((gm, bw))
+    out: dict[tuple[str, int | None], np.ndarray] = {}
+    for req, (gm, bw), raw in zip(requests, maps, reader.read(requests), strict=True):
+        nodata = req.band.nodata
+        fill = nodata if nodata is not None and (raw.dtype.kind == "f" or np.isfinite(nodata)) else 0
+        out[(req.band.array, req.band.index)] = gm.resample(raw, bw, window, fill)
+    return out
 
 
 def _clip(window: tuple[int, int, int, int], shape_yx: tuple[int, int]):  # type: ignore[no-untyped-def]
@@ -168,7 +210,7 @@ class _Rows:
 
     def add(self, field_id: str, scene_id: str, when: dt.datetime, variable: str,
             res: dict[str, float], weights: np.ndarray, invalid: np.ndarray, cloud: np.ndarray,
-            ctx: JobContext) -> None:
+            ctx: JobContext, cloud_masked: bool) -> None:
         d = self.data
         cloud_w = float(weights[invalid & cloud].sum())
         values = [float(res[c]) for c in self.cols]  # before appending: rows stay aligned
@@ -181,6 +223,7 @@ class _Rows:
         d["pixel_count"].append(float(weights.sum()))
         d["nodata_count"].append(float(weights[invalid].sum()) - cloud_w)
         d["cloud_count"].append(cloud_w)
+        d["cloud_masked"].append(cloud_masked)
         d["snapshot_id"].append(ctx.repo.snapshot_id)
         d["job_hash"].append(ctx.job_hash)
 
@@ -252,6 +295,7 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
         mosaic = (min(c[0] for c in clipped), max(c[1] for c in clipped),
                   min(c[2] for c in clipped), max(c[3] for c in clipped))
     exprs = [(vname, _expression(vname, text)) for vname, text in ctx.variables]
+    work = (unit.transform, unit.shape_yx)
 
     days: dict[str, list[SceneTask]] = {}
     for scene in unit.scenes:
@@ -265,14 +309,7 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
                 bands = _needed_bands(scene, ctx)
                 raws: dict[tuple[str, int | None], np.ndarray] = {}
                 if mosaic is not None:
-                    requests = []
-                    for band in {(b.array, b.index): b for b in bands.values()}.values():
-                        chunks: set[tuple[int, int]] = set()
-                        for c in clipped:
-                            chunks |= chunks_for_window(c, band.chunks_yx)
-                        requests.append(ChunkRequest(scene.group, band, mosaic, frozenset(chunks)))
-                    raws = dict(zip(((r.band.array, r.band.index) for r in requests),
-                                    reader.read(requests), strict=True))
+                    raws = read_bands(reader, scene, bands, work, mosaic, clipped)
                 loaded.append((scene, bands, raws))
             except Exception as exc:
                 if isinstance(exc, TaskError):
@@ -290,17 +327,18 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
                 merged_cloud = np.zeros((h, w), bool)
                 for scene, bands, raws in loaded:
                     when = dt.datetime.fromisoformat(scene.datetime)
+                    masked = _cloud_applies(scene, ctx)
                     env, cloud_full = _field_env(f.window, clip, mosaic, bands, raws, ctx)
                     for vname, expr in exprs:
                         values = np.asarray(expr.evaluate({n: env[n] for n in expr.names}),
                                             dtype=np.float64)
                         if values.shape != (h, w):
                             values = np.broadcast_to(values, (h, w)).copy()
-                        if ctx.cloud_band:
+                        if masked:
                             values = np.where(cloud_full, np.nan, values)
                         res = zonal_stats(values, weights, rows.cols)
                         rows.add(f.field_id, scene.scene_id, when, vname, res, weights,
-                                 in_field & ~np.isfinite(values), cloud_full, ctx)
+                                 in_field & ~np.isfinite(values), cloud_full, ctx, masked)
                         if day_rows is not None:
                             prev = merged.get(vname)
                             merged[vname] = values if prev is None else np.where(np.isnan(prev), values, prev)
@@ -311,11 +349,13 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
                     dweights = weights if excluded is None else np.where(excluded, 0.0, weights)
                     ids = "+".join(sorted(s.scene_id for s, _, _ in loaded))
                     when = min(dt.datetime.fromisoformat(s.datetime) for s, _, _ in loaded)
+                    day_masked = all(_cloud_applies(s, ctx) for s, _, _ in loaded)
                     for vname, _ in exprs:
                         values = merged[vname]
                         res = zonal_stats(values, dweights, day_rows.cols)
                         day_rows.add(f.field_id, ids, when, vname, res, dweights,
-                                     (dweights > 0) & ~np.isfinite(values), merged_cloud, ctx)
+                                     (dweights > 0) & ~np.isfinite(values), merged_cloud, ctx,
+                                     day_masked)
             except TaskError:
                 raise
             except Exception as exc:
@@ -342,7 +382,7 @@ def _field_env(window: tuple[int, int, int, int], clip: Any, mosaic: tuple[int, 
         full = np.full((h, w), np.nan)
         full[sl] = _physical(raw, band, ctx.mask_nodata)
         env[name] = full
-        if ctx.cloud_band and name == ctx.cloud_band:
+        if ctx.cloud_band and name == ctx.cloud_band:  # only present where it applies
             cloud_full[sl] = _cloud_mask(raw, band, ctx)
     return env, cloud_full
 
@@ -419,14 +459,12 @@ def run_rollup_unit(unit: Any, rctx: RollupContext, reader: ChunkReader | None =
         try:
             for scene in scenes:
                 bands = _needed_bands(scene, ctx)
-                requests = [ChunkRequest(scene.group, b, unit.window, unit.chunks)
-                            for b in {(b.array, b.index): b for b in bands.values()}.values()]
-                raws = dict(zip(((r.band.array, r.band.index) for r in requests),
-                                reader.read(requests), strict=True))
+                raws = read_bands(reader, scene, bands, (unit.transform, unit.shape_yx),
+                                  unit.window, unit.parts)
                 env, cloud = _field_env(window, clip, (r0, r1, c0, c1), bands, raws, ctx)
                 for vname, expr in exprs:
                     values = np.asarray(expr.evaluate({n: env[n] for n in expr.names}), dtype=np.float64)
-                    if ctx.cloud_band:
+                    if _cloud_applies(scene, ctx):
                         values = np.where(cloud, np.nan, values)
                     prev = merged.get(vname)
                     merged[vname] = values if prev is None else np.where(np.isnan(prev), values, prev)
@@ -483,18 +521,16 @@ def run_composite_unit(unit: Any, ctx: JobContext, out_dir: str,
     for src in unit.sources:
         r0, r1, c0, c1 = src.window
         bands = _needed_bands(src.scene, cctx)
-        requests = [ChunkRequest(src.scene.group, b, src.window,
-                                 frozenset(chunks_for_window(src.window, b.chunks_yx)))
-                    for b in {(b.array, b.index): b for b in bands.values()}.values()]
-        raws = dict(zip(((r.band.array, r.band.index) for r in requests), reader.read(requests),
-                        strict=True))
+        raws = read_bands(reader, src.scene, bands, (src.transform, src.shape_yx), src.window,
+                          [src.window])
         clip = ((r0, r1, c0, c1), (slice(0, r1 - r0), slice(0, c1 - c0)))
         env, cloud = _field_env((r0, c0, r1 - r0, c1 - c0), clip, (r0, r1, c0, c1), bands, raws, cctx)
         grid = Grid(src.crs, src.transform, src.shape_yx)
         layer = days.setdefault(src.scene.day, {})
         for name, expr in exprs:
             values = np.asarray(expr.evaluate({n: env[n] for n in expr.names}), dtype=np.float64)
-            values = np.where(cloud, np.nan, values)
+            if _cloud_applies(src.scene, cctx):
+                values = np.where(cloud, np.nan, values)
             on_target = reproject_nearest(values, grid, target, source_window=src.window)
             prev = layer.get(name)
             layer[name] = on_target if prev is None else np.where(np.isnan(prev), on_target, prev)

@@ -120,7 +120,10 @@ def test_files_of_one_scene_on_different_grids_fail(tmp_path: Path) -> None:
     report = ingest(str(src), str(tmp_path / "repo"))
     failed = report.by_status("failed")
     assert {Path(f.url).name for f in failed} == {"S2_33UXP_2025-03-15_red.tif", "S2_33UXP_2025-03-15_nir.tif"}
-    assert all("different grids" in (f.reason or "") for f in failed)
+    for f in failed:  # the message names both files and both grids
+        assert "do not align" in (f.reason or "")
+        assert "S2_33UXP_2025-03-15_red.tif" in f.reason and "S2_33UXP_2025-03-15_nir.tif" in f.reason
+        assert "at (600010, 5300000)" in f.reason and "at (600000, 5300000)" in f.reason
     assert report.counts()["ingested"] == 2
 
 

@@ -102,8 +102,8 @@ def test_scenes_in_two_utm_zones_get_fields_in_their_own_crs() -> None:
     geoms = [box(17.995 + 0.001 * i, 47.75, 17.996 + 0.001 * i, 47.751) for i in range(10)]
     fields = prepare_fields(gpd.GeoDataFrame({"id": [f"B{i}" for i in range(10)]}, geometry=geoms, crs="EPSG:4326"))
     plan = plan_job(cat, fields, bands=("red",))
-    zones = {u.crs_epsg for u in plan.units}
-    assert zones == {32633, 32634}
+    zones = {u.crs for u in plan.units}
+    assert zones == {"EPSG:32633", "EPSG:32634"}
     for u in plan.units:
         for f in u.fields:
             g = shapely.from_wkb(f.wkb)

@@ -178,7 +178,8 @@ def test_all_errors_reported_at_once(tmp_path):
         f"{file}:17 pixels: invalid value 'center' (expected one of 'centre', 'all_touched', "
         "'coverage')",
         f"{file}:19 colour: unknown key 'colour' (expected one of version, name, repository, "
-        "scenes, fields, points, bands, indices, stats, pixels, masks, outputs, cluster, on_error)",
+        "scenes, fields, points, bands, indices, stats, pixels, masks, resolution, outputs, cluster, "
+            "on_error)",
     ]
     assert problems_of(info) == [
         (6, "scenes.end"), (10, "indices.ndmi"), (11, "indices.evil"),

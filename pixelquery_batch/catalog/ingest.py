@@ -112,12 +112,26 @@ class _ParsedFile:
     band_key: str | None
     vds: Any
     transform: tuple[float, ...]
-    epsg: int
+    epsg: int | None
+    crs: str  # "EPSG:nnnn", or WKT2 for CRSs without an EPSG code
     nodata: float | None
     shape_yx: tuple[int, int]
     count: int | None  # None for 2-D arrays
     dtype: str
     chunks_yx: tuple[int, int]
+    file_scale_offset: list[tuple[float, float]] | None = None  # GDAL metadata of the file
+    copied_nbytes: int = 0  # > 0: pixels copied into the repository (not virtual)
+
+    @property
+    def grid(self) -> tuple[tuple[float, ...], tuple[int, int]]:
+        return tuple(self.transform), self.shape_yx
+
+    def describe_grid(self) -> str:
+        from ..geo import crs_label
+
+        a, _, c, _, e, f = self.transform
+        return (f"{self.shape_yx[1]} x {self.shape_yx[0]} px of {abs(a):g} x {abs(e):g} "
+                f"at ({c:.12g}, {f:.12g}) in {crs_label(self.crs)}")
 
 
 @dataclass
@@ -196,6 +210,14 @@ def _parse_file(
     if problems:
         raise InputDataError("; ".join(problems), path=file.url)
     transform, epsg, nodata = geo_from_tiff_attrs(da.attrs, source=file.url)
+    if epsg is not None:
+        crs = f"EPSG:{epsg}"
+    else:  # user-defined CRS (national grids): the full definition from the file header
+        from .rio_source import source_crs
+
+        full = source_crs(file.url, profile)
+        epsg = full.to_epsg()
+        crs = f"EPSG:{epsg}" if epsg else full.to_wkt()
     if transform[1] != 0 or transform[3] != 0:
         raise InputDataError("rotated rasters are not supported; warp to a north-up grid",
                              path=file.url)
@@ -203,12 +225,37 @@ def _parse_file(
     if dims[-2:] != ("y", "x") or len(dims) not in (2, 3):
         raise InputDataError(f"unexpected array layout {dims}", path=file.url)
     chunks = da.data.metadata.chunk_grid.chunk_shape
+    count = int(da.shape[0]) if len(dims) == 3 else None
     return _ParsedFile(
-        file=file, band_key=band_key, vds=vds, transform=transform, epsg=epsg,
+        file=file, band_key=band_key, vds=vds, transform=transform, epsg=epsg, crs=crs,
         nodata=nodata, shape_yx=(int(da.shape[-2]), int(da.shape[-1])),
-        count=int(da.shape[0]) if len(dims) == 3 else None, dtype=str(da.dtype),
+        count=count, dtype=str(da.dtype),
         chunks_yx=(int(chunks[-2]), int(chunks[-1])),
+        file_scale_offset=_file_scale_offset(da.attrs, count or 1),
     )
+
+
+def _file_scale_offset(attrs: Any, count: int) -> list[tuple[float, float]] | None:
+    """Per-band (scale, offset) a file declares in its GDAL metadata, or ``None``.
+
+    virtual-tiff exposes GDAL's per-band ``SCALE``/``OFFSET`` metadata items as attributes
+    (one value for all bands). A file declaring scale 1 and offset 0 declares nothing.
+
+    >>> _file_scale_offset({"SCALE": "2.75e-05", "OFFSET": "-0.2"}, 1)
+    [(2.75e-05, -0.2)]
+    >>> _file_scale_offset({"SCALE": "1", "OFFSET": "0"}, 2) is None
+    True
+    """
+    if "SCALE" not in attrs and "OFFSET" not in attrs:
+        return None
+    try:
+        scale = float(str(attrs.get("SCALE", 1.0)).strip())
+        offset = float(str(attrs.get("OFFSET", 0.0)).strip())
+    except ValueError:
+        return None
+    if scale == 1.0 and offset == 0.0:
+        return None
+    return [(scale, offset)] * count
 
 
 def _group_files(
@@ -287,20 +334,51 @@ def _band_specs(parsed: _ParsedFile, product: ProductProfile,
     return list(product.with_band_names(names).bands)
 
 
+def _grid_suffix(p: _ParsedFile) -> str:
+    """Dimension suffix of a non-base band grid (``20m``; ``0.0002deg`` style otherwise)."""
+    res = abs(p.transform[0])
+    text = f"{res:g}".replace(".", "p").replace("-", "m")
+    return f"{text}m" if p.epsg != 4326 else f"{text}deg"
+
+
+def _check_grids(draft: _SceneDraft, parsed: list[_ParsedFile]) -> _ParsedFile:
+    """The file on the scene's finest grid; every other grid must align with it."""
+    from pyproj import CRS
+
+    from ..grids import align_problem
+
+    base = min(parsed, key=lambda p: (abs(p.transform[0]) * abs(p.transform[4]), p.file.url))
+    base_crs = CRS.from_user_input(base.crs)
+    for p in parsed:
+        if p is base:
+            continue
+        if p.crs != base.crs and not CRS.from_user_input(p.crs).equals(base_crs):
+            problem = "different CRS"
+        elif p.grid == base.grid:
+            continue
+        else:
+            problem = align_problem(base.grid, p.grid)  # type: ignore[arg-type]
+        if problem is not None:
+            raise InputDataError(
+                f"files of scene {draft.scene_id} are on grids that do not align: "
+                f"{p.file.relpath} ({p.describe_grid()}) vs {base.file.relpath} "
+                f"({base.describe_grid()}): {problem}",
+                hint="bands of one scene must share the CRS, align on pixel edges and have "
+                "integer resolution ratios (like Sentinel-2's 10/20/60 m); resample the file "
+                "or give it its own scene via --pattern",
+                scene_id=draft.scene_id)
+    return base
+
+
 def _build_scene(draft: _SceneDraft, parsed: list[_ParsedFile], product: ProductProfile,
                  band_names: Sequence[str] | None, now: dt.datetime) -> tuple[Any, dict[str, Any]]:
     import xarray as xr
 
-    ref = parsed[0]
-    for p in parsed[1:]:
-        if (p.shape_yx, p.epsg) != (ref.shape_yx, ref.epsg) or not np.allclose(
-                p.transform, ref.transform, rtol=0, atol=1e-6):
-            raise InputDataError(
-                f"files of scene {draft.scene_id} are on different grids: "
-                f"{ref.file.relpath} is {ref.shape_yx} EPSG:{ref.epsg} {ref.transform}, "
-                f"{p.file.relpath} is {p.shape_yx} EPSG:{p.epsg} {p.transform}",
-                hint="resample the bands to one grid, or give each grid its own scene via --pattern",
-                scene_id=draft.scene_id)
+    ref = _check_grids(draft, parsed)
+    when = draft.when
+    if when is None:
+        raise InputDataError(f"scene {draft.scene_id} has no acquisition time",
+                             scene_id=draft.scene_id)
     variables: dict[str, Any] = {}
     bands: list[BandInfo] = []
     multi = sum(1 for p in parsed if p.count is not None)
@@ -313,17 +391,25 @@ def _build_scene(draft: _SceneDraft, parsed: list[_ParsedFile], product: Product
             array = "data" if product.layout == "multiband" else (p.band_key or "data")
             if multi > 1:
                 da = da.rename({"band": f"{array}_band"})
+        if p.grid != ref.grid:  # bands on a coarser grid get their own dims
+            suffix = _grid_suffix(p)
+            da = da.rename({"y": f"y_{suffix}", "x": f"x_{suffix}"})
         if array in variables:
             raise InputDataError(
                 f"scene {draft.scene_id} has two files for band {array!r}",
                 hint="make the pattern distinguish the files", scene_id=draft.scene_id)
         for i, spec in enumerate(specs):
+            scale, offset, origin = product.scale_offset(spec, when)
+            if p.file_scale_offset is not None:  # the file's own metadata wins
+                scale, offset = p.file_scale_offset[i]
+                origin = "file (GDAL scale/offset metadata)"
             bands.append(BandInfo(
                 name=spec.name, role=spec.role, array=array,
                 index=None if p.count is None else i, dtype=p.dtype,
                 nodata=spec.nodata if spec.nodata is not None else p.nodata,
-                scale=spec.scale, offset=spec.offset, chunks_yx=p.chunks_yx,
-                source=p.file.url))
+                scale=scale, offset=offset, chunks_yx=p.chunks_yx,
+                source=p.file.url, transform=tuple(p.transform),  # type: ignore[arg-type]
+                shape_yx=p.shape_yx, scale_source=origin, copied=p.copied_nbytes > 0))
         keep = {k: v for k, v in da.attrs.items()
                 if k not in ("photometric_interpretation",) and not k.startswith("_")}
         keep["source"] = p.file.url
@@ -333,12 +419,10 @@ def _build_scene(draft: _SceneDraft, parsed: list[_ParsedFile], product: Product
     if dup:
         raise InputDataError(f"scene {draft.scene_id} has duplicate band names {sorted(dup)}",
                              scene_id=draft.scene_id)
-    crs = f"EPSG:{ref.epsg}"
+    crs = ref.crs
     fp = footprint_native(ref.transform, ref.shape_yx)  # type: ignore[arg-type]
     fp_ll = footprint_lonlat(fp, crs)
     ds = xr.Dataset(variables)
-    when = draft.when
-    assert when is not None
     ds.attrs.update({
         "scene_id": draft.scene_id,
         "datetime": when.isoformat().replace("+00:00", "Z"),
@@ -356,6 +440,7 @@ def _build_scene(draft: _SceneDraft, parsed: list[_ParsedFile], product: Product
         "product": product.name,
         "group": f"{SCENES_GROUP}/{draft.scene_id}",
         "crs_epsg": ref.epsg,
+        "crs_wkt": _wkt(crs),
         "transform": list(ref.transform),
         "height": ref.shape_yx[0],
         "width": ref.shape_yx[1],
@@ -371,6 +456,12 @@ def _build_scene(draft: _SceneDraft, parsed: list[_ParsedFile], product: Product
         "ingested_at": now,
     }
     return ds, row
+
+
+def _wkt(crs: str) -> str:
+    from pyproj import CRS
+
+    return CRS.from_user_input(crs).to_wkt()
 
 
 def _json_safe(value: Any) -> Any:
@@ -617,7 +708,8 @@ def _fill_cloud_cover(session: Any, rows: list[dict[str, Any]], cloud: Any,
                      or (b.role or "").lower() == cloud.band.lower()), None)
         if band is None:
             continue
-        window = (0, int(row["height"]), 0, int(row["width"]))
+        h, w = band.shape_yx or (int(row["height"]), int(row["width"]))
+        window = (0, h, 0, w)  # the mask band's own grid (SCL is at 20 m)
         raw = reader.read([ChunkRequest(row["group"], band, window,
                                         frozenset(chunks_for_window(window, band.chunks_yx)))])[0]
         valid = raw != band.nodata if band.nodata is not None else np.ones(raw.shape, bool)

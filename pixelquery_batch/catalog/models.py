@@ -31,7 +31,7 @@ SCENE_SCHEMA = pa.schema(
         ("datetime", pa.timestamp("us", tz="UTC")),
         ("product", pa.string()),
         ("group", pa.string()),
-        ("crs_epsg", pa.int32()),
+        ("crs_epsg", pa.int32()),  # null when the CRS has no EPSG code (see crs_wkt)
         ("transform", pa.list_(pa.float64(), 6)),
         ("height", pa.int32()),
         ("width", pa.int32()),
@@ -47,6 +47,7 @@ SCENE_SCHEMA = pa.schema(
         ("properties_json", pa.string()),
         ("sources", pa.list_(pa.string())),
         ("ingested_at", pa.timestamp("us", tz="UTC")),
+        ("crs_wkt", pa.string()),  # WKT2 of the scene CRS (every CRS pyproj understands)
     ]
 )
 
@@ -63,7 +64,14 @@ FILE_SCHEMA = pa.schema(
 
 @dataclass(frozen=True, slots=True)
 class BandInfo:
-    """Where a band lives in its scene group and how to interpret it."""
+    """Where a band lives in its scene group, on which grid, and how to interpret it.
+
+    ``transform``/``shape_yx`` are the band's own pixel grid (bands of one scene may sit
+    on grids of different resolution, e.g. Sentinel-2's 10/20/60 m; they share the CRS
+    and align on pixel edges). ``None`` means the scene's grid (catalogs written before
+    per-band grids existed). ``scale``/``offset`` are the ones applied to this scene
+    (physical = DN * scale + offset) and ``scale_source`` says where they came from.
+    """
 
     name: str
     role: str | None
@@ -75,22 +83,40 @@ class BandInfo:
     offset: float
     chunks_yx: tuple[int, int]
     source: str
+    transform: tuple[float, float, float, float, float, float] | None = None
+    shape_yx: tuple[int, int] | None = None
+    scale_source: str = "profile"
+    copied: bool = False  # pixels copied into the repository (not virtual references)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "role": self.role, "array": self.array, "index": self.index,
             "dtype": self.dtype, "nodata": self.nodata, "scale": self.scale,
             "offset": self.offset, "chunks_yx": list(self.chunks_yx), "source": self.source,
+            "transform": list(self.transform) if self.transform is not None else None,
+            "shape_yx": list(self.shape_yx) if self.shape_yx is not None else None,
+            "scale_source": self.scale_source, "copied": self.copied,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BandInfo:
+        tr = d.get("transform")
+        shape = d.get("shape_yx")
         return cls(
             name=d["name"], role=d.get("role"), array=d["array"], index=d.get("index"),
             dtype=d["dtype"], nodata=d.get("nodata"), scale=float(d.get("scale", 1.0)),
             offset=float(d.get("offset", 0.0)), chunks_yx=tuple(d["chunks_yx"]),  # type: ignore[arg-type]
             source=d["source"],
+            transform=tuple(float(v) for v in tr) if tr is not None else None,  # type: ignore[arg-type]
+            shape_yx=(int(shape[0]), int(shape[1])) if shape is not None else None,
+            scale_source=d.get("scale_source") or "profile",
+            copied=bool(d.get("copied", False)),
         )
+
+    @property
+    def resolution(self) -> float | None:
+        """Pixel width in CRS units (``None`` when the band is on the scene grid)."""
+        return abs(self.transform[0]) if self.transform is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +127,7 @@ class Scene:
     datetime: dt.datetime
     product: str
     group: str
-    crs_epsg: int
+    crs_epsg: int | None
     transform: GeoTransform
     shape_yx: ShapeYX
     bands: tuple[BandInfo, ...]
@@ -110,10 +136,23 @@ class Scene:
     cloud_cover: float | None
     properties: tuple[tuple[str, str], ...]
     sources: tuple[str, ...]
+    crs_wkt: str | None = None
 
     @property
     def crs(self) -> str:
-        return f"EPSG:{self.crs_epsg}"
+        """``"EPSG:nnnn"`` when the CRS has an EPSG code, else its WKT2 (pyproj input)."""
+        if self.crs_epsg is not None:
+            return f"EPSG:{self.crs_epsg}"
+        if self.crs_wkt:
+            return self.crs_wkt
+        raise CatalogError(f"scene {self.scene_id} has no CRS in the catalog",
+                           scene_id=self.scene_id)
+
+    def band_grid(self, band: BandInfo) -> tuple[GeoTransform, ShapeYX]:
+        """The pixel grid (transform, shape) a band is stored on."""
+        if band.transform is None or band.shape_yx is None:
+            return self.transform, self.shape_yx
+        return band.transform, band.shape_yx  # type: ignore[return-value]
 
     @property
     def band_names(self) -> tuple[str, ...]:
@@ -276,10 +315,19 @@ class Catalog:
                 "scene_id": s.scene_id,
                 "datetime": s.datetime.isoformat().replace("+00:00", "Z"),
                 "product": s.product,
-                "crs": s.crs,
+                "crs": s.crs if s.crs_epsg is not None else "WKT",
+                "crs_epsg": s.crs_epsg,
+                "crs_wkt": s.crs_wkt,
                 "shape_yx": list(s.shape_yx),
                 "transform": list(s.transform),
                 "bands": [b.name for b in s.bands],
+                "band_info": [{
+                    "name": b.name, "role": b.role,
+                    "resolution": abs(s.band_grid(b)[0][0]),
+                    "shape_yx": list(s.band_grid(b)[1]), "chunks_yx": list(b.chunks_yx),
+                    "nodata": b.nodata, "scale": b.scale, "offset": b.offset,
+                    "scale_source": b.scale_source, "copied": b.copied,
+                } for b in s.bands],
                 "bbox_lonlat": [round(v, 7) for v in s.footprint_lonlat.bounds],
                 "cloud_cover": s.cloud_cover,
                 "properties": dict(s.properties),
@@ -309,7 +357,7 @@ def _row_to_scene(r: dict[str, Any]) -> Scene:
         datetime=r["datetime"],
         product=r["product"],
         group=r["group"],
-        crs_epsg=int(r["crs_epsg"]),
+        crs_epsg=int(r["crs_epsg"]) if r.get("crs_epsg") is not None else None,
         transform=tuple(r["transform"]),  # type: ignore[arg-type]
         shape_yx=(int(r["height"]), int(r["width"])),
         bands=tuple(BandInfo.from_dict(d) for d in json.loads(r["bands_json"])),
@@ -318,4 +366,5 @@ def _row_to_scene(r: dict[str, Any]) -> Scene:
         cloud_cover=r["cloud_cover"],
         properties=tuple(sorted(json.loads(r["properties_json"] or "{}").items())),
         sources=tuple(r["sources"]),
+        crs_wkt=r.get("crs_wkt"),
     )

@@ -42,4 +42,5 @@ def synthetic_scene_table(n: int, *, seed: int = 0, densify_deg: float | None = 
         "cloud_cover": rng.uniform(0, 100, n),
         "properties_json": ["{}"] * n, "sources": [["file:///x.tif"]] * n,
         "ingested_at": [base] * n,
+        "crs_wkt": [None] * n,
     }, schema=SCENE_SCHEMA)
