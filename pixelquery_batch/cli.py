@@ -205,7 +205,27 @@ def scenes_cmd(repo: str, start: str | None, end: str | None, bbox: str | None, 
         for r in found.to_records():
             cc = "   -  " if r["cloud_cover"] is None else f"{r['cloud_cover']:5.1f}%"
             click.echo(f"  {r['scene_id']:<40} {r['datetime']:<21} {r['crs']:<11} "
-                       f"{r['shape_yx'][0]}x{r['shape_yx'][1]}  cloud {cc}  {','.join(r['bands'])}")
+                       f"{r['shape_yx'][0]}x{r['shape_yx'][1]}  cloud {cc}")
+            for line in _band_lines(r["band_info"]):
+                click.echo(f"      {line}")
+
+
+def _band_lines(info: list[dict[str, Any]]) -> list[str]:
+    """Bands grouped by resolution, then the scale/offset applied and where it came from."""
+    by_res: dict[float, list[str]] = {}
+    by_scale: dict[tuple[float, float, str], list[str]] = {}
+    for b in info:
+        by_res.setdefault(b["resolution"], []).append(b["name"])
+        by_scale.setdefault((b["scale"], b["offset"], b["scale_source"]), []).append(b["name"])
+    lines = ["bands " + " | ".join(f"{res:g}: {','.join(names)}" for res, names in sorted(by_res.items()))]
+    for (scale, offset, origin), names in by_scale.items():
+        if scale == 1.0 and offset == 0.0:
+            continue
+        lines.append(f"x{scale:g} {offset:+g} ({origin}): {','.join(names)}")
+    copied = [b["name"] for b in info if b.get("copied")]
+    if copied:
+        lines.append(f"pixels copied into the repository: {','.join(copied)}")
+    return lines
 
 
 @main.command("history")

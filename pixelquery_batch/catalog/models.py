@@ -309,13 +309,15 @@ class Catalog:
 
     def to_records(self) -> list[dict[str, Any]]:
         """JSON-friendly rows (no WKB; footprint as GeoJSON)."""
+        from ..geo import crs_label
+
         out = []
         for s in self.scenes():
             out.append({
                 "scene_id": s.scene_id,
                 "datetime": s.datetime.isoformat().replace("+00:00", "Z"),
                 "product": s.product,
-                "crs": s.crs if s.crs_epsg is not None else "WKT",
+                "crs": crs_label(s.crs),
                 "crs_epsg": s.crs_epsg,
                 "crs_wkt": s.crs_wkt,
                 "shape_yx": list(s.shape_yx),
