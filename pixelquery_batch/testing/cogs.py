@@ -34,6 +34,7 @@ from rasterio.transform import from_origin
 from rasterio.windows import Window
 
 __all__ = [
+    "ALBERS_GRS80_PROJ",
     "SUPPORTED_FLAVOURS",
     "UNSUPPORTED_FLAVOURS",
     "expected_pixels",
@@ -41,6 +42,9 @@ __all__ = [
     "make_cog",
     "make_flavour",
     "make_pixels",
+    "make_scale_offset_raster",
+    "make_striped_partial",
+    "make_wkt_crs_raster",
     "nodata_block_slices",
     "read_window_with_rasterio",
     "read_with_rasterio",
@@ -670,3 +674,130 @@ def read_window_with_rasterio(
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path) as src:
             return src.read(window=Window(col_off, row_off, width, height))
+
+
+# --------------------------------------------------------------------------- rasterio-only cases
+
+#: Albers Equal Area on the GRS80 ellipsoid with no datum name and no EPSG code, like
+#: python-rasterstats' test rasters. pyproj matches it to EPSG:5070/6350/5071/5072 (NAD83
+#: realisations) at only 70 % confidence, so it has no exact EPSG code.
+ALBERS_GRS80_PROJ = (
+    "+proj=aea +lat_0=23 +lon_0=-96 +lat_1=29.5 +lat_2=45.5 +x_0=0 +y_0=0 "
+    "+ellps=GRS80 +units=m +no_defs"
+)
+
+
+def make_wkt_crs_raster(
+    path: str | os.PathLike[str],
+    *,
+    crs: str = ALBERS_GRS80_PROJ,
+    keys_flavor: Literal["STANDARD", "ESRI_PE"] = "STANDARD",
+    dtype: str = "uint8",
+    shape_yx: tuple[int, int] = (300, 400),
+    nodata: float | None = 255,
+) -> Path:
+    """Write a tiled GeoTIFF whose CRS is user-defined (no EPSG code in the GeoKeys).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Output file.
+    crs : str
+        PROJ string or WKT without an EPSG code.
+    keys_flavor : {"STANDARD", "ESRI_PE"}
+        ``"STANDARD"``: a COG (GDAL's COG driver, 128-pixel tiles, overviews) with
+        ``ProjectedCSTypeGeoKey`` = 32767 and the projection parameters as GeoKeys.
+        ``"ESRI_PE"``: a tiled GTiff (the COG driver ignores the option) written with
+        ``GEOTIFF_KEYS_FLAVOR=ESRI_PE``, which also puts the ESRI PE string in the
+        ``PCSCitationGeoKey`` (``"ESRI PE String = PROJCS[...]"``).
+    dtype : str
+        Pixel type (``uint8`` or ``float32`` in the tests).
+    shape_yx : tuple of int
+        ``(height, width)``.
+    nodata : float or None
+        Nodata value.
+
+    Returns
+    -------
+    pathlib.Path
+        The written file; DEFLATE-compressed, servable as virtual references.
+    """
+    common: dict[str, Any] = {
+        "shape_yx": shape_yx, "dtype": dtype, "crs": crs, "origin_xy": (-1_000_000.0, 2_000_000.0),
+        "res": 30.0, "nodata": nodata, "compress": "DEFLATE", "blocksize": 128,
+    }
+    if keys_flavor == "STANDARD":
+        return make_cog(path, overviews=True, **common)
+    return make_cog(path, creation_options={"GEOTIFF_KEYS_FLAVOR": keys_flavor}, **common)
+
+
+def make_scale_offset_raster(
+    path: str | os.PathLike[str],
+    *,
+    scales: tuple[float, ...] = (2.75e-5,),
+    offsets: tuple[float, ...] = (-0.2,),
+    dtype: str = "uint16",
+    shape_yx: tuple[int, int] = (64, 96),
+) -> Path:
+    """Write a tiled GeoTIFF whose bands carry GDAL scale/offset (GDAL_METADATA tag 42112).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Output file.
+    scales, offsets : tuple of float
+        One value per band (the band count is ``len(scales)``). GDAL writes no item for
+        a band whose scale is 1 and offset 0.
+    dtype : str
+        Pixel type.
+    shape_yx : tuple of int
+        ``(height, width)``.
+
+    Returns
+    -------
+    pathlib.Path
+        Band-interleaved, DEFLATE, 32-pixel tiles, EPSG:32633, nodata 0.
+    """
+    if len(scales) != len(offsets):
+        raise ValueError("one offset per scale")
+    out = make_cog(path, count=len(scales), dtype=dtype, shape_yx=shape_yx, blocksize=32,
+                   nodata=0)
+    with rasterio.open(out, "r+") as dst:
+        dst.scales = tuple(float(s) for s in scales)
+        dst.offsets = tuple(float(o) for o in offsets)
+    return out
+
+
+def make_striped_partial(
+    path: str | os.PathLike[str],
+    *,
+    dtype: str = "float32",
+    shape_yx: tuple[int, int] = (78, 100),
+    rows_per_strip: int = 24,
+    nodata: float | None = -9999.0,
+) -> Path:
+    """Write a striped GeoTIFF whose last strip is partial (78 rows in strips of 24), as
+    python-rasterstats' test rasters are; virtual-tiff refuses it (unequal chunks).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Output file.
+    dtype : str
+        Pixel type.
+    shape_yx : tuple of int
+        ``(height, width)``; the height must not be a multiple of ``rows_per_strip``.
+    rows_per_strip : int
+        GDAL ``BLOCKYSIZE``.
+    nodata : float or None
+        Nodata value (a block of it straddles the first strip boundary).
+
+    Returns
+    -------
+    pathlib.Path
+        Uncompressed, EPSG:32633.
+    """
+    if shape_yx[0] % rows_per_strip == 0:
+        raise ValueError("the last strip would not be partial")
+    return make_cog(path, dtype=dtype, shape_yx=shape_yx, tiled=False,
+                    rows_per_strip=rows_per_strip, compress=None, nodata=nodata)
