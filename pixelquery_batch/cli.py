@@ -118,11 +118,15 @@ def _parse_when(value: str | None) -> dt.datetime | None:
 @click.option("--message", default=None, help="Commit message.")
 @click.option("--cloud-cover/--no-cloud-cover", default=True, show_default=True,
               help="Compute scene cloud cover from the product's cloud-mask band.")
+@click.option("--copy-unsupported", is_flag=True,
+              help="Copy the pixels of files virtual references cannot serve (JPEG, striped with "
+              "a partial last strip, big-endian with a predictor, sparse) into the repository "
+              "instead of refusing them.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_handle_errors
 def ingest_cmd(source: str, repo: str, pattern: str | None, product: str, bands: str | None,
                when: str | None, storage: str | None, message: str | None, cloud_cover: bool,
-               as_json: bool) -> None:
+               copy_unsupported: bool, as_json: bool) -> None:
     """Ingest COGs from SOURCE (directory, glob, file or list file) as virtual references."""
     from .catalog.ingest import ingest
     from .config import load_storage_profile
@@ -133,7 +137,8 @@ def ingest_cmd(source: str, repo: str, pattern: str | None, product: str, bands:
             source, repo, pattern=pattern, product=product,
             bands=[b.strip() for b in bands.split(",")] if bands else None,
             datetime=_parse_when(when), storage=load_storage_profile(storage),
-            message=message, cloud_cover=cloud_cover, progress=progress,
+            message=message, cloud_cover=cloud_cover, copy_unsupported=copy_unsupported,
+            progress=progress,
         )
     finally:
         progress.close()
@@ -150,6 +155,12 @@ def ingest_cmd(source: str, repo: str, pattern: str | None, product: str, bands:
         for f in report.files:
             if f.status in ("failed", "skipped"):
                 click.echo(f"  {f.status}: {f.url}: {f.reason}")
+        if report.copied:
+            total = sum(f.copied_bytes for f in report.copied)
+            click.echo(f"  {len(report.copied)} file(s) copied into the repository "
+                       f"({total / 2**20:.1f} MiB of pixels, not virtual references):")
+            for f in report.copied:
+                click.echo(f"    {f.url}: {f.reason}")
     if not report.ok:
         sys.exit(1)
 

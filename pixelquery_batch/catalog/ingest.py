@@ -62,11 +62,15 @@ class FileOutcome:
     scene_id: str | None = None
     band: str | None = None
     reason: str | None = None
+    copied_bytes: int = 0  # pixels copied into the repository (files virtual refs cannot serve)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in (("url", self.url), ("status", self.status),
-                                  ("scene_id", self.scene_id), ("band", self.band),
-                                  ("reason", self.reason)) if v is not None}
+        out = {k: v for k, v in (("url", self.url), ("status", self.status),
+                                 ("scene_id", self.scene_id), ("band", self.band),
+                                 ("reason", self.reason)) if v is not None}
+        if self.copied_bytes:
+            out["copied_bytes"] = self.copied_bytes
+        return out
 
 
 @dataclass
@@ -93,6 +97,11 @@ class IngestReport:
         keys = ("ingested", "updated", "unchanged", "skipped", "failed")
         return {k: len(self.by_status(k)) for k in keys}
 
+    @property
+    def copied(self) -> list[FileOutcome]:
+        """Files whose pixels were copied into the repository (not virtual references)."""
+        return [f for f in self.files if f.copied_bytes]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "repo": self.repo,
@@ -100,6 +109,8 @@ class IngestReport:
             "product": self.product,
             "snapshot_id": self.snapshot_id,
             "counts": self.counts(),
+            "copied": {"files": len(self.copied),
+                       "bytes": sum(f.copied_bytes for f in self.copied)},
             "scenes_written": self.scenes_written,
             "duration_s": round(self.duration_s, 3),
             "files": [f.to_dict() for f in self.files],
@@ -121,6 +132,7 @@ class _ParsedFile:
     chunks_yx: tuple[int, int]
     file_scale_offset: list[tuple[float, float]] | None = None  # GDAL metadata of the file
     copied_nbytes: int = 0  # > 0: pixels copied into the repository (not virtual)
+    copy_reason: str | None = None
 
     @property
     def grid(self) -> tuple[tuple[float, ...], tuple[int, int]]:
@@ -190,7 +202,27 @@ def _explain_parse_error(exc: BaseException) -> str:
     return f"unreadable or corrupt TIFF ({text})"
 
 
+#: Refusal reasons a pixel copy (``copy_unsupported``) can get around.
+_COPYABLE = ("JPEG", "striped TIFF", "big-endian", "sparse TIFF", "unsupported TIFF encoding")
+_COPY_HINT = ("; pass --copy-unsupported (Python: copy_unsupported=True) to copy its pixels "
+              "into the repository instead")
+
+
 def _parse_file(
+    file: SourceFile, band_key: str | None, registry: Any, profile: StorageProfile,
+    copy_unsupported: bool = False,
+) -> _ParsedFile:
+    try:
+        return _parse_virtual(file, band_key, registry, profile)
+    except InputDataError as exc:
+        if not any(k in exc.message for k in _COPYABLE):
+            raise
+        if not copy_unsupported:
+            raise InputDataError(exc.message + _COPY_HINT, path=file.url) from exc
+        return _parse_copy(file, band_key, profile, reason=exc.message)
+
+
+def _parse_virtual(
     file: SourceFile, band_key: str | None, registry: Any, profile: StorageProfile,
 ) -> _ParsedFile:
     from virtual_tiff import VirtualTIFF
@@ -216,7 +248,7 @@ def _parse_file(
         from .rio_source import source_crs
 
         full = source_crs(file.url, profile)
-        epsg = full.to_epsg()
+        epsg = full.to_epsg(min_confidence=100)  # only an exact match is that EPSG CRS
         crs = f"EPSG:{epsg}" if epsg else full.to_wkt()
     if transform[1] != 0 or transform[3] != 0:
         raise InputDataError("rotated rasters are not supported; warp to a north-up grid",
@@ -231,31 +263,51 @@ def _parse_file(
         nodata=nodata, shape_yx=(int(da.shape[-2]), int(da.shape[-1])),
         count=count, dtype=str(da.dtype),
         chunks_yx=(int(chunks[-2]), int(chunks[-1])),
-        file_scale_offset=_file_scale_offset(da.attrs, count or 1),
+        file_scale_offset=_file_scale_offset(da.attrs, count or 1, file.url, profile),
     )
 
 
-def _file_scale_offset(attrs: Any, count: int) -> list[tuple[float, float]] | None:
+def _parse_copy(file: SourceFile, band_key: str | None, profile: StorageProfile, *,
+                reason: str) -> _ParsedFile:
+    """Read a file virtual references cannot serve with rasterio, as native chunks."""
+    import xarray as xr
+
+    from .rio_source import copied_data_array, read_source_pixels, source_scale_offset
+
+    raster = read_source_pixels(file.url, profile)
+    if raster.crs is None:
+        raise InputDataError(f"{reason}; copying failed too: the file has no CRS", path=file.url)
+    if raster.transform[1] != 0 or raster.transform[3] != 0:
+        raise InputDataError("rotated rasters are not supported; warp to a north-up grid",
+                             path=file.url)
+    epsg = raster.crs.to_epsg(min_confidence=100)
+    da = copied_data_array(raster)
+    logger.info("copying pixels of a file virtual references cannot serve",
+                extra={"path": file.url, "reason": reason, "nbytes": raster.nbytes})
+    return _ParsedFile(
+        file=file, band_key=band_key, vds=xr.Dataset({"0": da}),
+        transform=raster.transform, epsg=epsg,
+        crs=f"EPSG:{epsg}" if epsg else raster.crs.to_wkt(), nodata=raster.nodata,
+        shape_yx=raster.shape_yx, count=raster.count, dtype=raster.dtype,
+        chunks_yx=tuple(int(v) for v in da.encoding["chunks"][-2:]),  # type: ignore[arg-type]
+        file_scale_offset=source_scale_offset(file.url, profile),
+        copied_nbytes=raster.nbytes, copy_reason=reason,
+    )
+
+
+def _file_scale_offset(attrs: Any, count: int, url: str,
+                       profile: StorageProfile) -> list[tuple[float, float]] | None:
     """Per-band (scale, offset) a file declares in its GDAL metadata, or ``None``.
 
-    virtual-tiff exposes GDAL's per-band ``SCALE``/``OFFSET`` metadata items as attributes
-    (one value for all bands). A file declaring scale 1 and offset 0 declares nothing.
-
-    >>> _file_scale_offset({"SCALE": "2.75e-05", "OFFSET": "-0.2"}, 1)
-    [(2.75e-05, -0.2)]
-    >>> _file_scale_offset({"SCALE": "1", "OFFSET": "0"}, 2) is None
-    True
+    virtual-tiff flattens GDAL's per-band metadata into one ``SCALE``/``OFFSET`` pair;
+    multi-band files that declare any are asked again through rasterio.
     """
-    if "SCALE" not in attrs and "OFFSET" not in attrs:
-        return None
+    from .rio_source import ScaleOffsetUnknownError, gdal_scale_offset, source_scale_offset
+
     try:
-        scale = float(str(attrs.get("SCALE", 1.0)).strip())
-        offset = float(str(attrs.get("OFFSET", 0.0)).strip())
-    except ValueError:
-        return None
-    if scale == 1.0 and offset == 0.0:
-        return None
-    return [(scale, offset)] * count
+        return gdal_scale_offset(attrs, count)
+    except ScaleOffsetUnknownError:
+        return source_scale_offset(url, profile)
 
 
 def _group_files(
@@ -544,6 +596,7 @@ def ingest(
     message: str | None = None,
     threads: int = 8,
     cloud_cover: bool = True,
+    copy_unsupported: bool = False,
     progress: ProgressFn | None = None,
 ) -> IngestReport:
     """Ingest the COGs a SOURCE names into a repository, in one commit.
@@ -572,6 +625,11 @@ def ingest(
     cloud_cover
         Compute each scene's cloud cover from the product's cloud-mask band (reads that
         band once, through the virtual references) for ``scenes.max_cloud`` filters.
+    copy_unsupported
+        Files virtual references cannot serve (JPEG, striped with a partial last strip,
+        big-endian with a predictor, sparse) are read once with rasterio and stored as
+        real chunks in the repository (a pixel copy, reported with its size). Without
+        it they are refused with the reason.
     progress
         ``progress(stage, done, total)`` callback.
 
@@ -620,7 +678,8 @@ def ingest(
     failures: dict[str, str] = {}
     done = 0
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        futs = {pool.submit(_parse_file, f, band, registry, storage): (d, f) for d, f, band in jobs}
+        futs = {pool.submit(_parse_file, f, band, registry, storage, copy_unsupported): (d, f)
+                for d, f, band in jobs}
         for fut, (_d, f) in futs.items():
             try:
                 parsed[f.url] = fut.result()
@@ -653,7 +712,12 @@ def ingest(
         for f, band in draft.members:
             file_rows.append({"url": f.url, "scene_id": draft.scene_id, "band": band,
                               "size": f.size, "fingerprint": f.fingerprint})
-            report.files.append(FileOutcome(f.url, status_of[draft.scene_id], draft.scene_id, band))
+            p = parsed[f.url]
+            report.files.append(FileOutcome(
+                f.url, status_of[draft.scene_id], draft.scene_id, band,
+                reason=f"pixels copied into the repository ({p.copied_nbytes / 2**20:.1f} MiB): "
+                f"{p.copy_reason}" if p.copied_nbytes else None,
+                copied_bytes=p.copied_nbytes))
 
     if datasets:
         prefixes = tuple(sorted({container_prefix(f.url) for d in todo for f, _ in d.members}))

@@ -37,7 +37,14 @@ def scene_to_item(scene: Scene, *, snapshot_id: str | None = None) -> pystac.Ite
         },
     )
     proj = ProjectionExtension.ext(item, add_if_missing=True)
-    proj.code = scene.crs
+    if scene.crs_epsg is not None:
+        proj.code = scene.crs
+    else:  # no EPSG code: name the CRS by its WKT2 (and PROJJSON), as the extension says
+        from pyproj import CRS
+
+        proj.code = None
+        proj.wkt2 = scene.crs_wkt
+        proj.projjson = CRS.from_wkt(scene.crs_wkt).to_json_dict()
     proj.shape = list(scene.shape_yx)
     proj.transform = list(scene.transform)
     proj.bbox = list(scene.footprint.bounds)
