@@ -16,8 +16,10 @@ Everything is measured in the same run; setup is timed apart and never enters a 
    = LocalCluster start + ``run_job`` + cluster close. Worker RSS is sampled every 0.2 s
    by a second client; the kernel high-water mark (``VmHWM``) is read at the end;
 4. the naive baseline: a per-field, per-scene loop with rasterio, as a user would write
-   it (reproject, ``rasterio.open``, ``geometry_window``, windowed read, ``geometry_mask``,
-   nodata + SCL 3/8/9/10 mask, DN * 1e-4 - 0.1, NDVI, numpy statistics of the same three
+   it (reproject, ``rasterio.open``, ``geometry_window``, windowed read of red and nir at
+   10 m, the 20 m SCL brought onto that window with ``rasterio.warp.reproject`` (nearest),
+   nodata + SCL 3/8/9/10 mask, DN * 1e-4 with offset -0.1 from processing baseline 04.00
+   (2022-01-25) on and 0 before, NDVI, numpy statistics of the same three
    variables and nine statistics the engine outputs, a parquet file at the end). It runs
    after the engine runs, so the page cache is warm for it too: the speedup compares the
    *warm* engine run with the (warm) naive loop. ``--naive-pairs N`` times a seeded
@@ -39,11 +41,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import datetime as dt
 import json
 import math
 import mmap
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -58,7 +62,11 @@ import numpy as np
 STATS = ["mean", "std", "min", "max", "median", "p10", "p90", "count", "valid_fraction"]
 VARIABLES = ("red", "nir", "ndvi")
 CLOUD_CLASSES = (3, 8, 9, 10)       # SCL: cloud shadow, cloud medium/high, thin cirrus
-SCALE, OFFSET = 1e-4, -0.1          # Sentinel-2 L2A baseline >= 04.00
+SCALE = 1e-4                        # Sentinel-2 L2A: reflectance = DN * SCALE + offset
+BASELINE_04 = dt.date(2022, 1, 25)  # processing baseline 04.00: offset -0.1 from here on, 0 before
+PATTERN = "{scene}/{band}.tif"      # the sample's Element 84 layout below cogs/
+FILE_BANDS = {"B02": "blue", "B03": "green", "B04": "red", "B08": "nir", "B11": "swir16",
+              "SCL": "scl"}
 MARKER = "bench_field_stats.json"
 GB = 1e9
 MB = 1e6
@@ -150,7 +158,8 @@ def setup_data(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     from pixelquery_batch.catalog.ingest import ingest
     from pixelquery_batch.sample import generate_sample
 
-    key = {"scenes": args.scenes, "size": args.size, "fields": args.fields, "seed": args.seed}
+    key = {"scenes": args.scenes, "size": args.size, "fields": args.fields, "seed": args.seed,
+           "layout": PATTERN}  # markers of the earlier flat layout regenerate
     sample_dir, repo = workdir / "sample", workdir / "repo"
     marker = workdir / MARKER
     if marker.exists():
@@ -169,7 +178,7 @@ def setup_data(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     gen_s = time.perf_counter() - t0
     say(f"setup: ingesting into {repo} ...")
     t0 = time.perf_counter()
-    report = ingest(str(sample.cog_dir), str(repo), product="sentinel2-l2a")
+    report = ingest(str(sample.cog_dir), str(repo), product="sentinel2-l2a", pattern=PATTERN)
     ingest_s = time.perf_counter() - t0
     if not report.ok:
         raise SystemExit(f"ingest failed: {json.dumps(report.to_dict(), indent=1)[:2000]}")
@@ -336,11 +345,38 @@ def load_fields_plain(path: str) -> list[tuple[str, dict[str, Any]]]:
 
 
 def cogs_by_scene(cog_dir: str) -> dict[str, dict[str, str]]:
-    """{scene_id: {band: path}} for ``S2_{tile}_{date}_{band}.tif`` (scene id = stem minus band)."""
+    """{scene_id: {band name: path}} for ``{scene}/{B04,B08,SCL,...}.tif``, in date order."""
     out: dict[str, dict[str, str]] = {}
-    for p in sorted(Path(cog_dir).glob("S2_*_*_*.tif")):
-        scene, band = p.stem.rsplit("_", 1)
-        out.setdefault(scene, {})[band] = str(p)
+    for d in sorted(p for p in Path(cog_dir).iterdir() if p.is_dir()):
+        bands = {FILE_BANDS[p.stem]: str(p) for p in sorted(d.glob("*.tif"))
+                 if p.stem in FILE_BANDS}
+        if bands:
+            out[d.name] = bands
+    return dict(sorted(out.items(), key=lambda kv: (scene_date(kv[0]), kv[0])))
+
+
+def scene_date(scene_id: str) -> dt.date:
+    """The acquisition date of a scene id such as ``S2A_33UXP_20211001_0_L2A``."""
+    m = re.search(r"_(\d{4})(\d{2})(\d{2})_", scene_id)
+    if m is None:
+        raise ValueError(f"no YYYYMMDD date in scene id {scene_id!r}")
+    return dt.date(*map(int, m.groups()))
+
+
+def reflectance_offset(scene_id: str) -> float:
+    """-0.1 for acquisitions from processing baseline 04.00 (2022-01-25) on, 0.0 before."""
+    return -0.1 if scene_date(scene_id) >= BASELINE_04 else 0.0
+
+
+def read_nearest(path: str, dst_transform: Any, shape: tuple[int, int]) -> np.ndarray:
+    """A band on another grid (the 20 m SCL) brought onto a 10 m window by nearest neighbour."""
+    import rasterio
+    from rasterio.warp import Resampling, reproject
+
+    with rasterio.open(path) as src:
+        out = np.zeros(shape, src.dtypes[0])
+        reproject(rasterio.band(src, 1), out, src_transform=src.transform, src_crs=src.crs,
+                  dst_transform=dst_transform, dst_crs=src.crs, resampling=Resampling.nearest)
     return out
 
 
@@ -390,15 +426,15 @@ def naive_loop(fields: list[tuple[str, dict[str, Any]]], scenes: dict[str, dict[
             transform = src.window_transform(window)
         with rasterio.open(paths["nir"]) as src:
             nir_dn = src.read(1, window=window)
-        with rasterio.open(paths["scl"]) as src:
-            scl = src.read(1, window=window)
+        scl = read_nearest(paths["scl"], transform, red_dn.shape)  # 20 m -> the 10 m window
         c2 = time.perf_counter()
         inside = geometry_mask([geom], out_shape=red_dn.shape, transform=transform,
                                all_touched=all_touched, invert=True)
         cloudy = np.isin(scl, CLOUD_CLASSES)
         c3 = time.perf_counter()
-        red = np.where(red_dn == 0, np.nan, red_dn * SCALE + OFFSET)
-        nir = np.where(nir_dn == 0, np.nan, nir_dn * SCALE + OFFSET)
+        offset = reflectance_offset(scene_id)
+        red = np.where(red_dn == 0, np.nan, red_dn * SCALE + offset)
+        nir = np.where(nir_dn == 0, np.nan, nir_dn * SCALE + offset)
         with np.errstate(divide="ignore", invalid="ignore"):
             ndvi = (nir - red) / (nir + red)
         total = int(inside.sum())
@@ -539,8 +575,9 @@ def main() -> int:
         pairs_total = info["n_fields"] * n_scenes
         cogs = data_files(Path(info["cog_dir"]))
         cog_bytes = sum(p.stat().st_size for p in cogs)
-        say(f"# data: {n_scenes} scenes x {args.size}^2 px x 5 bands ({len(cogs)} COGs, "
-            f"{cog_bytes / GB:.2f} GB; red, nir, scl read), {info['n_fields']} fields, "
+        say(f"# data: {n_scenes} scenes x {args.size}^2 px x 6 bands (4 at 10 m, B11 + SCL at "
+            f"20 m; {len(cogs)} COGs, {cog_bytes / GB:.2f} GB; red, nir, scl read), "
+            f"{info['n_fields']} fields, "
             f"{pairs_total} field-scene pairs; workdir {workdir}")
         how = "reused from the marker (timings of the run that built it)" if info["reused"] else "this run"
         say(f"setup [{how}]: generate {info['generate_s']:.1f} s, ingest {info['ingest_s']:.1f} s "

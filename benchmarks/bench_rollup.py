@@ -30,7 +30,9 @@ Everything is measured in the same run; setup is timed apart and never enters a 
    vs the chunks the field job fetched (``execution.chunks_read``);
 5. an independent check: for one region and the month with the most scenes, the mean and
    count of the valid-pixel NDVI (pixel centre inside the region, nodata and SCL
-   3/8/9/10 masked) with rasterio + ``geometry_mask`` + numpy, compared with the rollup row
+   3/8/9/10 masked, the 20 m SCL brought onto the 10 m window by nearest neighbour, DN
+   decoded with the offset of the scene's date) with rasterio + ``geometry_mask`` + numpy,
+   compared with the rollup row
    (mean within 1e-9 relative, count exact);
 6. a summary table with MET / MISSED per target.
 
@@ -60,7 +62,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_field_stats import (  # the sibling benchmark: shared setup and helpers
     CLOUD_CLASSES,
     MB,
-    OFFSET,
     SCALE,
     TARGET_MEMORY,
     _worker_peak_rss,
@@ -68,9 +69,12 @@ from bench_field_stats import (  # the sibling benchmark: shared setup and helpe
     cogs_by_scene,
     data_files,
     engine_run,
+    read_nearest,
+    reflectance_offset,
     resident_fraction,
     say,
     say_context,
+    scene_date,
     setup_data,
     status,
     time_cluster_start,
@@ -312,11 +316,11 @@ def print_field_run(r: dict[str, Any]) -> None:
 
 
 def scene_day(scene_id: str) -> str:
-    return scene_id.rsplit("_", 1)[1]  # S2_{tile}_{YYYY-MM-DD}
+    return scene_date(scene_id).isoformat()  # S2A_{tile}_{YYYYMMDD}_0_L2A -> YYYY-MM-DD
 
 
 def naive_region_month(regions_path: Path, region_id: str,
-                       scenes: list[dict[str, str]]) -> tuple[float, int]:
+                       scenes: dict[str, dict[str, str]]) -> tuple[float, int]:
     """Mean and count of the valid NDVI pixels (centre inside the region) over ``scenes``."""
     import rasterio
     from rasterio.errors import WindowError
@@ -326,7 +330,7 @@ def naive_region_month(regions_path: Path, region_id: str,
     fc = json.loads(regions_path.read_text())
     [geom_ll] = [f["geometry"] for f in fc["features"] if f["properties"]["id"] == region_id]
     total, count = 0.0, 0
-    for paths in scenes:
+    for scene_id, paths in scenes.items():
         with rasterio.open(paths["red"]) as src:
             geom = transform_geom("EPSG:4326", src.crs, geom_ll)
             try:
@@ -337,11 +341,11 @@ def naive_region_month(regions_path: Path, region_id: str,
             transform = src.window_transform(window)
         with rasterio.open(paths["nir"]) as src:
             nir_dn = src.read(1, window=window)
-        with rasterio.open(paths["scl"]) as src:
-            scl = src.read(1, window=window)
+        scl = read_nearest(paths["scl"], transform, red_dn.shape)  # 20 m -> the 10 m window
         inside = geometry_mask([geom], out_shape=red_dn.shape, transform=transform, invert=True)
-        red = np.where(red_dn == 0, np.nan, red_dn * SCALE + OFFSET)
-        nir = np.where(nir_dn == 0, np.nan, nir_dn * SCALE + OFFSET)
+        offset = reflectance_offset(scene_id)
+        red = np.where(red_dn == 0, np.nan, red_dn * SCALE + offset)
+        nir = np.where(nir_dn == 0, np.nan, nir_dn * SCALE + offset)
         with np.errstate(divide="ignore", invalid="ignore"):
             ndvi = (nir - red) / (nir + red)
         vals = ndvi[inside & ~np.isin(scl, CLOUD_CLASSES) & np.isfinite(ndvi)]
@@ -351,7 +355,7 @@ def naive_region_month(regions_path: Path, region_id: str,
 
 
 def check_rollup(rollup_path: Path, regions_path: Path, region_id: str, month: str,
-                 scenes: list[dict[str, str]]) -> dict[str, Any]:
+                 scenes: dict[str, dict[str, str]]) -> dict[str, Any]:
     import pandas as pd
 
     df = pd.read_parquet(rollup_path)
@@ -405,6 +409,7 @@ def main() -> int:
 
         with rasterio.open(first_red) as src:
             (by, bx), (height, width) = src.block_shapes[0], src.shape
+        # The same count for the 20 m SCL: ceil(ceil(H / 2) / 256) == ceil(H / 512).
         chunks_per_band = math.ceil(height / by) * math.ceil(width / bx)
         how = "reused from the marker (timings of the run that built it)" if info["reused"] else "this run"
         say(f"setup [{how}]: generate {info['generate_s']:.1f} s, ingest {info['ingest_s']:.1f} s "
@@ -480,7 +485,7 @@ def main() -> int:
         month = max(by_month, key=lambda k: (len(by_month[k]), -int(k.replace("-", ""))))
         region = args.check_region or region_ids[cols - 1]
         chk = check_rollup(warm["result"].outputs["rollup"], regions_path, region, month,
-                           [scenes[s] for s in by_month[month]])
+                           {s: scenes[s] for s in by_month[month]})
         if chk["why"]:
             say(f"check {region} {month}: MISMATCH ({chk['why']})")
         else:

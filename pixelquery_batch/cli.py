@@ -78,7 +78,13 @@ def main(log_level: str, log_format: str) -> None:
 @click.option("--seed", default=0, show_default=True, help="Random seed (same seed, same data).")
 @_handle_errors
 def sample_data_cmd(out_dir: Path, scenes: int, size: int, fields: int, seed: int) -> None:
-    """Write deterministic Sentinel-2-like sample COGs, fields.geojson and regions.geojson."""
+    """Write deterministic Sentinel-2 L2A-like sample COGs, fields.geojson and regions.geojson.
+
+    The COGs follow the Element 84 / AWS layout, OUT_DIR/cogs/{scene}/{band}.tif
+    (B02 B03 B04 B08 at 10 m, B11 and SCL at 20 m), one scene every 30 days from
+    2021-10-01. The default 8 scenes straddle processing baseline 04.00
+    (2022-01-25), from which reflectance DN carry a +1000 offset.
+    """
     from .sample import generate_sample
 
     try:
@@ -86,10 +92,12 @@ def sample_data_cmd(out_dir: Path, scenes: int, size: int, fields: int, seed: in
                                progress=lambda msg: click.echo(msg, err=True))
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
-    click.echo(f"wrote {len(info.cog_paths)} COGs to {info.cog_dir}")
+    click.echo(f"wrote {len(info.cog_paths)} COGs in {len(info.scene_ids)} scene folders "
+               f"({info.dates[0]} .. {info.dates[-1]}) to {info.cog_dir}")
     click.echo(f"fields:  {info.fields_path} ({info.n_fields} polygons)")
     click.echo(f"regions: {info.regions_path}")
-    click.echo(f"ingest with: pqb ingest {info.cog_dir} --repo REPO --product sentinel2-l2a")
+    click.echo(f"ingest with: pqb ingest {info.cog_dir} --repo REPO --product sentinel2-l2a "
+               f"--pattern \"{info.pattern}\"")
 
 
 def _parse_when(value: str | None) -> dt.datetime | None:
@@ -390,7 +398,7 @@ _DEMO_SPEC = """\
 version: 1
 name: nightly-field-stats
 repository: {{path: warehouse}}
-scenes: {{start: 2025-01-01, end: 2025-12-31}}
+scenes: {{start: {start}, end: {end}}}
 fields: {{path: sample/fields.geojson, id: id}}
 bands: [red, nir]
 indices: {{ndvi: builtin, evi: builtin}}
@@ -419,7 +427,8 @@ def demo_cmd(workdir: Path, scenes: int, size: int, fields: int, cluster: str | 
     click.echo(f"[1/4] sample data -> {workdir / 'sample'}")
     info = generate_sample(workdir / "sample", scenes=scenes, size=size, fields=fields)
     click.echo(f"[2/4] ingest {len(info.cog_paths)} COGs as virtual references -> {workdir / 'warehouse'}")
-    report = ingest(str(info.cog_dir), str(workdir / "warehouse"), product="sentinel2-l2a")
+    report = ingest(str(info.cog_dir), str(workdir / "warehouse"), product="sentinel2-l2a",
+                    pattern="{scene}/{band}.tif")
     c = report.counts()
     click.echo(f"      {c['ingested']} ingested, {c['updated']} updated, {c['unchanged']} unchanged, "
                f"{c['failed']} failed; snapshot {report.snapshot_id or '(unchanged)'}")
@@ -432,7 +441,10 @@ def demo_cmd(workdir: Path, scenes: int, size: int, fields: int, cluster: str | 
     for r in catalog.to_records():
         click.echo(f"      {r['scene_id']:<28} {r['datetime'][:10]}  {','.join(r['bands'])}")
     spec_path = workdir / "nightly-field-stats.yaml"
-    spec_path.write_text(_DEMO_SPEC.format(address=cluster or "null"))
+    # The window covers every sample scene (with the defaults 2021-10-01 .. 2022-12-31).
+    spec_path.write_text(_DEMO_SPEC.format(address=cluster or "null",
+                                           start=f"{info.dates[0]:%Y-%m}-01",
+                                           end=f"{info.dates[-1].year}-12-31"))
     click.echo(f"[4/4] pqb run {spec_path}")
     progress = _Progress(enabled=sys.stderr.isatty())
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import warnings
 from pathlib import Path
@@ -67,20 +68,24 @@ def flavour_repo(flavour_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.fixture(scope="session")
 def sample_small(tmp_path_factory: pytest.TempPathFactory):
-    """Small deterministic sample: 3 dates x 5 bands, 1100 px (3 x 3 chunks), 40 fields."""
+    """Small deterministic sample in the Element 84 layout: 3 scenes x 6 bands (B02-B08 at
+    10 m, 1100 px = 3 x 3 chunks of 512; B11 and SCL at 20 m, 550 px = 3 x 3 chunks of 256),
+    40 fields. Dates 2021-12-01, 2022-01-10 (DN = reflectance * 1e4) and 2022-02-19
+    (baseline 04.00: DN = reflectance * 1e4 + 1000)."""
     from pixelquery_batch.sample import generate_sample
 
     return generate_sample(tmp_path_factory.mktemp("sample"), scenes=3, size=1100, fields=40, seed=1,
-                           interval_days=40)
+                           start=datetime.date(2021, 12, 1), interval_days=40)
 
 
 @pytest.fixture(scope="session")
 def sample_repo(sample_small, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The small sample ingested (sentinel2-l2a)."""
+    """The small sample ingested (sentinel2-l2a, ``{scene}/{band}.tif``)."""
     from pixelquery_batch.catalog.ingest import ingest
 
     repo = tmp_path_factory.mktemp("sample_repo") / "warehouse"
-    report = ingest(str(sample_small.cog_dir), str(repo), product="sentinel2-l2a")
+    report = ingest(str(sample_small.cog_dir), str(repo), product="sentinel2-l2a",
+                    pattern=sample_small.pattern)
     assert report.ok, report.to_dict()
     return repo
 
@@ -93,7 +98,9 @@ def write_spec(directory: Path, *, repo: Path, fields: Path, out: str = "out", *
         "version": 1,
         "name": "test-job",
         "repository": {"path": str(repo)},
-        "scenes": {"start": "2025-01-01", "end": "2025-12-31"},
+        # Covers the sample's default dates (2021-10 .. 2022-04, both sides of baseline 04.00)
+        # and the 2025 dates of the hand-made COG fixtures.
+        "scenes": {"start": "2021-09-01", "end": "2025-12-31"},
         "fields": {"path": str(fields), "id": "id"},
         "bands": ["red", "nir"],
         "indices": {"ndvi": "builtin"},

@@ -4,7 +4,8 @@ Layer: *sample data (seeded generator)*. Orchestrates the other modules:
 validates the arguments, builds the vector layers (:mod:`.vectors`) and the
 static landscape (:mod:`.landscape`), renders every scene band by band and
 hands each band to a writer thread that compresses the COG (:mod:`.writing`)
-while the next band is computed. Each part draws from its own
+while the next band is computed. Each scene gets its own folder below ``cogs/``
+(``S2A_33UXP_20211001_0_L2A/B04.tif``, ...). Each part draws from its own
 ``numpy.random.default_rng([seed, stream, ...])``, so equal arguments give
 identical pixels and GeoJSON text.
 """
@@ -29,7 +30,19 @@ from affine import Affine
 
 from pixelquery_batch.errors import ConfigError
 
-from .constants import BANDS, CRS_EPSG, ORIGIN_XY, PATTERN, PIXEL_SIZE, TILE
+from .constants import (
+    BAND_NAMES,
+    BAND_RESOLUTION,
+    BANDS,
+    BLOCKSIZE,
+    CRS_EPSG,
+    ORIGIN_XY,
+    PATTERN,
+    PIXEL_SIZE,
+    PIXEL_SIZE_20M,
+    TILE,
+    scene_id,
+)
 from .landscape import _make_background, _make_landscape, _render_scene
 from .vectors import (
     _CELL_MIN,
@@ -66,25 +79,38 @@ class SampleInfo:
     cog_dir
         ``out_dir / "cogs"``.
     cog_paths
-        Every COG written, sorted by path.
+        Every COG written: scene by scene in date order, bands in ``bands`` order.
+    scene_dirs
+        One folder per scene below ``cog_dir``, in date order.
+    scene_ids
+        The scene folder names, e.g. ``"S2A_33UXP_20211001_0_L2A"``, in date order.
     fields_path
         ``out_dir / "fields.geojson"`` (EPSG:4326).
     regions_path
         ``out_dir / "regions.geojson"`` (EPSG:4326).
     dates
-        Acquisition dates, ascending.
+        Acquisition dates, ascending (one per scene).
     bands
-        Band names, ``("blue", "green", "red", "nir", "scl")``.
+        Band file keys, ``("B02", "B03", "B04", "B08", "B11", "SCL")``.
+    band_names
+        Common name of every band key (``{"B02": "blue", ..., "B11": "swir16",
+        "SCL": "scl"}``).
+    band_resolution
+        Pixel size in metres of every band key (10.0 or 20.0).
     tile
-        MGRS tile id used in the file names (``"33UXP"``).
+        MGRS tile id used in the scene ids (``"33UXP"``).
     crs_epsg
         EPSG code of the rasters (32633).
     transform
-        Affine geotransform coefficients ``(a, b, c, d, e, f)``.
+        Affine geotransform coefficients ``(a, b, c, d, e, f)`` of the 10 m grid.
+    transform_20m
+        The same for the 20 m grid (same upper-left corner).
     shape_yx
-        Raster shape ``(rows, columns)``.
+        Shape ``(rows, columns)`` of the 10 m bands.
+    shape_yx_20m
+        Shape of the 20 m bands, ``ceil(rows / 2), ceil(columns / 2)``.
     pattern
-        File-name pattern, ``"S2_{tile}_{date}_{band}.tif"``.
+        Path pattern below ``cog_dir``, ``"{scene}/{band}.tif"``.
     n_fields
         Number of features in ``fields.geojson``.
     """
@@ -92,14 +118,20 @@ class SampleInfo:
     out_dir: Path
     cog_dir: Path
     cog_paths: tuple[Path, ...]
+    scene_dirs: tuple[Path, ...]
+    scene_ids: tuple[str, ...]
     fields_path: Path
     regions_path: Path
     dates: tuple[datetime.date, ...]
     bands: tuple[str, ...]
+    band_names: dict[str, str]
+    band_resolution: dict[str, float]
     tile: str
     crs_epsg: int
     transform: tuple[float, float, float, float, float, float]
+    transform_20m: tuple[float, float, float, float, float, float]
     shape_yx: tuple[int, int]
+    shape_yx_20m: tuple[int, int]
     pattern: str
     n_fields: int
 
@@ -127,17 +159,24 @@ def generate_sample(
     size: int = 1024,
     fields: int = 60,
     seed: int = 0,
-    start: datetime.date = datetime.date(2025, 3, 1),
-    interval_days: int = 15,
+    start: datetime.date = datetime.date(2021, 10, 1),
+    interval_days: int = 30,
     progress: Callable[[str], None] | None = None,
 ) -> SampleInfo:
     """Write a deterministic synthetic Sentinel-2 L2A-like sample below ``out_dir``.
+
+    The COGs follow the Element 84 / AWS layout, ``cogs/{scene}/{band}.tif`` (see
+    :mod:`pixelquery_batch.sample`). With the defaults the 8 scenes run from
+    2021-10-01 to 2022-04-29, so they straddle processing baseline 04.00
+    (2022-01-25): reflectance bands of earlier scenes hold ``reflectance * 10000``,
+    later ones ``reflectance * 10000 + 1000`` (:func:`dn_offset`).
 
     Parameters
     ----------
     out_dir
         Target directory (created if missing). Existing sample files are replaced
-        atomically; stale COGs of an earlier, larger sample are removed.
+        atomically; stale COGs and scene folders of an earlier sample (other dates, or
+        the earlier flat ``S2_33UXP_{date}_{band}.tif`` layout) are removed.
     scenes
         Number of acquisition dates (>= 1).
     size
@@ -173,6 +212,11 @@ def generate_sample(
     extent = size * PIXEL_SIZE
     ox, oy = ORIGIN_XY
     transform = Affine(PIXEL_SIZE, 0.0, ox, 0.0, -PIXEL_SIZE, oy)
+    transform_20m = Affine(PIXEL_SIZE_20M, 0.0, ox, 0.0, -PIXEL_SIZE_20M, oy)
+    transforms = {PIXEL_SIZE: transform, PIXEL_SIZE_20M: transform_20m}
+    size_20m = -(-size // 2)
+    scene_ids = tuple(scene_id(k, d) for k, d in enumerate(dates))
+    scene_dirs = tuple(cog_dir / s for s in scene_ids)
     logger.info(
         "generating sample: %d scenes of %dx%d px, %d fields, seed %d -> %s",
         scenes, size, size, fields, seed, out,
@@ -229,15 +273,19 @@ def generate_sample(
         try:
             for k, date in enumerate(dates):
                 scene_rng = np.random.default_rng([seed, _STREAM_SCENE, k])
+                scene_dirs[k].mkdir(exist_ok=True)
                 stats: dict[str, float] = {}
                 for band, array in _render_scene(land, scene_rng, date, stats):
-                    name = PATTERN.format(tile=TILE, date=date.isoformat(), band=band)
-                    path = cog_dir / name
-                    future = pool.submit(_write_cog, path, array, transform, nearest=band == "scl")
+                    path = cog_dir / PATTERN.format(scene=scene_ids[k], band=band)
+                    res = BAND_RESOLUTION[band]
+                    future = pool.submit(
+                        _write_cog, path, array, transforms[res],
+                        nearest=band == "SCL", blocksize=BLOCKSIZE[res],
+                    )  # fmt: skip
                     message = None
                     if band == BANDS[-1]:
                         message = (
-                            f"scene {k + 1}/{scenes} {date.isoformat()}: "
+                            f"scene {k + 1}/{scenes} {scene_ids[k]}: "
                             f"{stats['cloud']:.1%} cloud, {stats['shadow']:.1%} shadow, "
                             f"{stats['nodata']:.1%} nodata"
                         )
@@ -257,20 +305,30 @@ def generate_sample(
     info = SampleInfo(
         out_dir=out,
         cog_dir=cog_dir,
-        cog_paths=tuple(sorted(written)),
+        cog_paths=tuple(written),
+        scene_dirs=scene_dirs,
+        scene_ids=scene_ids,
         fields_path=fields_path,
         regions_path=regions_path,
         dates=dates,
         bands=BANDS,
+        band_names=dict(BAND_NAMES),
+        band_resolution=dict(BAND_RESOLUTION),
         tile=TILE,
         crs_epsg=CRS_EPSG,
-        transform=(transform.a, transform.b, transform.c, transform.d, transform.e, transform.f),
+        transform=_coefficients(transform),
+        transform_20m=_coefficients(transform_20m),
         shape_yx=(size, size),
+        shape_yx_20m=(size_20m, size_20m),
         pattern=PATTERN,
         n_fields=fields,
     )
     logger.info("sample written in %.1f s: %d COGs", time.perf_counter() - t0, len(written))
     return info
+
+
+def _coefficients(transform: Affine) -> tuple[float, float, float, float, float, float]:
+    return (transform.a, transform.b, transform.c, transform.d, transform.e, transform.f)
 
 
 # --------------------------------------------------------------------------- validation
@@ -315,7 +373,7 @@ def _validate(
     if not isinstance(start, datetime.date):
         raise ConfigError(
             f"start must be a datetime.date, got {start!r}",
-            hint="e.g. start=datetime.date(2025, 3, 1)",
+            hint="e.g. start=datetime.date(2021, 10, 1)",
         )
     try:
         start + datetime.timedelta(days=(int(scenes) - 1) * int(interval_days))
