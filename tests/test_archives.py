@@ -405,3 +405,18 @@ def test_pqb_scenes_json_shows_grids_and_scale_offset(s2_archive) -> None:
     table = CliRunner().invoke(main, ["scenes", "--repo", str(s2_archive["repo"])])
     assert "10: blue,red,nir | 20: swir16,nir08,scl | 60: coastal" in table.output
     assert "x0.0001 -0.1 (profile sentinel2-l2a: processing baseline" in table.output
+
+
+def test_open_scene_gives_each_grid_its_coordinates(s2_archive) -> None:
+    from pixelquery_batch.catalog.reader import open_scene
+
+    scene = s2_archive["scenes"][1]
+    ds = open_scene(s2_archive["repo"], scene.scene_id, bands=["red", "swir16", "scl", "coastal"])
+    assert ds["red"].dims == ("y", "x") and ds["swir16"].dims == ("y_20m", "x_20m")
+    assert ds["coastal"].dims == ("y_60m", "x_60m")
+    for name, key in (("red", "B04"), ("swir16", "B11"), ("coastal", "B01")):
+        with rasterio.open(scene.files[key]) as src:
+            np.testing.assert_array_equal(ds[name].values, src.read(1))
+            xdim, ydim = ds[name].dims[1], ds[name].dims[0]
+            assert ds[xdim].values[0] == pytest.approx(src.xy(0, 0)[0])
+            assert ds[ydim].values[-1] == pytest.approx(src.xy(src.height - 1, 0)[1])

@@ -25,21 +25,24 @@ def run(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.C
 
 def test_sample_ingest_scenes_validate_plan_run(tmp_path: Path) -> None:
     run("sample-data", str(tmp_path / "s"), "--scenes", "2", "--size", "600", "--fields", "15")
-    out = run("ingest", str(tmp_path / "s" / "cogs"), "--repo", str(tmp_path / "wh"), "--json")
+    cogs = str(tmp_path / "s" / "cogs")
+    out = run("ingest", cogs, "--repo", str(tmp_path / "wh"), "--pattern", "{scene}/{band}.tif", "--json")
     report = json.loads(out.stdout)
-    assert report["counts"]["ingested"] == 10
+    assert report["counts"]["ingested"] == 12  # 2 scenes x (4 bands at 10 m + B11 and SCL at 20 m)
     assert report["snapshot_id"]
-    again = json.loads(run("ingest", str(tmp_path / "s" / "cogs"), "--repo", str(tmp_path / "wh"), "--json").stdout)
-    assert again["counts"]["unchanged"] == 10
+    again = json.loads(run("ingest", cogs, "--repo", str(tmp_path / "wh"), "--json").stdout)
+    assert again["counts"]["unchanged"] == 12  # the profile's patterns include {scene}/{band}.tif
     assert again["snapshot_id"] is None
 
     scenes = json.loads(run("scenes", "--repo", str(tmp_path / "wh"), "--json").stdout)
-    assert [s["scene_id"] for s in scenes["scenes"]] == ["S2_33UXP_2025-03-01", "S2_33UXP_2025-03-16"]
+    assert [s["scene_id"] for s in scenes["scenes"]] == ["S2A_33UXP_20211001_0_L2A",
+                                                         "S2B_33UXP_20211031_0_L2A"]
     stac = json.loads(run("scenes", "--repo", str(tmp_path / "wh"), "--format", "stac").stdout)
     assert stac["type"] == "FeatureCollection"
     assert len(stac["features"]) == 2
-    table = run("scenes", "--repo", str(tmp_path / "wh"), "--end", "2025-03-01").stdout
+    table = run("scenes", "--repo", str(tmp_path / "wh"), "--end", "2021-10-01").stdout
     assert "1 of 2 scene(s)" in table
+    assert "10: blue,green,red,nir | 20: swir16,scl" in table
 
     spec = write_spec(tmp_path, repo=tmp_path / "wh", fields=tmp_path / "s" / "fields.geojson")
     assert "valid" in run("validate", str(spec)).stdout
@@ -77,10 +80,10 @@ def test_cli_errors_are_actionable(tmp_path: Path) -> None:
 
 
 def test_validate_reports_consistency_problems(tmp_path: Path, sample_small, sample_repo) -> None:
-    spec = write_spec(tmp_path, repo=sample_repo, fields=sample_small.fields_path, bands=["red", "swir1"])
+    spec = write_spec(tmp_path, repo=sample_repo, fields=sample_small.fields_path, bands=["red", "swir2"])
     out = run("validate", str(spec), check=False)
     assert out.returncode == 2
-    assert "no band or role 'swir1'" in out.stderr
+    assert "no band or role 'swir2'" in out.stderr
     spec = write_spec(tmp_path, repo=sample_repo, fields=sample_small.fields_path,
                       scenes={"start": "2030-01-01", "end": "2030-12-31"})
     out = run("validate", str(spec), check=False)

@@ -142,12 +142,12 @@ def test_failing_unit_surfaces_ids(sample_small, sample_repo, tmp_path) -> None:
     from pixelquery_batch.catalog.ingest import ingest
 
     assert ingest(str(cogs), str(tmp_path / "repo")).ok
-    victim = sorted(cogs.glob("*_nir.tif"))[1]
+    victim = sorted(cogs.glob("*/B08.tif"))[1]  # nir of the second scene
     os.utime(victim, (time.time() + 100, time.time() + 100))  # changed after ingest
     spec = write_spec(tmp_path, repo=tmp_path / "repo", fields=sample_small.fields_path)
     result = run_job(spec, cluster="sync")
     failed_scenes = {f["scene_id"] for f in result.manifest["failures"]}
-    assert failed_scenes == {victim.stem.rsplit("_", 1)[0]}
+    assert failed_scenes == {victim.parent.name}
     assert all(f["field_id"] for f in result.manifest["failures"])
     assert "changed" in result.manifest["failures"][0]["error"].lower()
     before = read_stats(result.outputs["stats"])
@@ -155,7 +155,7 @@ def test_failing_unit_surfaces_ids(sample_small, sample_repo, tmp_path) -> None:
     spec = write_spec(tmp_path, repo=tmp_path / "repo", fields=sample_small.fields_path, on_error="fail")
     with pytest.raises(TaskError) as err:
         run_job(spec, cluster="sync")
-    assert err.value.scene_id == victim.stem.rsplit("_", 1)[0]
+    assert err.value.scene_id == victim.parent.name
     assert err.value.field_id
     # the failed run changed nothing: same table, same manifest, no staging left behind
     pd.testing.assert_frame_equal(read_stats(result.outputs["stats"]), before)

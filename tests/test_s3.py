@@ -33,7 +33,8 @@ def s3(sample_small):
     for bucket in ("cogs", "repos"):
         client.create_bucket(Bucket=bucket)
     for path in sample_small.cog_paths:
-        client.upload_file(str(path), "cogs", f"s2/{path.name}")
+        rel = path.relative_to(sample_small.cog_dir).as_posix()  # SCENE/B04.tif
+        client.upload_file(str(path), "cogs", f"s2/{rel}")
     yield endpoint
     srv.stop()
 
@@ -48,7 +49,8 @@ def s3_env(s3, monkeypatch):
 
 
 def test_ingest_open_and_run_on_s3(s3_env, sample_small, tmp_path: Path) -> None:
-    report = ingest("s3://cogs/s2", "s3://repos/warehouse", product="sentinel2-l2a")
+    report = ingest("s3://cogs/s2", "s3://repos/warehouse", product="sentinel2-l2a",
+                    pattern="{scene}/{band}.tif")
     assert report.ok
     assert report.counts()["ingested"] == len(sample_small.cog_paths)
     assert ingest("s3://cogs/s2", "s3://repos/warehouse").counts()["unchanged"] == len(sample_small.cog_paths)
@@ -57,8 +59,11 @@ def test_ingest_open_and_run_on_s3(s3_env, sample_small, tmp_path: Path) -> None
     scene = catalog.scenes()[1]
     assert scene.sources[0].startswith("s3://cogs/s2/")
     ds = pqb.open_scene("s3://repos/warehouse", scene.scene_id, bands=["nir"])
-    with rasterio.open(sample_small.cog_dir / f"{scene.scene_id}_nir.tif") as src:
+    with rasterio.open(sample_small.cog_dir / scene.scene_id / "B08.tif") as src:
         np.testing.assert_array_equal(ds["nir"].values, src.read(1))
+    ds = pqb.open_scene("s3://repos/warehouse", scene.scene_id, bands=["swir16"])  # 20 m band
+    with rasterio.open(sample_small.cog_dir / scene.scene_id / "B11.tif") as src:
+        np.testing.assert_array_equal(ds["swir16"].values, src.read(1))
     # a job reading the S3 repository gives the same table as on local files
     spec = write_spec(tmp_path, repo="s3://repos/warehouse", fields=sample_small.fields_path, out="s3out")
     on_s3 = pqb.run_job(spec, cluster="sync")

@@ -70,7 +70,9 @@ def open_scene(
     Returns
     -------
     xarray.Dataset
-        Variables named after the bands, dims ``(y, x)``, raw dtypes; attributes
+        Variables named after the bands, dims ``(y, x)`` (bands stored on a coarser grid,
+        such as Sentinel-2's 20 m bands, keep their own ``(y_20m, x_20m)`` dims and
+        coordinates), raw dtypes; attributes
         ``scene_id``, ``datetime``, ``crs``, ``crs_epsg``, ``transform``, ``snapshot_id``;
         per variable ``nodata``, ``scale_factor``, ``add_offset``, ``role``, ``source``.
 
@@ -114,12 +116,24 @@ def _open(ref: RepoRef, scene: Scene, *, bands: Sequence[str] | None, chunks: An
         da.attrs = attrs
         da.encoding = {}
         out[band.name] = da
-    x, y = pixel_centres(scene.transform, scene.shape_yx)
-    ds = xr.Dataset(out).assign_coords(x=("x", x), y=("y", y))
-    ds.x.attrs.update({"units": "m" if scene.crs_epsg != 4326 else "degrees_east",
-                       "standard_name": "projection_x_coordinate"})
-    ds.y.attrs.update({"units": "m" if scene.crs_epsg != 4326 else "degrees_north",
-                       "standard_name": "projection_y_coordinate"})
+    ds = xr.Dataset(out)
+    coords: dict[str, Any] = {}
+    for band in wanted:  # bands on coarser grids (20/60 m) have their own y_*/x_* dims
+        da = out[band.name]
+        ydim, xdim = da.dims[-2:]
+        if xdim not in coords:
+            x, y = pixel_centres(*scene.band_grid(band))
+            coords[xdim], coords[ydim] = (xdim, x), (ydim, y)
+    if not coords:
+        x, y = pixel_centres(scene.transform, scene.shape_yx)
+        coords = {"x": ("x", x), "y": ("y", y)}
+    ds = ds.assign_coords(coords)
+    geographic = scene.crs_epsg == 4326
+    for name in coords:
+        axis = "x" if name.startswith("x") else "y"
+        ds[name].attrs.update({
+            "units": "m" if not geographic else ("degrees_east" if axis == "x" else "degrees_north"),
+            "standard_name": f"projection_{axis}_coordinate"})
     ds.attrs = {
         "scene_id": scene.scene_id,
         "datetime": scene.datetime.isoformat().replace("+00:00", "Z"),
