@@ -401,10 +401,10 @@ repository: {{path: warehouse}}
 scenes: {{start: {start}, end: {end}}}
 fields: {{path: sample/fields.geojson, id: id}}
 bands: [red, nir]
-indices: {{ndvi: builtin, evi: builtin}}
+indices: {{ndvi: builtin, evi: builtin, ndmi: builtin}}   # ndmi uses B11 (20 m)
 stats: [mean, std, min, max, median, p10, p90, count, valid_fraction]
 pixels: centre
-masks: {{nodata: true, cloud: auto}}
+masks: {{nodata: true, cloud: auto}}                       # SCL (20 m) on the 10 m grid
 outputs: {{dir: out/nightly-field-stats, stats: {{format: parquet}}}}
 cluster: {{address: {address}, n_workers: 2, threads_per_worker: 1, memory_limit: 2GiB}}
 on_error: skip

@@ -50,6 +50,18 @@ def _read_on(path: Path, transform, shape, *, nearest_to_grid: bool = True) -> n
     return out
 
 
+def _ndmi_on(files: dict[str, Path], transform, shape) -> np.ndarray:
+    """NDMI (baseline 04.00 encoding) with nodata and SCL clouds as NaN, on a given grid."""
+    nir = _read_on(files["B08"], transform, shape)
+    swir = _read_on(files["B11"], transform, shape)
+    scl = _read_on(files["SCL"], transform, shape)
+    n, s = nir * 1e-4 - 0.1, swir * 1e-4 - 0.1
+    with np.errstate(all="ignore"):
+        v = (n - s) / (n + s)
+    v[(nir == 0) | (swir == 0) | np.isin(scl, CLOUD)] = np.nan
+    return v
+
+
 def _s2_reference(files: dict[str, Path], date: dt.date, geom, *, rule: str,
                   cloud: bool) -> dict[str, dict[str, float]]:
     """Per variable (ndvi, ndmi, swir16): stats over the field's 10 m pixels."""
@@ -242,13 +254,7 @@ def test_resolution_20m_equals_rasterio_nearest_onto_the_20m_grid(tmp_path: Path
     geom = s2_archive["geoms"]["F3"]
     transform = rasterio.transform.from_origin(*ORIGIN, 20.0, 20.0)
     shape = (270, 270)
-    nir = _read_on(scene.files["B08"], transform, shape)
-    swir = _read_on(scene.files["B11"], transform, shape)
-    scl = _read_on(scene.files["SCL"], transform, shape)
-    n, s = nir * 1e-4 - 0.1, swir * 1e-4 - 0.1
-    with np.errstate(all="ignore"):
-        v = (n - s) / (n + s)
-    v[(nir == 0) | (swir == 0) | np.isin(scl, CLOUD)] = np.nan
+    v = _ndmi_on(scene.files, transform, shape)
     mask = geometry_mask([mapping(geom)], out_shape=shape, transform=transform, invert=True)
     vals = v[mask]
     vals = vals[np.isfinite(vals)]
@@ -309,13 +315,7 @@ def test_pixel_rollup_reads_every_band_whatever_its_tile_size(tmp_path: Path, s2
     scene = s2_archive["scenes"][1]
     with rasterio.open(scene.files["B04"]) as src:
         transform, shape = src.transform, src.shape
-    nir = _read_on(scene.files["B08"], transform, shape)
-    swir = _read_on(scene.files["B11"], transform, shape)
-    scl = _read_on(scene.files["SCL"], transform, shape)
-    n, s = nir * 1e-4 - 0.1, swir * 1e-4 - 0.1
-    with np.errstate(all="ignore"):
-        v = (n - s) / (n + s)
-    v[(nir == 0) | (swir == 0) | np.isin(scl, CLOUD)] = np.nan
+    v = _ndmi_on(scene.files, transform, shape)
     mask = geometry_mask([mapping(region)], out_shape=shape, transform=transform, invert=True)
     vals = v[mask]
     vals = vals[np.isfinite(vals)]

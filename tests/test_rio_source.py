@@ -314,8 +314,8 @@ class _AccessLog(logging.Handler):
 
 @pytest.fixture(scope="module")
 def moto_s3(tmp_path_factory: pytest.TempPathFactory):
-    boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
+    pytest.importorskip("boto3")
+    from pixelquery_batch.testing.s3 import moto_s3 as start_moto
 
     access = _AccessLog()
     werkzeug = logging.getLogger("werkzeug")
@@ -323,22 +323,15 @@ def moto_s3(tmp_path_factory: pytest.TempPathFactory):
     old_level = werkzeug.level
     werkzeug.setLevel(logging.INFO)
     werkzeug.propagate = False
-    srv = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    srv.start()
-    host, port = srv.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=KEY,
-                          aws_secret_access_key=SECRET, region_name="us-east-1")
-    client.create_bucket(Bucket="cogs")
-    d = tmp_path_factory.mktemp("s3src")
-    files = {"jpeg.tif": make_flavour(d / "jpeg.tif", "jpeg_ycbcr"),
-             "aea.tif": make_wkt_crs_raster(d / "aea.tif")}
-    for name, path in files.items():
-        client.upload_file(str(path), "cogs", f"dir/{name}")
-    profile = StorageProfile(s3=S3Options(endpoint_url=endpoint, allow_http=True,
-                                          access_key_id=KEY, secret_access_key=SECRET))
-    yield profile, files, access
-    srv.stop()
+    with start_moto(("cogs",), key=KEY, secret=SECRET) as server:
+        d = tmp_path_factory.mktemp("s3src")
+        files = {"jpeg.tif": make_flavour(d / "jpeg.tif", "jpeg_ycbcr"),
+                 "aea.tif": make_wkt_crs_raster(d / "aea.tif")}
+        for name, path in files.items():
+            server.client.upload_file(str(path), "cogs", f"dir/{name}")
+        profile = StorageProfile(s3=S3Options(endpoint_url=server.endpoint, allow_http=True,
+                                              access_key_id=KEY, secret_access_key=SECRET))
+        yield profile, files, access
     werkzeug.removeHandler(access)
     werkzeug.setLevel(old_level)
     werkzeug.propagate = True

@@ -20,23 +20,15 @@ KEY, SECRET = "testing-key", "testing-secret-value"
 
 @pytest.fixture(scope="module")
 def s3(sample_small):
-    boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
+    pytest.importorskip("boto3")
+    from pixelquery_batch.testing.s3 import moto_s3
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    srv = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    srv.start()
-    host, port = srv.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=KEY,
-                          aws_secret_access_key=SECRET, region_name="us-east-1")
-    for bucket in ("cogs", "repos"):
-        client.create_bucket(Bucket=bucket)
-    for path in sample_small.cog_paths:
-        rel = path.relative_to(sample_small.cog_dir).as_posix()  # SCENE/B04.tif
-        client.upload_file(str(path), "cogs", f"s2/{rel}")
-    yield endpoint
-    srv.stop()
+    with moto_s3(("cogs", "repos"), key=KEY, secret=SECRET) as server:
+        for path in sample_small.cog_paths:
+            rel = path.relative_to(sample_small.cog_dir).as_posix()  # SCENE/B04.tif
+            server.client.upload_file(str(path), "cogs", f"s2/{rel}")
+        yield server.endpoint
 
 
 @pytest.fixture

@@ -322,7 +322,7 @@ def test_example_jobs_load(name):
     assert Path(spec.repository.path).is_absolute()
     assert spec.variables()
     if name == "nightly-field-stats.yaml":
-        assert list(spec.variables()) == ["red", "nir", "ndvi", "evi"]
+        assert list(spec.variables()) == ["red", "nir", "ndvi", "evi", "ndmi"]
         assert spec.masks.cloud == "auto"
         assert spec.stats == ("mean", "std", "min", "max", "median", "p10", "p90", "count",
                               "valid_fraction")
