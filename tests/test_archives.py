@@ -420,3 +420,40 @@ def test_open_scene_gives_each_grid_its_coordinates(s2_archive) -> None:
             xdim, ydim = ds[name].dims[1], ds[name].dims[0]
             assert ds[xdim].values[0] == pytest.approx(src.xy(0, 0)[0])
             assert ds[ydim].values[-1] == pytest.approx(src.xy(src.height - 1, 0)[1])
+
+
+def test_coarse_bands_read_only_the_chunks_fields_need(s2_archive) -> None:
+    """The 20 m chunks fetched for a field equal an independent count of the 20 m tiles
+    its (10 m) window overlaps, computed from the field bounds with rasterio."""
+    from rasterio.windows import from_bounds
+
+    from pixelquery_batch.catalog.chunks import IcechunkChunkReader
+    from pixelquery_batch.fields import prepare_fields
+    from pixelquery_batch.planner import plan_job
+    from pixelquery_batch.tasks import JobContext, run_unit
+
+    ref = resolve_snapshot(str(s2_archive["repo"]), None)
+    cat = ref.catalog().search(scene_ids=[s2_archive["scenes"][1].scene_id])
+    geom = s2_archive["geoms"]["F3"]
+    fields = prepare_fields(gpd.GeoDataFrame({"id": ["F3"]}, geometry=[geom], crs="EPSG:32633"))
+    plan = plan_job(cat, fields, bands=("nir", "swir16"))
+    (unit,) = plan.units
+
+    class Recording(IcechunkChunkReader):
+        def read(self, requests):
+            self.seen = {(r.band.name, c) for r in requests for c in r.chunks}
+            return super().read(requests)
+
+    reader = Recording(ref.session())
+    ctx = JobContext(repo=ref, job_hash="t", variables=(("ndmi", "(nir - swir16) / (nir + swir16)"),),
+                     stats=("mean",))
+    run_unit(unit, ctx, reader=reader)
+    with rasterio.open(s2_archive["scenes"][1].files["B11"]) as src:
+        w = from_bounds(*geom.bounds, transform=src.transform)
+        # rows/cols of 20 m pixels whose 10 m sub-pixels the field's window holds
+        r0, r1 = int(w.row_off), math.ceil(w.row_off + w.height)
+        c0, c1 = int(w.col_off), math.ceil(w.col_off + w.width)
+        by, bx = src.block_shapes[0]
+    expected = {(i, j) for i in range(r0 // by, (r1 - 1) // by + 1) for j in range(c0 // bx, (c1 - 1) // bx + 1)}
+    assert {c for name, c in reader.seen if name == "swir16"} == expected
+    assert len(expected) > 1

@@ -146,3 +146,20 @@ def test_wkt_only_crs_ingests_and_fields_are_reprojected_to_it(tmp_path: Path, f
     assert props.get("proj:code") is None and props.get("proj:epsg") is None
     assert "proj:wkt2" in props and CRS.from_wkt(props["proj:wkt2"]).equals(CRS.from_wkt(rcrs.to_wkt()))
     assert not math.isnan(item["bbox"][0])
+
+
+def test_file_scale_offset_metadata_wins_over_the_profile(tmp_path: Path) -> None:
+    from pixelquery_batch.testing.cogs import make_scale_offset_raster
+
+    src = tmp_path / "cogs"
+    src.mkdir()
+    make_scale_offset_raster(src / "one_2024-05-01.tif", scales=(2e-4,), offsets=(-0.5,))
+    make_scale_offset_raster(src / "two_2024-05-01.tif", scales=(1e-3, 2e-3), offsets=(0.1, 0.2))
+    repo = tmp_path / "repo"
+    assert ingest(str(src), str(repo), product="multiband").ok
+    cat = resolve_snapshot(str(repo), None).catalog()
+    one = cat.get("one_2024-05-01").bands[0]
+    assert (one.scale, one.offset) == (2e-4, -0.5) and one.scale_source.startswith("file")
+    two = cat.get("two_2024-05-01").bands
+    with rasterio.open(src / "two_2024-05-01.tif") as s:  # per band, as GDAL reports them
+        assert [(b.scale, b.offset) for b in two] == list(zip(s.scales, s.offsets, strict=True))
