@@ -1,12 +1,12 @@
 """Planner: (scenes x fields) -> frozen, picklable work units. Pure: no I/O, no cluster.
 
-The plan is chunk-aware. Scenes sharing a pixel grid are planned together; fields are
-reprojected once per grid CRS and binned into *blocks* of ``block_chunks x
-block_chunks`` chunks by their window centre. One unit = one block's fields x a batch
-of that grid's scenes: it reads each chunk its fields touch once per scene and band,
-computes each field's mask once for all its scenes, and computes each field entirely
-(exact medians and percentiles). Units are sized by a small cost model to last roughly
-``target_unit_s``.
+The plan is chunk-aware. Scenes sharing a work grid (same CRS, pixel grid and band
+tiling) are planned together; fields are reprojected once per CRS. A per-field unit
+holds every field of a grid (cut into strips of chunk rows only when their pixels would
+not fit a worker's memory) and a batch of that grid's scenes: it decodes each chunk its
+fields touch once per scene and band, works out each field's pixels once, and computes
+each field entirely (exact medians and percentiles). Scene batches never split a day and
+are sized by a small cost model so that the workers share the load.
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ __all__ = [
 Window = tuple[int, int, int, int]  # row0, col0, height, width (may extend past the raster)
 
 #: Cost model (seconds), measured on the 2-core reference machine (benchmarks/).
-COST_CHUNK_S = 0.0025      # fetch + decode one 512x512 chunk
-COST_FIELD_VAR_S = 0.0002  # stats of one field, one scene, one variable
-COST_MASK_S = 0.0008       # one field's pixel weights (coverage rule costs more)
+COST_CHUNK_S = 0.0012      # fetch + decode one 512x512 chunk (libdeflate + predictor)
+COST_PIXEL_S = 6e-8        # gather + band math + statistics of one field pixel
+COST_FIELD_VAR_S = 2e-6    # per field, scene and variable (segment bookkeeping)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +90,7 @@ class FieldTask:
 
 @dataclass(frozen=True, slots=True)
 class WorkUnit:
-    """One task: a block of nearby fields x a batch of scenes on one grid."""
+    """One task: the fields of a grid (or of a strip of it) x a batch of its scenes."""
 
     unit_id: str
     crs: str  # "EPSG:nnnn" or WKT2
@@ -99,6 +99,7 @@ class WorkUnit:
     scenes: tuple[SceneTask, ...]
     fields: tuple[FieldTask, ...]
     chunks: int  # distinct chunks (per band and scene) the unit reads
+    fields_key: str = ""  # digest of the fields: workers cache their pixels under it
 
     def __dask_tokenize__(self) -> str:
         return self.unit_id
@@ -368,11 +369,20 @@ def plan_job(
     rule: str = "centre",
     n_variables: int = 1,
     resolution: float | None = None,
-    block_chunks: int = 6,
-    target_unit_s: float = 0.6,
-    max_fields_per_unit: int = 1500,
+    min_units: int = 4,
+    max_unit_s: float = 30.0,
+    max_unit_pixels: int = 12_000_000,
 ) -> Plan:
-    """Expand fields x scenes into work units.
+    """Expand fields x scenes into work units shaped by cost.
+
+    A unit holds every field of a work grid and a batch of that grid's scenes: each
+    chunk a field touches is decoded once per scene and band (no read amplification),
+    and each field's pixels are worked out once per unit (and once per worker, which
+    caches them). Scenes are batched (never splitting a day) so that there are at least
+    ``min_units`` units to share among the workers and none lasts much longer than
+    ``max_unit_s``; grids whose fields hold more than ``max_unit_pixels`` pixels are cut
+    into strips of chunk rows (memory bound) at the price of re-reading the chunk rows
+    that fields straddling a strip boundary need.
 
     Parameters
     ----------
@@ -390,12 +400,12 @@ def plan_job(
         Variables computed per field (cost model).
     resolution
         Compute on a grid of this pixel size instead of the finest band's grid.
-    block_chunks
-        Block edge in chunks.
-    target_unit_s
-        Aimed duration of one unit.
-    max_fields_per_unit
-        Split blocks with more fields than this.
+    min_units
+        Units to aim for at least (about twice the workers: they balance the load).
+    max_unit_s
+        Estimated duration above which a unit's scenes are split further.
+    max_unit_pixels
+        Field pixels (window area) above which a grid's fields are split into strips.
 
     Raises
     ------
@@ -413,6 +423,7 @@ def plan_job(
     by_crs: dict[str, Any] = {}
     units: list[WorkUnit] = []
     chunks_read = chunks_touched = bytes_decoded = 0
+    per_grid = max(1, math.ceil(min_units / max(1, len(grids))))
     for gkey, members in grids.items():
         crs, transform, shape_yx, _ = gkey
         geoms = by_crs.get(crs)
@@ -426,41 +437,34 @@ def plan_job(
         wins = _windows(shapely.bounds(geoms[hit]), transform, pad)
         band_infos = _distinct_bands(members[0][1])
         work = (transform, shape_yx)
-        cy, cx = _work_chunk(work, band_infos)  # the coarsest chunking drives blocking
+        cy, _ = _work_chunk(work, band_infos)
+        area = int((wins[:, 2] * wins[:, 3]).sum())
+        n_strips = max(1, math.ceil(area / max_unit_pixels))
         centre_r = wins[:, 0] + wins[:, 2] // 2
-        centre_c = wins[:, 1] + wins[:, 3] // 2
-        block_r = _block_index(centre_r, shape_yx[0], cy, block_chunks)
-        block_c = _block_index(centre_c, shape_yx[1], cx, block_chunks)
-        blocks: dict[tuple[int, int], list[int]] = defaultdict(list)
-        for k in range(len(hit)):
-            blocks[(int(block_r[k]), int(block_c[k]))].append(k)
+        strip = _block_index(centre_r, shape_yx[0], cy, max(1, math.ceil(shape_yx[0] / cy / n_strips)))
         all_clipped: list[tuple[int, int, int, int]] = []
-        for bkey in sorted(blocks):
-            ks = blocks[bkey]
-            for f0 in range(0, len(ks), max_fields_per_unit):
-                part = ks[f0:f0 + max_fields_per_unit]
-                ftasks = []
-                clipped = []
-                for k in part:
-                    win = tuple(int(v) for v in wins[k])
-                    c = _clip_window(win, shape_yx)  # type: ignore[arg-type]
-                    if c is not None:
-                        clipped.append(c)
-                    ftasks.append(FieldTask(str(ids[hit[k]]), shapely.to_wkb(geoms[hit[k]]), win))  # type: ignore[arg-type]
-                all_clipped.extend(clipped)
-                n_chunks, _ = _count_chunks(work, band_infos, clipped)
-                per_scene = (n_chunks * COST_CHUNK_S
-                             + len(part) * n_variables * COST_FIELD_VAR_S)
-                mask_cost = len(part) * COST_MASK_S * (4 if rule == "coverage" else 1)
-                per_unit = max(1, min(len(members),
-                                      math.floor(max(target_unit_s - mask_cost, 0) / max(per_scene, 1e-9)) or 1))
-                for batch in _day_batches(members, per_unit):
-                    stasks = _scene_tasks(gkey, batch, exclusions)
-                    uid = _unit_id(crs, transform, bkey, f0, [s.scene_id for s in stasks],
-                                   [f.field_id for f in ftasks])
-                    units.append(WorkUnit(uid, crs, tuple(transform), tuple(shape_yx),  # type: ignore[arg-type]
-                                          stasks, tuple(ftasks), n_chunks))
-                    chunks_read += n_chunks * len(batch)
+        for sk in np.unique(strip):
+            part = np.flatnonzero(strip == sk)
+            part = part[np.lexsort((wins[part, 1], wins[part, 0]))]  # row-major: local reads
+            ftasks = tuple(FieldTask(str(ids[hit[k]]), shapely.to_wkb(geoms[hit[k]]),
+                                     tuple(int(v) for v in wins[k]))  # type: ignore[arg-type]
+                           for k in part)
+            clipped = [c for c in (_clip_window(f.window, shape_yx) for f in ftasks) if c is not None]
+            all_clipped.extend(clipped)
+            n_chunks, _ = _count_chunks(work, band_infos, clipped)
+            pixels = int((wins[part, 2] * wins[part, 3]).sum())
+            per_scene = (n_chunks * COST_CHUNK_S + pixels * n_variables * COST_PIXEL_S
+                         + len(part) * n_variables * COST_FIELD_VAR_S)
+            n_batches = max(math.ceil(per_grid / len(np.unique(strip))),
+                            math.ceil(per_scene * len(members) / max_unit_s))
+            per_unit = max(1, math.ceil(len(members) / max(1, n_batches)))
+            fkey = _unit_id("fields", [(f.field_id, f.window, f.wkb) for f in ftasks])
+            for batch in _day_batches(members, per_unit):
+                stasks = _scene_tasks(gkey, batch, exclusions)
+                uid = _unit_id(crs, transform, int(sk), fkey, [s.scene_id for s in stasks])
+                units.append(WorkUnit(uid, crs, tuple(transform), tuple(shape_yx),  # type: ignore[arg-type]
+                                      stasks, ftasks, n_chunks, fkey))
+                chunks_read += n_chunks * len(batch)
         touched, nbytes = _count_chunks(work, band_infos, all_clipped)
         chunks_touched += touched * len(members)
         bytes_decoded += nbytes * len(members)

@@ -201,38 +201,60 @@ def _centres_in(geom_wkb: bytes | None, transform: tuple[float, ...],
 
 
 class _Rows:
-    """Column lists of one output table."""
+    """Output rows of one unit, appended a (scene, variable) batch of fields at a time."""
 
-    def __init__(self, stats: Sequence[str]) -> None:
+    def __init__(self, stats: Sequence[str], ctx: JobContext) -> None:
         self.stats = stats
         self.cols = stat_columns(stats)
-        self.data: dict[str, list[Any]] = {k: [] for k in result_schema(stats).names}
+        self.ctx = ctx
+        self.parts: list[pa.Table] = []
 
-    def add(self, field_id: str, scene_id: str, when: dt.datetime, variable: str,
-            res: dict[str, float], weights: np.ndarray, invalid: np.ndarray, cloud: np.ndarray,
-            ctx: JobContext, cloud_masked: bool) -> None:
-        d = self.data
-        cloud_w = float(weights[invalid & cloud].sum())
-        values = [float(res[c]) for c in self.cols]  # before appending: rows stay aligned
-        d["field_id"].append(field_id)
-        d["scene_id"].append(scene_id)
-        d["datetime"].append(when)
-        d["variable"].append(variable)
-        for c, v in zip(self.cols, values, strict=True):
-            d[c].append(v)
-        d["pixel_count"].append(float(weights.sum()))
-        d["nodata_count"].append(float(weights[invalid].sum()) - cloud_w)
-        d["cloud_count"].append(cloud_w)
-        d["cloud_masked"].append(cloud_masked)
-        d["snapshot_id"].append(ctx.repo.snapshot_id)
-        d["job_hash"].append(ctx.job_hash)
+    def add(self, field_ids: Sequence[str], scene_id: str, when: dt.datetime, variable: str,
+            res: dict[str, np.ndarray], total: np.ndarray, nodata: np.ndarray,
+            cloud: np.ndarray, cloud_masked: bool) -> None:
+        n = len(field_ids)
+        if n == 0:
+            return
+        schema = result_schema(self.stats)
+        cols: dict[str, Any] = {
+            "field_id": pa.array(field_ids, pa.string()),
+            "scene_id": pa.array([scene_id] * n, pa.string()),
+            "datetime": pa.array([when] * n, schema.field("datetime").type),
+            "variable": pa.array([variable] * n, pa.string()),
+        }
+        for c in self.cols:
+            cols[c] = pa.array(np.asarray(res[c], dtype=np.float64))
+        cols["pixel_count"] = pa.array(total)
+        cols["nodata_count"] = pa.array(nodata)
+        cols["cloud_count"] = pa.array(cloud)
+        cols["cloud_masked"] = pa.array(np.full(n, cloud_masked))
+        cols["snapshot_id"] = pa.array([self.ctx.repo.snapshot_id] * n, pa.string())
+        cols["job_hash"] = pa.array([self.ctx.job_hash] * n, pa.string())
+        self.parts.append(pa.Table.from_pydict(cols, schema=schema))
 
     def table(self) -> pa.Table:
-        return pa.Table.from_pydict(self.data, schema=result_schema(self.stats))
+        schema = result_schema(self.stats)
+        if not self.parts:
+            return schema.empty_table()
+        return pa.concat_tables(self.parts)
+
+
+def _weighted_sums(pix: Any, mask: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
+    """Per field: the weight of the pixels in ``mask`` (and ``keep``)."""
+    w = mask.astype(np.float64) if pix.weights is None else np.where(mask, pix.weights, 0.0)
+    if keep is not None:
+        w = np.where(keep, w, 0.0)
+    return np.bincount(pix.segments.seg, weights=w, minlength=pix.segments.n_fields)
 
 
 def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None) -> UnitResult:
     """Compute every (field, scene, variable) row of one unit.
+
+    The fields' pixels are worked out once for the unit (cached per process for the
+    next unit of the same fields); then, scene by scene, only the chunks holding those
+    pixels are decoded, the pixels gathered into flat arrays, band math and masks
+    applied, and every field's statistics computed in a few vectorised passes
+    (:func:`~pixelquery_batch.kernels.segments.segment_stats`).
 
     With ``ctx.daily`` it also returns *day rows*: per field and day, the pixels of that
     day's scenes on this grid merged (first valid, clear pixel in scene order), minus the
@@ -253,14 +275,14 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
     TaskError
         With ``on_error: fail``, on the first failing field or scene (ids attached).
     """
-    from .kernels.stats import zonal_stats
-    from .rasterize import geometry_weights
+    from .gather import field_pixels
+    from .kernels.segments import segment_stats
 
     t0 = time.perf_counter()
     reader = reader or _reader_for(ctx.repo)
     before = reader.chunks_read
-    rows = _Rows(ctx.stats)
-    day_rows = _Rows(ctx.stats) if ctx.daily else None
+    rows = _Rows(ctx.stats, ctx)
+    day_rows = _Rows(ctx.stats, ctx) if ctx.daily else None
     failures: list[dict[str, Any]] = []
     warnings: list[dict[str, Any]] = []
 
@@ -275,94 +297,91 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
         info["traceback"] = "".join(traceback.format_exception(exc))[-2000:]
         failures.append(info)
 
-    # Field geometry, weights and clipped windows: once per unit, shared by all scenes.
-    fields = []
-    for f in unit.fields:
-        try:
-            if ctx.rule == "point":
-                weights = np.ones((f.window[2], f.window[3]))
-            else:
-                weights = geometry_weights(shapely.from_wkb(f.wkb), unit.transform, f.window, ctx.rule)
-            if float(weights.sum()) == 0:
-                warnings.append({"field_id": f.field_id, "warning":
-                                 f"field covers no pixel with the {ctx.rule} rule (smaller than a pixel?)"})
-            fields.append((f, weights, _clip(f.window, unit.shape_yx)))
-        except Exception as exc:
-            fail(exc, scene_id=None, field_id=f.field_id)
-    clipped: list[tuple[int, int, int, int]] = [c[0] for _, _, c in fields if c is not None]
-    mosaic = None
-    if clipped:
-        mosaic = (min(c[0] for c in clipped), max(c[1] for c in clipped),
-                  min(c[2] for c in clipped), max(c[3] for c in clipped))
+    pix = field_pixels(unit.fields, unit.transform, unit.shape_yx, ctx.rule, key=unit.fields_key)
+    for fid, err in pix.failed.items():
+        fail(ValueError(err), scene_id=None, field_id=fid)
+    counts = pix.segments.counts
+    for fid in np.asarray(pix.field_ids, dtype=object)[counts == 0]:
+        warnings.append({"field_id": fid, "warning":
+                         f"field covers no pixel with the {ctx.rule} rule (smaller than a pixel?)"})
     exprs = [(vname, _expression(vname, text)) for vname, text in ctx.variables]
     work = (unit.transform, unit.shape_yx)
+    ids = list(pix.field_ids)
+    cols = stat_columns(ctx.stats)
+    outside = ~pix.inside
 
     days: dict[str, list[SceneTask]] = {}
     for scene in unit.scenes:
         days.setdefault(scene.day or scene.datetime[:10], []).append(scene)
 
     for day_scenes in days.values():
-        # 1. read every scene of the day (raw chunk mosaics of the needed bands)
-        loaded = []
+        merged: dict[str, np.ndarray] = {}
+        merged_cloud = np.zeros(pix.n_pixels, bool)
+        done: list[SceneTask] = []
         for scene in day_scenes:
             try:
                 bands = _needed_bands(scene, ctx)
-                raws: dict[tuple[str, int | None], np.ndarray] = {}
-                if mosaic is not None:
-                    raws = read_bands(reader, scene, bands, work, mosaic, clipped)
-                loaded.append((scene, bands, raws))
-            except Exception as exc:
-                if isinstance(exc, TaskError):
-                    raise
-                for f, _, _ in fields:
-                    fail(exc, scene_id=scene.scene_id, field_id=f.field_id)
-        if not loaded:
-            continue
-        # 2. per field: scene rows, then the day row
-        for f, weights, clip in fields:
-            try:
-                h, w = f.window[2], f.window[3]
-                in_field = weights > 0
-                merged: dict[str, np.ndarray] = {}
-                merged_cloud = np.zeros((h, w), bool)
-                for scene, bands, raws in loaded:
-                    when = dt.datetime.fromisoformat(scene.datetime)
-                    masked = _cloud_applies(scene, ctx)
-                    env, cloud_full = _field_env(f.window, clip, mosaic, bands, raws, ctx)
-                    for vname, expr in exprs:
-                        values = np.asarray(expr.evaluate({n: env[n] for n in expr.names}),
-                                            dtype=np.float64)
-                        if values.shape != (h, w):
-                            values = np.broadcast_to(values, (h, w)).copy()
-                        if masked:
-                            values = np.where(cloud_full, np.nan, values)
-                        res = zonal_stats(values, weights, rows.cols)
-                        rows.add(f.field_id, scene.scene_id, when, vname, res, weights,
-                                 in_field & ~np.isfinite(values), cloud_full, ctx, masked)
-                        if day_rows is not None:
-                            prev = merged.get(vname)
-                            merged[vname] = values if prev is None else np.where(np.isnan(prev), values, prev)
-                    merged_cloud |= cloud_full
-                if day_rows is not None:
-                    first = loaded[0][0]
-                    excluded = _centres_in(first.exclude_wkb, unit.transform, f.window)
-                    dweights = weights if excluded is None else np.where(excluded, 0.0, weights)
-                    ids = "+".join(sorted(s.scene_id for s, _, _ in loaded))
-                    when = min(dt.datetime.fromisoformat(s.datetime) for s, _, _ in loaded)
-                    day_masked = all(_cloud_applies(s, ctx) for s, _, _ in loaded)
-                    for vname, _ in exprs:
-                        values = merged[vname]
-                        res = zonal_stats(values, dweights, day_rows.cols)
-                        day_rows.add(f.field_id, ids, when, vname, res, dweights,
-                                     (dweights > 0) & ~np.isfinite(values), merged_cloud, ctx,
-                                     day_masked)
+                raws = {(b.array, b.index): gather_raw for b, gather_raw in
+                        _gather_bands(reader, scene, bands, work, pix)}
+                env: dict[str, np.ndarray] = {}
+                cloud = np.zeros(pix.n_pixels, bool)
+                for name, band in bands.items():
+                    raw = raws[(band.array, band.index)]
+                    values = _physical(raw, band, ctx.mask_nodata)
+                    values[outside] = np.nan
+                    env[name] = values
+                    if ctx.cloud_band and name == ctx.cloud_band:
+                        cloud = _cloud_mask(raw, band, ctx) & pix.inside
+                masked = _cloud_applies(scene, ctx)
+                when = dt.datetime.fromisoformat(scene.datetime)
+                for vname, expr in exprs:
+                    values = np.asarray(expr.evaluate({n: env[n] for n in expr.names}),
+                                        dtype=np.float64)
+                    if values.shape != (pix.n_pixels,):
+                        values = np.broadcast_to(values, (pix.n_pixels,)).copy()
+                    if masked:
+                        values = np.where(cloud, np.nan, values)
+                    res = segment_stats(values, pix.segments, cols, weights=pix.weights)
+                    invalid = ~np.isfinite(values)
+                    cloud_w = _weighted_sums(pix, invalid & cloud, None)
+                    nodata_w = _weighted_sums(pix, invalid, None) - cloud_w
+                    rows.add(ids, scene.scene_id, when, vname, res, res["_total"], nodata_w,
+                             cloud_w, masked)
+                    if day_rows is not None:
+                        prev = merged.get(vname)
+                        merged[vname] = values if prev is None else np.where(np.isnan(prev), values, prev)
+                merged_cloud |= cloud
+                done.append(scene)
             except TaskError:
                 raise
             except Exception as exc:
-                fail(exc, scene_id=loaded[0][0].scene_id, field_id=f.field_id)
+                for fid in ids:
+                    fail(exc, scene_id=scene.scene_id, field_id=fid)
+        if day_rows is not None and done:
+            keep = pix.outside(done[0].exclude_wkb, unit.transform)
+            day_masked = all(_cloud_applies(s, ctx) for s in done)
+            day_id = "+".join(sorted(s.scene_id for s in done))
+            when = min(dt.datetime.fromisoformat(s.datetime) for s in done)
+            for vname, _ in exprs:
+                values = merged[vname]
+                res = segment_stats(values, pix.segments, cols, keep=keep, weights=pix.weights)
+                invalid = ~np.isfinite(values)
+                cloud_w = _weighted_sums(pix, invalid & merged_cloud, keep)
+                nodata_w = _weighted_sums(pix, invalid, keep) - cloud_w
+                day_rows.add(ids, day_id, when, vname, res, res["_total"], nodata_w, cloud_w,
+                             day_masked)
     return UnitResult(unit.unit_id, rows.table(), reader.chunks_read - before,
                       time.perf_counter() - t0, failures, warnings,
                       day_table=day_rows.table() if day_rows is not None else None)
+
+
+def _gather_bands(reader: ChunkReader, scene: SceneTask, bands: dict[str, BandInfo],
+                  work: Work, pix: Any) -> list[tuple[BandInfo, np.ndarray]]:
+    """Each distinct stored band of ``bands`` gathered at the unit's pixels."""
+    from .gather import gather_band
+
+    distinct = {(b.array, b.index): b for b in bands.values()}.values()
+    return [(b, gather_band(reader, scene.group, b, work, pix)) for b in distinct]
 
 
 def _field_env(window: tuple[int, int, int, int], clip: Any, mosaic: tuple[int, int, int, int] | None,

@@ -423,10 +423,8 @@ def test_open_scene_gives_each_grid_its_coordinates(s2_archive) -> None:
 
 
 def test_coarse_bands_read_only_the_chunks_fields_need(s2_archive) -> None:
-    """The 20 m chunks fetched for a field equal an independent count of the 20 m tiles
-    its (10 m) window overlaps, computed from the field bounds with rasterio."""
-    from rasterio.windows import from_bounds
-
+    """The 20 m chunks fetched for a field are exactly the 20 m tiles holding its pixels:
+    here those of its bounds (a box), computed independently with rasterio."""
     from pixelquery_batch.catalog.chunks import IcechunkChunkReader
     from pixelquery_batch.fields import prepare_fields
     from pixelquery_batch.planner import plan_job
@@ -440,20 +438,22 @@ def test_coarse_bands_read_only_the_chunks_fields_need(s2_archive) -> None:
     (unit,) = plan.units
 
     class Recording(IcechunkChunkReader):
-        def read(self, requests):
-            self.seen = {(r.band.name, c) for r in requests for c in r.chunks}
-            return super().read(requests)
+        def read_tiles(self, group, band, chunks):
+            self.seen = getattr(self, "seen", set()) | {(band.name, tuple(c)) for c in chunks}
+            return super().read_tiles(group, band, chunks)
 
     reader = Recording(ref.session())
     ctx = JobContext(repo=ref, job_hash="t", variables=(("ndmi", "(nir - swir16) / (nir + swir16)"),),
                      stats=("mean",))
     run_unit(unit, ctx, reader=reader)
-    with rasterio.open(s2_archive["scenes"][1].files["B11"]) as src:
-        w = from_bounds(*geom.bounds, transform=src.transform)
-        # rows/cols of 20 m pixels whose 10 m sub-pixels the field's window holds
-        r0, r1 = int(w.row_off), math.ceil(w.row_off + w.height)
-        c0, c1 = int(w.col_off), math.ceil(w.col_off + w.width)
-        by, bx = src.block_shapes[0]
-    expected = {(i, j) for i in range(r0 // by, (r1 - 1) // by + 1) for j in range(c0 // bx, (c1 - 1) // bx + 1)}
+    files = s2_archive["scenes"][1].files
+    with rasterio.open(files["B04"]) as fine, rasterio.open(files["B11"]) as coarse:
+        inside = geometry_mask([mapping(geom)], out_shape=fine.shape, transform=fine.transform,
+                               invert=True)
+        rows, cols = np.nonzero(inside)  # the field's 10 m pixels (centre rule)
+        xs, ys = rasterio.transform.xy(fine.transform, rows, cols)  # their centres
+        crow, ccol = rasterio.transform.rowcol(coarse.transform, xs, ys)  # 20 m pixel holding each
+        by, bx = coarse.block_shapes[0]
+    expected = {(int(r) // by, int(c) // bx) for r, c in zip(crow, ccol, strict=True)}
     assert {c for name, c in reader.seen if name == "swir16"} == expected
     assert len(expected) > 1

@@ -72,6 +72,12 @@ class ChunkReader(Protocol):
         """One array per request (raw dtype, window-shaped)."""
         ...
 
+    def read_tiles(self, group: str, band: BandInfo,
+                   chunks: Sequence[tuple[int, int]]) -> np.ndarray:
+        """Decoded chunks ``(n, cy, cx)`` of one band, in the order given (raw dtype;
+        chunks absent from the store are the fill value)."""
+        ...
+
     @property
     def chunks_read(self) -> int:
         """Number of distinct chunks fetched so far."""
@@ -80,10 +86,13 @@ class ChunkReader(Protocol):
 
 # --------------------------------------------------------------------------- codec plans
 
+#: Decoders by stored codec name. zlib streams go through libdeflate
+#: (``imagecodecs.deflate_decode`` reads the zlib wrapper): 0.96 ms against 1.6 ms for
+#: ``zlib_decode`` on a 512 x 512 uint16 tile, identical bytes.
 _COMPRESSORS = {
-    "numcodecs.zlib": imagecodecs.zlib_decode,
-    "zlib": imagecodecs.zlib_decode,
-    "imagecodecs_zlib": imagecodecs.zlib_decode,
+    "numcodecs.zlib": imagecodecs.deflate_decode,
+    "zlib": imagecodecs.deflate_decode,
+    "imagecodecs_zlib": imagecodecs.deflate_decode,
     "imagecodecs_deflate": imagecodecs.deflate_decode,
     "numcodecs.zstd": imagecodecs.zstd_decode,
     "imagecodecs_zstd": imagecodecs.zstd_decode,
@@ -224,6 +233,64 @@ class IcechunkChunkReader:
             out.append(self._assemble(req, plan, decoded))
         return out
 
+    def read_tiles(self, group: str, band: BandInfo,
+                   chunks: Sequence[tuple[int, int]]) -> np.ndarray:
+        """Decoded chunks of one band, straight into one ``(n, cy, cx)`` array.
+
+        The chunks are fetched concurrently and decompressed with imagecodecs into the
+        output buffer (libdeflate for zlib streams), the predictor undone in place.
+        Chains the fast path does not know are read through zarr.
+        """
+        path = f"{group}/{band.array}"
+        plan = self._plans_for({path})[path]
+        cy, cx = plan.chunk_shape[-2:]
+        fill = plan.fill_value if plan.fill_value is not None else 0
+        if isinstance(fill, str):
+            fill = float(fill)
+        out = np.empty((len(chunks), cy, cx), dtype=plan.dtype)
+        if not chunks:
+            return out
+        lead: tuple[int, ...] = ()
+        if len(plan.chunk_shape) == 3:
+            lead = (band.index or 0,) if plan.chunk_shape[0] == 1 else (0,)
+        if not plan.fast or (len(plan.chunk_shape) == 3 and plan.chunk_shape[0] != 1):
+            return self._tiles_via_zarr(plan, band, chunks, out, fill)
+        keys = [f"{path}/c/{'/'.join(map(str, (*lead, i, j)))}" for i, j in chunks]
+        raws = self._fetch(keys)
+        flat = out.reshape(len(chunks), -1)
+        nbytes = cy * cx * plan.dtype.itemsize
+        for k, raw in enumerate(raws):
+            if raw is None:
+                out[k] = fill
+                continue
+            self.bytes_read += len(raw)
+            if plan.decompress is not None:
+                plan.decompress(raw, out=flat[k].view(np.uint8))
+            else:
+                flat[k].view(np.uint8)[:] = np.frombuffer(raw, np.uint8, count=nbytes)
+            if plan.predictor:
+                imagecodecs.delta_decode(out[k], axis=-1, out=out[k])
+        with self._lock:
+            self._chunks_read += len(chunks)
+        return out
+
+    def _tiles_via_zarr(self, plan: _ArrayPlan, band: BandInfo,
+                        chunks: Sequence[tuple[int, int]], out: np.ndarray,
+                        fill: Any) -> np.ndarray:
+        arr = self._zarr_array(plan.path)
+        cy, cx = out.shape[1:]
+        h, w = arr.shape[-2:]
+        for k, (i, j) in enumerate(chunks):
+            out[k] = fill
+            y1, x1 = min((i + 1) * cy, h), min((j + 1) * cx, w)
+            sel: tuple[Any, ...] = (slice(i * cy, y1), slice(j * cx, x1))
+            if band.index is not None:
+                sel = (band.index, *sel)
+            out[k, : y1 - i * cy, : x1 - j * cx] = arr[sel]
+        with self._lock:
+            self._chunks_read += len(chunks)
+        return out
+
     def _assemble(self, req: ChunkRequest, plan: _ArrayPlan,
                   decoded: Mapping[str, np.ndarray | None]) -> np.ndarray:
         r0, r1, c0, c1 = req.window
@@ -278,6 +345,19 @@ class ArrayChunkReader:
     @property
     def chunks_read(self) -> int:
         return len(self._seen)
+
+    def read_tiles(self, group: str, band: BandInfo,
+                   chunks: Sequence[tuple[int, int]]) -> np.ndarray:
+        full = self.arrays[(group, band.array)]
+        if band.index is not None:
+            full = full[band.index]
+        cy, cx = band.chunks_yx
+        out = np.zeros((len(chunks), cy, cx), dtype=full.dtype)
+        for k, (i, j) in enumerate(chunks):
+            self._seen.add((group, band.array, band.index, i, j))
+            block = full[i * cy:(i + 1) * cy, j * cx:(j + 1) * cx]
+            out[k, : block.shape[0], : block.shape[1]] = block
+        return out
 
     def read(self, requests: Sequence[ChunkRequest]) -> list[np.ndarray]:
         out = []
