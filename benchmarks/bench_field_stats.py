@@ -1,196 +1,185 @@
-"""Per-field statistics end to end: ``pqb run`` on a 2-worker LocalCluster vs a naive rasterio loop.
+"""Per-field NDVI statistics: ``pqb run`` against honest peers, in one run, on the same data.
 
-Targets (medium sample, 2,000 fields x 12 scenes of 5490 x 5490 px, 2-core machine):
-end-to-end speedup >= 4x against the single-process naive loop, peak memory per worker
-< 1 GB, >= 10 field-scene pairs per task, read amplification <= 1.2.
+What it measures (issue "Engine speed"): per-field NDVI statistics (mean, std, min, max,
+median, p25, p75, count; pixel-centre rule; nodata masked) over Sentinel-2-like scenes
+(the sample generator: 5490 x 5490 px, uint16 DEFLATE + predictor, 512 px tiles, 12
+dates) at several field densities, computed by five peers, each timed as wall and CPU
+(user + system) seconds:
 
-Everything is measured in the same run; setup is timed apart and never enters a ratio:
+* **engine**: ``python -m pixelquery_batch.cli run SPEC --json`` as a subprocess with the
+  spec's LocalCluster (``--workers``, 1 thread each, 2 GiB). Wall = process wall from
+  spawn to exit (interpreter start, imports, cluster start and close included). CPU = the
+  change of ``getrusage(RUSAGE_CHILDREN)`` around the subprocess: the kernel charges a
+  reaped process's CPU, and that of every descendant it reaped, to its parent; the Dask
+  workers are children of the ``pqb`` process (the nannies live in it and join their
+  workers on close), so once ``pqb`` is reaped the figure covers the whole process tree.
+  Descendants ``pqb`` never waits for (the multiprocessing resource tracker, orphaned at
+  exit, ~0.02 s) are added from their last sample. Checked on every run: a psutil sampler
+  (every 0.2 s) records each process's CPU and peak RSS (max of sampled RSS and
+  ``VmHWM``); the sum of the last samples (a lower bound) is printed beside the getrusage
+  figure. On a smoke run (2 workers) getrusage gave 3.79 s against 3.75 s sampled every
+  0.02 s (pqb 1.40 s, workers 2.33 s): the workers' CPU is in the figure. The worker
+  peak RSS is the sampler's, per worker process. From the run's ``manifest.json``:
+  ``execution.wall_s`` (execution phase), ``execution.units`` (tasks),
+  ``execution.chunks_read`` (chunks the readers actually fetched) and the plan;
+* **naive**: the per-scene rasterio loop a user would write (fields reprojected once;
+  per scene red and nir opened once; per field ``from_bounds`` rounded out, windowed
+  reads, ``geometry_mask``, DN scale + the date's offset, NDVI, numpy statistics;
+  parquet at the end). ``--naive-pairs N`` times N seeded random pairs per density and
+  extrapolates (printed as such);
+* **exactextract** (0.3): per scene red and nir read whole, NDVI float64 with NaN
+  nodata, ``exact_extract`` on a ``NumPyRasterSource`` with the fields in the scene CRS.
+  Its statistics are coverage-weighted by design, so they differ from the others'
+  (reported, not asserted). ``--exactextract-fields N`` extracts N seeded fields and
+  scales the extraction up;
+* **floor**: one thread reading exactly the tiles the fields touch (``os.pread`` with
+  offsets read before timing), libdeflate + predictor (imagecodecs), prebuilt masks,
+  numpy statistics: what the work costs with nothing around it. Decode and statistics
+  seconds are reported apart;
+* **rasterstats**, only if it is installed (it is skipped silently otherwise).
 
-1. setup: generate the seeded sample and ingest it into an Icechunk repository (reused
-   from ``--workdir`` when a marker file says it was built with the same arguments);
-2. a job spec like ``jobs/nightly-field-stats.yaml`` (red, nir, ndvi; 9 statistics;
-   nodata + SCL cloud mask; parquet; cluster of 2 workers x 1 thread, 2 GiB each);
-3. ``run_job`` twice on a LocalCluster built from the spec's ``cluster`` section: *cold*
-   (the COGs are first evicted from the page cache, best effort, with
-   ``posix_fadvise(DONTNEED)``) and *warm* (page cache filled by the cold run). End to end
-   = LocalCluster start + ``run_job`` + cluster close. Worker RSS is sampled every 0.2 s
-   by a second client; the kernel high-water mark (``VmHWM``) is read at the end;
-4. the naive baseline: a per-field, per-scene loop with rasterio, as a user would write
-   it (reproject, ``rasterio.open``, ``geometry_window``, windowed read of red and nir at
-   10 m, the 20 m SCL brought onto that window with ``rasterio.warp.reproject`` (nearest),
-   nodata + SCL 3/8/9/10 mask, DN * 1e-4 with offset -0.1 from processing baseline 04.00
-   (2022-01-25) on and 0 before, NDVI, numpy statistics of the same three
-   variables and nine statistics the engine outputs, a parquet file at the end). It runs
-   after the engine runs, so the page cache is warm for it too: the speedup compares the
-   *warm* engine run with the (warm) naive loop. ``--naive-pairs N`` times a seeded
-   random subset of field-scene pairs and extrapolates (printed as such);
-5. a check that the naive loop and the engine agree (mean within 1e-9 on a handful of
-   pairs; the other statistics are compared too and reported: ``valid_fraction`` differs
-   for fields crossing the image edge, where the naive window is clipped to the raster),
-   then a summary table with MET / MISSED per target.
+In-process peers are timed with ``perf_counter`` and ``getrusage(RUSAGE_SELF)``. The
+sample is generated once with the largest ``--fields`` and ingested once; smaller
+densities are nested seeded random subsets of its fields (``fields_<N>.geojson`` in the
+workdir), so field sizes do not change with the density (they are those of the largest
+density: 0.5-1.2 ha at 100,000 fields on 5490 px). Before timing, the red and nir COGs
+and the repository are read once (warm page cache for every peer) and the engine's
+imports are warmed by one untimed interpreter start. ``--repeats`` runs are interleaved (engine
+per worker count, naive, exactextract, floor, engine, ...) and medians reported.
+
+Also in the same run: a correctness check (the engine's NDVI table equals the naive
+loop's on every pair both computed, mean/median/p25/p75/min/max/std within 1e-9 and
+count exact; the floor is checked the same way; exactextract's difference is reported),
+and the *measured* read amplification: the engine's ``execution.chunks_read`` over the
+distinct chunks the fields' windows touch (counted here on each read band's own tile
+grid, over all scenes), not the planner's estimate.
+
+Targets (2-core machine; each ratio measured in the same run as its baselines):
+2,000 fields x 12 scenes: ``pqb run`` wall >= 3x faster than the naive loop and than
+exactextract. 20,000 fields: >= 6x the naive loop, >= 4x exactextract, engine CPU (all
+processes) <= 1.5x the floor's. Cost per field-scene pair must not grow with the number
+of fields (CPU and execution-phase wall per pair each <= 1.1x the previous density's);
+measured read amplification <= 1.2 at every density; 1 -> 2 workers execution-phase
+speedup >= 1.8x; peak RSS per worker <= 1 GB; >= 100 pairs per task at 20,000 fields.
+When neither 2,000 nor 20,000 is among ``--fields`` (a smoke run), the smallest and the
+second-smallest density stand in for them, labelled as such.
 
 Usage (from the repository root)::
 
-    python benchmarks/bench_field_stats.py                      # full medium run
-    python benchmarks/bench_field_stats.py --workdir /data/bench  # keep and reuse the data
-    python benchmarks/bench_field_stats.py --scenes 2 --size 2048 --fields 200  # smoke
+    python benchmarks/bench_field_stats.py --workdir /data/bench --naive-pairs 24000  # full
+    python benchmarks/bench_field_stats.py --size 1024 --scenes 2 --fields 300,1000 \\
+        --repeats 1 --workers 1,2 --workdir /tmp/bench_small                        # smoke
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
-import datetime as dt
+import itertools
 import json
-import math
-import mmap
 import os
-import platform
-import re
 import shutil
+import statistics
+import subprocess
 import sys
-import tempfile
-import threading
 import time
-from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-STATS = ["mean", "std", "min", "max", "median", "p10", "p90", "count", "valid_fraction"]
-VARIABLES = ("red", "nir", "ndvi")
-CLOUD_CLASSES = (3, 8, 9, 10)       # SCL: cloud shadow, cloud medium/high, thin cirrus
-SCALE = 1e-4                        # Sentinel-2 L2A: reflectance = DN * SCALE + offset
-BASELINE_04 = dt.date(2022, 1, 25)  # processing baseline 04.00: offset -0.1 from here on, 0 before
-PATTERN = "{scene}/{band}.tif"      # the sample's Element 84 layout below cogs/
-FILE_BANDS = {"B02": "blue", "B03": "green", "B04": "red", "B08": "nir", "B11": "swir16",
-              "SCL": "scl"}
-MARKER = "bench_field_stats.json"
-GB = 1e9
-MB = 1e6
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_common import (  # sibling modules of this script
+    FILE_BANDS,
+    GB,
+    MB,
+    TARGET_MEMORY,
+    cogs_by_scene,
+    data_files,
+    resident_fraction,
+    say,
+    say_context,
+    setup_data,
+    status,
+    warm_page_cache,
+    working_dir,
+)
+from _field_stats_peers import (
+    STATS,
+    FloorPrep,
+    Grid,
+    PeerRun,
+    TileFile,
+    field_windows,
+    load_fields,
+    open_tile_file,
+    prepare_floor,
+    read_engine_table,
+    run_engine,
+    run_exactextract,
+    run_floor,
+    run_naive,
+    run_rasterstats,
+    scene_bounds,
+    touched_tiles,
+)
 
-TARGET_SPEEDUP = 4.0
-TARGET_MEMORY = 1 * GB
-TARGET_PAIRS_PER_TASK = 10.0
+DEFAULT_FIELDS = "2000,20000,100000"
+SMALL, LARGE = 2000, 20000          # the densities the issue sets targets at
+TARGET_SMALL_VS_NAIVE = 3.0
+TARGET_SMALL_VS_EXACTEXTRACT = 3.0
+TARGET_LARGE_VS_NAIVE = 6.0
+TARGET_LARGE_VS_EXACTEXTRACT = 4.0
+TARGET_CPU_VS_FLOOR = 1.5
+TARGET_COST_GROWTH = 1.10           # per-pair cost at a density / at the previous density
 TARGET_READ_AMP = 1.2
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def say(msg: str) -> None:
-    print(msg, flush=True)
-
-
-def fmt_s(seconds: float) -> str:
-    return f"{seconds:9.2f} s"
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for mod in ("pixelquery_batch", "numpy", "dask", "distributed", "zarr", "icechunk", "rasterio"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except Exception:  # a missing module is reported, not fatal
-            out[mod] = "n/a"
-    import rasterio
-
-    out["gdal"] = rasterio.__gdal_version__
-    return out
-
-
-def total_ram() -> int:
-    import psutil
-
-    return int(psutil.virtual_memory().total)
-
-
-def data_files(*dirs: Path) -> list[Path]:
-    return sorted(p for d in dirs for p in d.rglob("*") if p.is_file())
-
-
-def evict_page_cache(paths: list[Path]) -> None:
-    """Ask the kernel to drop these files from the page cache (no root needed, best effort)."""
-    os.sync()
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
-def resident_fraction(paths: list[Path]) -> float | None:
-    """Fraction of the files' bytes in the page cache (Linux ``mincore``), None if unknown."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        page = mmap.PAGESIZE
-        resident = total = 0
-        for p in paths:
-            size = p.stat().st_size
-            if size == 0:
-                continue
-            n_pages = (size + page - 1) // page
-            vec = (ctypes.c_ubyte * n_pages)()
-            with open(p, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) as mm:
-                buf = ctypes.c_char.from_buffer(mm)
-                try:
-                    rc = libc.mincore(ctypes.c_void_p(ctypes.addressof(buf)),
-                                      ctypes.c_size_t(size), vec)
-                finally:
-                    del buf
-            if rc != 0:
-                return None
-            resident += sum(v & 1 for v in vec)
-            total += n_pages
-        return resident / total if total else None
-    except Exception:  # informational only
-        return None
+TARGET_WORKER_SPEEDUP = 1.8
+TARGET_PAIRS_PER_TASK = 100.0
+CHECK_TOL = 1e-9
+RESULT_FILE = "bench_field_stats.result.json"
+PEER_LABELS = {"naive": "naive rasterio loop", "exactextract": "exactextract",
+               "rasterstats": "rasterstats", "floor": "floor (1 thread)"}
 
 
 # --------------------------------------------------------------------------- setup
 
 
-def setup_data(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Generate + ingest (or reuse); returns paths and the setup timings."""
-    from pixelquery_batch.catalog.ingest import ingest
-    from pixelquery_batch.sample import generate_sample
+@dataclass
+class Density:
+    """One field density: its fields file and everything built for it before timing."""
 
-    key = {"scenes": args.scenes, "size": args.size, "fields": args.fields, "seed": args.seed,
-           "layout": PATTERN}  # markers of the earlier flat layout regenerate
-    sample_dir, repo = workdir / "sample", workdir / "repo"
-    marker = workdir / MARKER
-    if marker.exists():
-        info = json.loads(marker.read_text())
-        if info.get("key") == key and Path(info["cog_dir"]).is_dir() and repo.is_dir():
-            info["reused"] = True
-            return info
-        say(f"# marker {marker} is for other arguments ({info.get('key')}): regenerating")
-        marker.unlink()
-    shutil.rmtree(repo, ignore_errors=True)
-    say(f"setup: generating {args.scenes} scenes x {args.size}^2 px, {args.fields} fields "
-        f"(seed {args.seed}) in {sample_dir} ...")
-    t0 = time.perf_counter()
-    sample = generate_sample(sample_dir, scenes=args.scenes, size=args.size, fields=args.fields,
-                             seed=args.seed, progress=lambda m: say(f"  {m}"))
-    gen_s = time.perf_counter() - t0
-    say(f"setup: ingesting into {repo} ...")
-    t0 = time.perf_counter()
-    report = ingest(str(sample.cog_dir), str(repo), product="sentinel2-l2a", pattern=PATTERN)
-    ingest_s = time.perf_counter() - t0
-    if not report.ok:
-        raise SystemExit(f"ingest failed: {json.dumps(report.to_dict(), indent=1)[:2000]}")
-    info = {"key": key, "cog_dir": str(sample.cog_dir), "fields_path": str(sample.fields_path),
-            "repo": str(repo), "n_fields": sample.n_fields, "generate_s": gen_s,
-            "ingest_s": ingest_s, "files_ingested": report.counts()["ingested"]}
-    marker.write_text(json.dumps(info, indent=1))
-    info["reused"] = False
-    return info
+    n_fields: int
+    fields_path: Path
+    index: np.ndarray  # rows of the largest fields file
+    specs: dict[int, Path] = field(default_factory=dict)  # workers -> spec
+    floor: FloorPrep | None = None
+    runs: dict[str, list[PeerRun]] = field(default_factory=dict)
+    tables: dict[str, Any] = field(default_factory=dict)  # peer key -> last table
+    touched: dict[str, int] = field(default_factory=dict)  # band -> distinct tiles per scene
 
 
-def write_spec(path: Path, *, repo: str, fields: str, out_dir: Path, rule: str) -> Path:
+def write_density_fields(src: Path, workdir: Path, counts: list[int], seed: int
+                         ) -> dict[int, tuple[Path, np.ndarray]]:
+    """Nested seeded random subsets of the fields in ``src`` (the largest count is ``src``)."""
+    fc = json.loads(src.read_text())
+    feats = fc["features"]
+    order = np.random.default_rng([seed, 13]).permutation(len(feats))
+    out: dict[int, tuple[Path, np.ndarray]] = {}
+    for n in counts:
+        if n >= len(feats):
+            out[n] = (src, np.arange(len(feats)))
+            continue
+        idx = np.sort(order[:n])
+        path = workdir / f"fields_{n}.geojson"
+        sub = {k: v for k, v in fc.items() if k != "features"}
+        sub["features"] = [feats[i] for i in idx.tolist()]
+        path.write_text(json.dumps(sub))
+        out[n] = (path, idx)
+    return out
+
+
+def write_spec(path: Path, *, repo: str, fields: Path, out_dir: Path, workers: int) -> Path:
+    """The benchmark job: NDVI only, 8 statistics, centre rule, nodata mask, parquet."""
     import yaml
 
     spec = {
@@ -198,14 +187,14 @@ def write_spec(path: Path, *, repo: str, fields: str, out_dir: Path, rule: str) 
         "name": path.stem,
         "repository": {"path": repo},
         "scenes": {"start": "1900-01-01", "end": "2999-12-31"},
-        "fields": {"path": fields, "id": "id"},
-        "bands": ["red", "nir"],
+        "fields": {"path": str(fields), "id": "id"},
+        "bands": [],
         "indices": {"ndvi": "builtin"},
-        "stats": STATS,
-        "pixels": rule,
-        "masks": {"nodata": True, "cloud": "auto"},
+        "stats": list(STATS),
+        "pixels": "centre",
+        "masks": {"nodata": True, "cloud": None},
         "outputs": {"dir": str(out_dir), "stats": {"format": "parquet"}},
-        "cluster": {"n_workers": 2, "threads_per_worker": 1, "memory_limit": "2GiB",
+        "cluster": {"n_workers": workers, "threads_per_worker": 1, "memory_limit": "2GiB",
                     "dashboard": False},
         "on_error": "skip",
     }
@@ -213,492 +202,576 @@ def write_spec(path: Path, *, repo: str, fields: str, out_dir: Path, rule: str) 
     return path
 
 
-# --------------------------------------------------------------------------- engine run
+def band_grids(scenes: dict[str, dict[str, str]], bands: list[str]) -> dict[str, Grid]:
+    """Each band's grid; every scene must share it (the floor and the chunk count rely on it)."""
+    grids: dict[str, Grid] = {}
+    for band in bands:
+        seen = {Grid.of(paths[band]) for paths in scenes.values()}
+        if len(seen) != 1:
+            raise SystemExit(f"band {band}: scenes differ in grid: {seen}")
+        grids[band] = seen.pop()
+    return grids
 
 
-def _worker_rss() -> int:
-    import psutil
+def warm_up(cogs: list[Path], repo: Path) -> None:
+    """Fill the page cache with the red/nir COGs, the repository and the engine's imports."""
+    files = cogs + data_files(repo)
+    t0 = time.perf_counter()
+    nbytes = warm_page_cache(files)
+    subprocess.run([sys.executable, "-c", "import pixelquery_batch.cli, pixelquery_batch.api, "
+                    "distributed, icechunk, zarr, rasterio, pyarrow.parquet"], check=True)
+    res = resident_fraction(cogs)
+    say(f"warm-up (untimed): read {len(files)} files ({nbytes / GB:.2f} GB: red/nir COGs and the "
+        f"repository) and one interpreter start with the engine's imports in "
+        f"{time.perf_counter() - t0:.1f} s; red/nir COGs resident "
+        + ("unknown" if res is None else f"{res:.0%}"))
 
-    return int(psutil.Process().memory_info().rss)
+
+# --------------------------------------------------------------------------- one repeat
 
 
-def _worker_peak_rss() -> int:
-    """Kernel high-water mark of this process's RSS (``VmHWM``; 0 where unavailable).
+def engine_key(workers: int) -> str:
+    return f"engine_w{workers}"
 
-    Not ``ru_maxrss``: that survives fork + exec, so a worker would report the RSS of the
-    process that spawned it (here the benchmark itself) if that was larger.
+
+def peer_label(key: str) -> str:
+    if key.startswith("engine_w"):
+        w = int(key.removeprefix("engine_w"))
+        return f"pqb run, {w} worker{'s' if w > 1 else ''}"
+    return PEER_LABELS.get(key, key)
+
+
+def run_repeat(d: Density, rep: int, *, args: argparse.Namespace, workers: list[int],
+               scenes: dict[str, dict[str, str]], runs_dir: Path) -> None:
+    """One interleaved round: the engine per worker count, naive, exactextract, floor."""
+    ddir = runs_dir / f"d{d.n_fields}"
+
+    def keep(key: str, run: PeerRun) -> None:
+        d.runs.setdefault(key, []).append(run)
+        if run.table is not None:
+            d.tables[key] = run.table
+            run.table = None  # only the last table is kept
+
+    for w in workers:
+        out = ddir / f"w{w}_out"
+        shutil.rmtree(out, ignore_errors=True)
+        run = run_engine(d.specs[w], python=sys.executable, log_path=ddir / f"w{w}_r{rep}.log")
+        run.table = read_engine_table(run.extra["stats_path"])
+        keep(engine_key(w), run)
+        say_engine_run(run, rep)
+    if not args.skip_naive:
+        run = run_naive(d.fields_path, scenes, ddir / "naive.parquet",
+                        max_pairs=args.naive_pairs, seed=args.seed)
+        keep("naive", run)
+        say_peer_run(run, rep)
+    if not args.skip_exactextract:
+        run = run_exactextract(d.fields_path, scenes, ddir / "exactextract.parquet",
+                               max_fields=args.exactextract_fields, seed=args.seed)
+        keep("exactextract", run)
+        say_peer_run(run, rep)
+        rs = run_rasterstats(d.fields_path, scenes)
+        if rs is not None:
+            keep("rasterstats", rs)
+            say_peer_run(rs, rep)
+    if not args.skip_floor and d.floor is not None:
+        run = run_floor(d.floor, list(scenes))
+        keep("floor", run)
+        say_peer_run(run, rep)
+
+
+def say_engine_run(r: PeerRun, rep: int) -> None:
+    x = r.extra
+    by_kind = ", ".join(f"{k} {v:.2f}" for k, v in x["cpu_sampled_by_kind_s"].items())
+    rss = ", ".join(f"{v / MB:.0f}" for v in x["peak_rss_workers"])
+    say(f"  [{rep + 1}] {peer_label(engine_key(x['workers']))}: wall {r.wall_s:.2f} s "
+        f"(execution {x['exec_wall_s']:.2f} s, manifest duration {x['manifest_duration_s']:.2f} s), "
+        f"CPU {r.cpu_s:.2f} s; {x['units']} tasks, {x['rows']} rows, {x['chunks_read']} chunks "
+        f"fetched, {x['failures']} failures; peak RSS workers [{rss}] MB, pqb process "
+        f"{x['peak_rss_main'] / MB:.0f} MB")
+    missed = (f" + {x['survivors_cpu_sampled_s']:.2f} s sampled in descendants pqb did not reap "
+              f"({', '.join(x['survivors'])})" if x["survivors"] else "")
+    say(f"      CPU = getrusage(children) {x['cpu_rusage_s']:.2f} s (user {x['cpu_user_s']:.2f} + "
+        f"sys {x['cpu_sys_s']:.2f}){missed}; psutil tree samples {x['cpu_sampled_s']:.2f} s "
+        f"({by_kind}; {x['tree_samples']} samples; a lower bound) -> "
+        f"{r.cpu_s - x['cpu_sampled_s']:+.2f} s after the last samples")
+    if r.cpu_s < 0.98 * x["cpu_sampled_s"] or "worker" in x["survivors"]:
+        say("      WARNING: the CPU figure misses part of the process tree (getrusage saw less "
+            "than the samples, or a worker outlived pqb)")
+
+
+def say_peer_run(r: PeerRun, rep: int) -> None:
+    phases = ", ".join(f"{k} {w:.2f} s" for k, (w, _) in r.phases.items())
+    tag = (f" [EXTRAPOLATED from {r.timed_pairs} of {r.pairs} pairs]" if r.extrapolated else "")
+    say(f"  [{rep + 1}] {peer_label(r.peer)}: wall {r.wall_s:.2f} s, CPU {r.cpu_s:.2f} s{tag} "
+        f"({phases})")
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def med(runs: list[PeerRun], attr: str) -> float:
+    return float(statistics.median(getattr(r, attr) for r in runs))
+
+
+def med_extra(runs: list[PeerRun], key: str) -> float:
+    return float(statistics.median(float(r.extra[key]) for r in runs))
+
+
+def compare_tables(ref: Any, other: Any, *, sample: int, seed: int) -> dict[str, Any]:
+    """Compare ``other`` with ``ref`` on every pair both have, and on a seeded sample.
+
+    Returns the pairs compared, pairs of ``ref`` missing in ``other``, the max |diff| per
+    statistic over all common pairs, the pairs out of tolerance (floats 1e-9, count
+    exact), and the same max |diff| restricted to ``sample`` seeded random pairs.
     """
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024  # kB
-    except OSError:
-        pass
-    return 0
+    m = ref.merge(other, on=["field_id", "scene_id"], how="left", suffixes=("", "_o"),
+                  indicator=True)
+    missing = int((m["_merge"] == "left_only").sum())
+    m = m[m["_merge"] == "both"]
+    pick = np.random.default_rng([seed, 11]).choice(len(m), size=min(sample, len(m)),
+                                                    replace=False) if len(m) else []
+    max_diff: dict[str, float] = {}
+    sample_diff: dict[str, float] = {}
+    bad = np.zeros(len(m), dtype=bool)
+    for s in STATS:
+        a, b = m[s].to_numpy(float), m[f"{s}_o"].to_numpy(float)
+        both_nan = np.isnan(a) & np.isnan(b)
+        d = np.where(both_nan, 0.0, np.abs(a - b))
+        d = np.where(np.isnan(d), np.inf, d)  # NaN on one side only
+        max_diff[s] = float(d.max()) if len(d) else 0.0
+        sample_diff[s] = float(d[pick].max()) if len(pick) else 0.0
+        bad |= d > (0.0 if s == "count" else CHECK_TOL)
+    first = m.loc[bad, ["field_id", "scene_id"]].head(3).to_numpy().tolist()
+    return {"pairs_compared": len(m), "missing": missing, "out_of_tolerance": int(bad.sum()),
+            "max_abs_diff": max_diff, "sample_pairs": len(pick),
+            "sample_max_abs_diff": sample_diff, "first_mismatches": first,
+            "ok": len(m) > 0 and missing == 0 and not bad.any()}
 
 
-class RssSampler:
-    """Background thread: every ``interval`` s, the RSS of every worker (via ``client.run``)."""
-
-    def __init__(self, client: Any, interval: float = 0.2) -> None:
-        self.client, self.interval = client, interval
-        self.peak: dict[str, int] = {}
-        self.samples = 0
-        self.errors = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                for addr, rss in self.client.run(_worker_rss).items():
-                    self.peak[addr] = max(self.peak.get(addr, 0), rss)
-                self.samples += 1
-            except Exception:  # a worker going away must not kill the run
-                self.errors += 1
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+def loose_compare(ref: Any, other: Any) -> dict[str, Any]:
+    """exactextract vs the centre rule: differences reported, never asserted."""
+    m = ref.merge(other, on=["field_id", "scene_id"], suffixes=("", "_o"))
+    m = m[(m["count"] > 0) & m["mean_o"].notna()]
+    if m.empty:
+        return {"pairs_compared": 0}
+    dmean = (m["mean"] - m["mean_o"]).abs()
+    ratio = m["count_o"] / m["count"]
+    return {"pairs_compared": len(m), "mean_abs_diff_median": float(dmean.median()),
+            "mean_abs_diff_max": float(dmean.max()),
+            "median_abs_diff_median": float((m["median"] - m["median_o"]).abs().median()),
+            "count_ratio_median": float(ratio.median()), "count_ratio_min": float(ratio.min()),
+            "count_ratio_max": float(ratio.max())}
 
 
-def cluster_options(spec_path: Path) -> Any:
-    """The spec's ``cluster`` section as executor options (what ``pqb run`` would start)."""
-    from pixelquery_batch.api import load_job
-    from pixelquery_batch.executor import ClusterOptions
-
-    c = load_job(spec_path).cluster
-    return ClusterOptions(address=c.address, n_workers=c.n_workers,
-                          threads_per_worker=c.threads_per_worker,
-                          memory_limit=c.memory_limit, dashboard=c.dashboard)
-
-
-def time_cluster_start(opts: Any) -> tuple[float, float]:
-    from pixelquery_batch.executor import open_client
-
-    t0 = time.perf_counter()
-    with open_client(opts):
-        t1 = time.perf_counter()
-    return t1 - t0, time.perf_counter() - t1
-
-
-def engine_run(spec_path: Path, opts: Any) -> dict[str, Any]:
-    """LocalCluster start + run_job + close, with worker memory sampled meanwhile."""
-    from distributed import Client
-
-    from pixelquery_batch.api import run_job
-    from pixelquery_batch.executor import open_client
-
-    t0 = time.perf_counter()
-    with open_client(opts) as client:
-        start_s = time.perf_counter() - t0
-        monitor = Client(client.scheduler.address, set_as_default=False)
-        try:
-            with RssSampler(monitor) as sampler:
-                t1 = time.perf_counter()
-                result = run_job(spec_path, cluster=client)
-                run_s = time.perf_counter() - t1
-            hwm = client.run(_worker_peak_rss)
-        finally:
-            monitor.close()
-        t2 = time.perf_counter()
-    close_s = time.perf_counter() - t2
-    if not result.ok:
-        say(f"  WARNING: {len(result.manifest['failures'])} failures, first: "
-            f"{result.manifest['failures'][0]}")
-    return {"result": result, "start_s": start_s, "run_s": run_s, "close_s": close_s,
-            "e2e_s": start_s + run_s + close_s, "rss_sampled": sampler.peak,
-            "rss_hwm": hwm, "samples": sampler.samples, "sample_errors": sampler.errors}
-
-
-def print_engine_run(label: str, r: dict[str, Any]) -> None:
-    m = r["result"].manifest
-    ex = m["execution"]
-    par = ex["unit_s_total"] / (ex["wall_s"] * max(ex["workers"], 1)) if ex["wall_s"] else 0.0
-    say(f"pqb run [{label}]  end to end              {fmt_s(r['e2e_s'])}")
-    say(f"    LocalCluster start / close               {r['start_s']:7.2f} s / {r['close_s']:.2f} s")
-    say(f"    run_job                                  {fmt_s(r['run_s'])}")
-    say(f"      of which execution (units)             {fmt_s(ex['wall_s'])}  "
-        f"({ex['units']} units, sum of unit times {ex['unit_s_total']:.2f} s, "
-        f"slowest {ex['unit_s_max']:.2f} s, worker busy {par:.0%})")
-    say(f"    rows {ex['rows']}, chunks fetched {ex['chunks_read']}, failures {len(m['failures'])}")
-    for i, addr in enumerate(sorted(r["rss_hwm"])):
-        sampled = r["rss_sampled"].get(addr, 0)
-        say(f"    worker {i + 1} ({addr}): peak RSS sampled {sampled / MB:7.1f} MB, "
-            f"high-water (VmHWM) {r['rss_hwm'][addr] / MB:7.1f} MB")
-    say(f"    ({r['samples']} RSS samples at 0.2 s, {r['sample_errors']} failed)")
-
-
-# --------------------------------------------------------------------------- naive baseline
-
-
-def load_fields_plain(path: str) -> list[tuple[str, dict[str, Any]]]:
-    with open(path, encoding="utf-8") as f:
-        fc = json.load(f)
-    return [(str(feat["properties"]["id"]), feat["geometry"]) for feat in fc["features"]]
-
-
-def cogs_by_scene(cog_dir: str) -> dict[str, dict[str, str]]:
-    """{scene_id: {band name: path}} for ``{scene}/{B04,B08,SCL,...}.tif``, in date order."""
-    out: dict[str, dict[str, str]] = {}
-    for d in sorted(p for p in Path(cog_dir).iterdir() if p.is_dir()):
-        bands = {FILE_BANDS[p.stem]: str(p) for p in sorted(d.glob("*.tif"))
-                 if p.stem in FILE_BANDS}
-        if bands:
-            out[d.name] = bands
-    return dict(sorted(out.items(), key=lambda kv: (scene_date(kv[0]), kv[0])))
-
-
-def scene_date(scene_id: str) -> dt.date:
-    """The acquisition date of a scene id such as ``S2A_33UXP_20211001_0_L2A``."""
-    m = re.search(r"_(\d{4})(\d{2})(\d{2})_", scene_id)
-    if m is None:
-        raise ValueError(f"no YYYYMMDD date in scene id {scene_id!r}")
-    return dt.date(*map(int, m.groups()))
-
-
-def reflectance_offset(scene_id: str) -> float:
-    """-0.1 for acquisitions from processing baseline 04.00 (2022-01-25) on, 0.0 before."""
-    return -0.1 if scene_date(scene_id) >= BASELINE_04 else 0.0
-
-
-def read_nearest(path: str, dst_transform: Any, shape: tuple[int, int]) -> np.ndarray:
-    """A band on another grid (the 20 m SCL) brought onto a 10 m window by nearest neighbour."""
-    import rasterio
-    from rasterio.warp import Resampling, reproject
-
-    with rasterio.open(path) as src:
-        out = np.zeros(shape, src.dtypes[0])
-        reproject(rasterio.band(src, 1), out, src_transform=src.transform, src_crs=src.crs,
-                  dst_transform=dst_transform, dst_crs=src.crs, resampling=Resampling.nearest)
-    return out
-
-
-def numpy_stats(values: np.ndarray, total: int) -> dict[str, float]:
-    n = values.size
-    if n == 0:
-        nan = float("nan")
-        out = dict.fromkeys(STATS, nan)
-        out["count"], out["valid_fraction"] = 0.0, (0.0 if total else nan)
-        return out
-    return {
-        "mean": float(np.mean(values)), "std": float(np.std(values)),
-        "min": float(np.min(values)), "max": float(np.max(values)),
-        "median": float(np.median(values)), "p10": float(np.percentile(values, 10)),
-        "p90": float(np.percentile(values, 90)), "count": float(n),
-        "valid_fraction": n / total if total else float("nan"),
+def summarise_density(d: Density, *, main_w: int, workers: list[int], n_scenes: int,
+                      seed: int, sample: int) -> dict[str, Any]:
+    """Medians, ratios, cost per pair, measured read amplification and the checks."""
+    eng = d.runs[engine_key(main_w)]
+    e_wall, e_cpu = med(eng, "wall_s"), med(eng, "cpu_s")
+    floor_cpu = med(d.runs["floor"], "cpu_s") if "floor" in d.runs else None
+    peers: dict[str, Any] = {}
+    for key, runs in d.runs.items():
+        wall, cpu = med(runs, "wall_s"), med(runs, "cpu_s")
+        peers[key] = {"label": peer_label(key), "wall_s": wall, "cpu_s": cpu,
+                      "engine_speedup": wall / e_wall if e_wall else None,
+                      "cpu_vs_floor": cpu / floor_cpu if floor_cpu else None,
+                      "extrapolated": any(r.extrapolated for r in runs),
+                      "timed_pairs": runs[-1].timed_pairs, "pairs": runs[-1].pairs,
+                      "phases_median": {p: {"wall_s": statistics.median(r.phases[p][0] for r in runs),
+                                            "cpu_s": statistics.median(r.phases[p][1] for r in runs)}
+                                        for p in runs[-1].phases},
+                      "runs": [r.record() for r in runs]}
+    x = eng[-1].extra
+    pairs = int(x["plan"]["field_scene_pairs"])
+    bands = list(x["plan"]["bands_read"])
+    touched = n_scenes * sum(d.touched[b] for b in bands)
+    chunks = int(x["chunks_read"])
+    engine = {
+        "workers": main_w, "pairs": pairs, "tasks": int(x["units"]),
+        "pairs_per_task": pairs / x["units"] if x["units"] else 0.0,
+        "wall_per_pair_us": e_wall / pairs * 1e6, "cpu_per_pair_us": e_cpu / pairs * 1e6,
+        "exec_wall_s": med_extra(eng, "exec_wall_s"),
+        "exec_wall_per_pair_us": med_extra(eng, "exec_wall_s") / pairs * 1e6,
+        "bands_read": bands, "chunks_fetched": chunks, "chunks_touched_measured": touched,
+        "read_amplification": chunks / touched if touched else None,
+        "read_amplification_planned": x["plan"]["read_amplification"],
+        "planner_chunks_touched": x["plan"]["chunks_touched"],
+        "scenes_matched": x["plan"]["scenes_matched"],
+        "peak_rss_worker": {engine_key(w): max((v for r in d.runs[engine_key(w)]
+                                                for v in r.extra["peak_rss_workers"]), default=0)
+                            for w in workers},
+        "peak_rss_main": {engine_key(w): max(r.extra["peak_rss_main"] for r in d.runs[engine_key(w)])
+                          for w in workers},
+        "cpu_sampled_s": med_extra(eng, "cpu_sampled_s"),
+        "failures": max(r.extra["failures"] for w in workers for r in d.runs[engine_key(w)]),
     }
+    if 1 in workers and 2 in workers:
+        engine["exec_speedup_1_to_2"] = (med_extra(d.runs[engine_key(1)], "exec_wall_s")
+                                         / med_extra(d.runs[engine_key(2)], "exec_wall_s"))
+    checks: dict[str, Any] = {}
+    ref_key = "naive" if "naive" in d.tables else ("floor" if "floor" in d.tables else None)
+    if ref_key is not None:
+        checks["reference"] = ref_key
+        for key in [engine_key(w) for w in workers] + ["floor"]:
+            if key in d.tables and key != ref_key:
+                checks[key] = compare_tables(d.tables[ref_key], d.tables[key],
+                                             sample=sample, seed=seed)
+        if "exactextract" in d.tables:
+            checks["exactextract"] = loose_compare(d.tables[ref_key], d.tables["exactextract"])
+    return {"n_fields": d.n_fields, "scenes": n_scenes, "pairs": pairs, "peers": peers,
+            "engine": engine, "checks": checks,
+            "floor_tiles_per_band_scene": len(d.floor.tiles) if d.floor else None}
 
 
-def naive_loop(fields: list[tuple[str, dict[str, Any]]], scenes: dict[str, dict[str, str]],
-               pairs: list[tuple[int, int]], all_touched: bool) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """The baseline: one field, one scene at a time, straight rasterio + numpy."""
-    import rasterio
-    from rasterio.errors import WindowError
-    from rasterio.features import geometry_mask, geometry_window
-    from rasterio.warp import transform_geom
-
-    scene_ids = list(scenes)
-    rows: list[dict[str, Any]] = []
-    t = {"reproject": 0.0, "open+read": 0.0, "mask": 0.0, "stats": 0.0}
-    for fi, si in pairs:
-        field_id, geom_ll = fields[fi]
-        scene_id = scene_ids[si]
-        paths = scenes[scene_id]
-        c0 = time.perf_counter()
-        with rasterio.open(paths["red"]) as src:
-            geom = transform_geom("EPSG:4326", src.crs, geom_ll)
-            c1 = time.perf_counter()
-            try:
-                # Clipped to the raster (rasterio's default): for fields crossing the image
-                # edge the naive valid_fraction counts only the part inside the image, the
-                # engine's the whole field. No other statistic is affected.
-                window = geometry_window(src, [geom])
-            except WindowError:
-                continue  # field outside this scene
-            red_dn = src.read(1, window=window)
-            transform = src.window_transform(window)
-        with rasterio.open(paths["nir"]) as src:
-            nir_dn = src.read(1, window=window)
-        scl = read_nearest(paths["scl"], transform, red_dn.shape)  # 20 m -> the 10 m window
-        c2 = time.perf_counter()
-        inside = geometry_mask([geom], out_shape=red_dn.shape, transform=transform,
-                               all_touched=all_touched, invert=True)
-        cloudy = np.isin(scl, CLOUD_CLASSES)
-        c3 = time.perf_counter()
-        offset = reflectance_offset(scene_id)
-        red = np.where(red_dn == 0, np.nan, red_dn * SCALE + offset)
-        nir = np.where(nir_dn == 0, np.nan, nir_dn * SCALE + offset)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ndvi = (nir - red) / (nir + red)
-        total = int(inside.sum())
-        for name, arr in (("red", red), ("nir", nir), ("ndvi", ndvi)):
-            vals = arr[inside & ~cloudy]
-            vals = vals[np.isfinite(vals)]
-            rows.append({"field_id": field_id, "scene_id": scene_id, "variable": name,
-                         **numpy_stats(vals, total)})
-        c4 = time.perf_counter()
-        t["reproject"] += c1 - c0
-        t["open+read"] += c2 - c1
-        t["mask"] += c3 - c2
-        t["stats"] += c4 - c3
-    return rows, t
+# --------------------------------------------------------------------------- report
 
 
-def naive_run(info: dict[str, Any], out_dir: Path, rule: str, n_pairs: int | None,
-              seed: int) -> dict[str, Any]:
-    import pandas as pd
+def print_density(s: dict[str, Any], repeats: int) -> None:
+    e = s["engine"]
+    say("")
+    say("=" * 100)
+    say(f"{s['n_fields']:,} fields x {s['scenes']} scenes = {s['pairs']:,} field-scene pairs "
+        f"(median of {repeats} interleaved repeat{'s' if repeats > 1 else ''})")
+    say("-" * 100)
+    say(f"{'peer':<34}{'wall s':>10}{'CPU s':>10}{'engine faster (wall)':>23}{'CPU / floor':>13}")
+    say("-" * 100)
+    for key, p in s["peers"].items():
+        sp = "" if key == engine_key(e["workers"]) else (
+            f"{p['engine_speedup']:.2f}x" if p["engine_speedup"] else "")
+        cf = f"{p['cpu_vs_floor']:.2f}x" if p["cpu_vs_floor"] else "n/a"
+        tag = f"  [extrapolated from {p['timed_pairs']:,} pairs]" if p["extrapolated"] else ""
+        say(f"{p['label']:<34}{p['wall_s']:>10.2f}{p['cpu_s']:>10.2f}{sp:>23}{cf:>13}{tag}")
+    say("-" * 100)
+    say(f"engine ({e['workers']} workers): cost per pair {e['wall_per_pair_us']:.1f} µs wall, "
+        f"{e['exec_wall_per_pair_us']:.1f} µs execution-phase wall, {e['cpu_per_pair_us']:.1f} µs "
+        f"CPU; execution phase {e['exec_wall_s']:.2f} s")
+    say(f"engine: {e['tasks']} tasks, {e['pairs_per_task']:.1f} pairs per task; bands read "
+        f"{', '.join(e['bands_read'])}; chunks fetched {e['chunks_fetched']:,} / distinct chunks "
+        f"the fields touch {e['chunks_touched_measured']:,} -> measured read amplification "
+        + (f"{e['read_amplification']:.3f}" if e["read_amplification"] else "n/a")
+        + f" (planner: {e['read_amplification_planned']}, its touched count "
+        f"{e['planner_chunks_touched']:,})")
+    rss = ", ".join(f"{peer_label(k)} {v / MB:.0f} MB" for k, v in e["peak_rss_worker"].items())
+    main = ", ".join(f"{v / MB:.0f}" for v in e["peak_rss_main"].values())
+    say(f"engine: peak RSS per worker (max over repeats): {rss}; pqb (client + scheduler) "
+        f"process: {main} MB")
+    if "exec_speedup_1_to_2" in e:
+        say(f"engine: execution-phase speedup 1 -> 2 workers {e['exec_speedup_1_to_2']:.2f}x")
+    if e["failures"]:
+        say(f"engine: WARNING {e['failures']} field-scene failures in a run (see its manifest)")
+    if "floor" in s["peers"]:
+        ph = s["peers"]["floor"]["phases_median"]
+        say(f"floor: read + decode {ph['read + decode tiles']['wall_s']:.2f} s "
+            f"({s['floor_tiles_per_band_scene']} tiles per band and scene: the distinct chunks "
+            f"counted above), numpy statistics {ph['stats']['wall_s']:.2f} s")
+    for key in ("naive", "exactextract"):
+        if key in s["peers"]:
+            ph = s["peers"][key]["phases_median"]
+            say(f"{key}: " + ", ".join(f"{k} {v['wall_s']:.2f} s" for k, v in ph.items()))
+    c = s["checks"]
+    if not c:
+        say("check: no reference peer ran (naive and floor skipped)")
+    for key, r in c.items():
+        if key == "reference":
+            continue
+        if key == "exactextract":
+            if r.get("pairs_compared"):
+                say(f"check exactextract vs {c['reference']} (coverage-weighted, reported only): "
+                    f"{r['pairs_compared']:,} pairs, |mean diff| median {r['mean_abs_diff_median']:.2g} "
+                    f"max {r['mean_abs_diff_max']:.2g}, |median diff| median "
+                    f"{r['median_abs_diff_median']:.2g}, count ratio median "
+                    f"{r['count_ratio_median']:.3f} ({r['count_ratio_min']:.2f} .. "
+                    f"{r['count_ratio_max']:.2f})")
+            continue
+        worst = max(r["max_abs_diff"][k] for k in STATS if k != "count")
+        say(f"check {peer_label(key)} vs {c['reference']}: {r['pairs_compared']:,} common pairs "
+            f"(sample of {r['sample_pairs']}: max |diff| "
+            f"{max(r['sample_max_abs_diff'].values()):.2g}), {r['missing']} missing, max |diff| "
+            f"{worst:.2g} (<= {CHECK_TOL:g}), count max |diff| {r['max_abs_diff']['count']:g} "
+            f"-> {'OK' if r['ok'] else 'FAILED'}"
+            + (f"; first mismatches {r['first_mismatches']}" if r["first_mismatches"] else ""))
 
-    t0 = time.perf_counter()
-    fields = load_fields_plain(info["fields_path"])
-    scenes = cogs_by_scene(info["cog_dir"])
-    load_s = time.perf_counter() - t0
-    all_pairs = [(fi, si) for fi in range(len(fields)) for si in range(len(scenes))]
-    if n_pairs is not None and n_pairs < len(all_pairs):
-        rng = np.random.default_rng([seed, 7])
-        pick = np.sort(rng.choice(len(all_pairs), size=n_pairs, replace=False))
-        pairs = [all_pairs[i] for i in pick]
+
+@dataclass
+class TargetRow:
+    label: str
+    value: str
+    target: str
+    ok: bool | None
+    number: float | list[float] | None = None  # the figure behind ``value``
+
+    def record(self) -> dict[str, Any]:
+        return {"label": self.label, "value": self.value, "number": self.number,
+                "target": self.target, "status": status(self.ok)}
+
+
+def target_densities(counts: list[int]) -> tuple[int | None, int | None, bool]:
+    """The densities standing for 2,000 and 20,000 fields, and whether they are stand-ins."""
+    if SMALL in counts or LARGE in counts:
+        return (SMALL if SMALL in counts else None), (LARGE if LARGE in counts else None), False
+    s = sorted(counts)
+    return s[0], (s[1] if len(s) > 1 else None), True
+
+
+def evaluate_targets(summ: dict[int, dict[str, Any]]) -> list[TargetRow]:
+    counts = sorted(summ)
+    small, large, stand_in = target_densities(counts)
+    rows: list[TargetRow] = []
+
+    def name(n: int, wanted: int) -> str:
+        return f"{n:,} fields" + (f" (stand-in for {wanted:,})" if stand_in else "")
+
+    def speedup(n: int | None, wanted: int, peer: str, target: float) -> None:
+        label = f"{name(n, wanted) if n else f'{wanted:,} fields'}: pqb run vs {peer} (wall)"
+        p = summ[n]["peers"].get(peer) if n else None
+        if p is None:
+            rows.append(TargetRow(label, "not run", f">= {target:g}x", None))
+            return
+        tag = " [extrap.]" if p["extrapolated"] else ""
+        rows.append(TargetRow(label, f"{p['engine_speedup']:.2f}x{tag}", f">= {target:g}x",
+                              p["engine_speedup"] >= target, p["engine_speedup"]))
+
+    speedup(small, SMALL, "naive", TARGET_SMALL_VS_NAIVE)
+    speedup(small, SMALL, "exactextract", TARGET_SMALL_VS_EXACTEXTRACT)
+    speedup(large, LARGE, "naive", TARGET_LARGE_VS_NAIVE)
+    speedup(large, LARGE, "exactextract", TARGET_LARGE_VS_EXACTEXTRACT)
+    label = f"{name(large, LARGE) if large else f'{LARGE:,} fields'}: engine CPU / floor CPU"
+    fl = summ[large]["peers"].get("floor") if large else None
+    if fl is None:
+        rows.append(TargetRow(label, "not run", f"<= {TARGET_CPU_VS_FLOOR:g}x", None))
     else:
-        pairs = all_pairs
-    t1 = time.perf_counter()
-    rows, parts = naive_loop(fields, scenes, pairs, all_touched=rule == "all_touched")
-    loop_s = time.perf_counter() - t1
-    t2 = time.perf_counter()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    df = pd.DataFrame(rows)
-    df.to_parquet(out_dir / "stats.parquet", index=False)
-    write_s = time.perf_counter() - t2
-    scale = len(all_pairs) / len(pairs) if pairs else 0.0
-    return {"df": df, "load_s": load_s, "loop_s": loop_s, "write_s": write_s,
-            "pairs_timed": len(pairs), "pairs_total": len(all_pairs),
-            "extrapolated": len(pairs) < len(all_pairs), "scale": scale, "parts": parts,
-            "total_s": load_s + loop_s * scale + write_s * scale}
+        ratio = summ[large]["peers"][engine_key(summ[large]["engine"]["workers"])]["cpu_vs_floor"]
+        rows.append(TargetRow(label, f"{ratio:.2f}x", f"<= {TARGET_CPU_VS_FLOOR:g}x",
+                              ratio <= TARGET_CPU_VS_FLOOR, ratio))
+    for metric, title in (("cpu_per_pair_us", "CPU"), ("exec_wall_per_pair_us",
+                                                      "execution-phase wall")):
+        vals = [summ[n]["engine"][metric] for n in counts]
+        growth = [b / a for a, b in itertools.pairwise(vals)]
+        rows.append(TargetRow(
+            f"cost per pair, {title} (µs at " + " / ".join(f"{n:,}" for n in counts) + " fields)",
+            " / ".join(f"{v:.1f}" for v in vals), f"each <= {TARGET_COST_GROWTH:g}x previous",
+            all(g <= TARGET_COST_GROWTH for g in growth) if growth else None, vals))
+    for n in counts:
+        e = summ[n]["engine"]
+        amp = e["read_amplification"]
+        rows.append(TargetRow(f"{n:,} fields: read amplification (measured)",
+                              "n/a" if amp is None else f"{amp:.3f}", f"<= {TARGET_READ_AMP:g}",
+                              None if amp is None else amp <= TARGET_READ_AMP, amp))
+    for n in counts:
+        e = summ[n]["engine"]
+        sp = e.get("exec_speedup_1_to_2")
+        rows.append(TargetRow(f"{n:,} fields: execution-phase speedup 1 -> 2 workers",
+                              "not run" if sp is None else f"{sp:.2f}x",
+                              f">= {TARGET_WORKER_SPEEDUP:g}x",
+                              None if sp is None else sp >= TARGET_WORKER_SPEEDUP, sp))
+    for n in counts:
+        peak = max(summ[n]["engine"]["peak_rss_worker"].values(), default=0)
+        rows.append(TargetRow(f"{n:,} fields: peak RSS per worker (all runs)",
+                              f"{peak / MB:.0f} MB", f"<= {TARGET_MEMORY / GB:g} GB",
+                              peak <= TARGET_MEMORY if peak else None, peak))
+    label = f"{name(large, LARGE) if large else f'{LARGE:,} fields'}: pairs per task"
+    if large is None:
+        rows.append(TargetRow(label, "not run", f">= {TARGET_PAIRS_PER_TASK:g}", None))
+    else:
+        ppt = summ[large]["engine"]["pairs_per_task"]
+        rows.append(TargetRow(label, f"{ppt:.1f}", f">= {TARGET_PAIRS_PER_TASK:g}",
+                              ppt >= TARGET_PAIRS_PER_TASK, ppt))
+    for n in counts:
+        c = summ[n]["checks"]
+        eng = [v for k, v in c.items() if k.startswith("engine_w")]
+        rows.append(TargetRow(f"{n:,} fields: engine table = {c.get('reference', 'reference')} "
+                              "(1e-9, count exact)",
+                              "n/a" if not eng else ("equal" if all(v["ok"] for v in eng)
+                                                     else "DIFFERENT"), "equal",
+                              None if not eng else all(v["ok"] for v in eng)))
+    return rows
 
 
-def check_against_engine(naive_df: Any, stats_path: Path, seed: int, n_check: int = 10) -> dict[str, Any]:
-    """Compare a handful of naive pairs with the engine's stats table (every variable)."""
-    import pyarrow.parquet as pq
-
-    eng = pq.read_table(stats_path).to_pandas().set_index(["field_id", "scene_id", "variable"])
-    keys = naive_df[["field_id", "scene_id"]].drop_duplicates().to_numpy().tolist()
-    rng = np.random.default_rng([seed, 11])
-    chosen = [keys[i] for i in sorted(rng.choice(len(keys), size=min(n_check, len(keys)),
-                                                 replace=False))]
-    max_dmean, other_diff, missing, compared = 0.0, set(), 0, 0
-    nd = naive_df.set_index(["field_id", "scene_id", "variable"])
-    for fid, sid in chosen:
-        for var in VARIABLES:
-            key = (fid, sid, var)
-            if key not in eng.index:
-                missing += 1
-                continue
-            a, b = nd.loc[key], eng.loc[key]
-            compared += 1
-            for stat in STATS:
-                x, y = float(a[stat]), float(b[stat])
-                if math.isnan(x) and math.isnan(y):
-                    continue
-                d = abs(x - y) if not (math.isnan(x) or math.isnan(y)) else math.inf
-                if stat == "mean":
-                    max_dmean = max(max_dmean, d)
-                elif d > 1e-9 * max(1.0, abs(y)):
-                    other_diff.add(stat)
-    return {"pairs": len(chosen), "compared": compared, "missing": missing,
-            "max_dmean": max_dmean, "ok": missing == 0 and compared > 0 and max_dmean <= 1e-9,
-            "other_diff": sorted(other_diff)}
+def print_targets(rows: list[TargetRow]) -> None:
+    say("")
+    say("=" * 120)
+    say("targets")
+    say("-" * 120)
+    say(f"{'figure':<66}{'value':>20}  {'target':<24}status")
+    say("-" * 120)
+    for r in rows:
+        say(f"{r.label:<66}{r.value:>20}  {r.target:<24}{status(r.ok)}")
+    say("=" * 120)
 
 
 # --------------------------------------------------------------------------- main
 
 
-@contextlib.contextmanager
-def working_dir(path: str | None) -> Iterator[Path]:
-    if path:
-        p = Path(path).resolve()
-        p.mkdir(parents=True, exist_ok=True)
-        yield p
-    else:
-        with tempfile.TemporaryDirectory(prefix="bench_field_stats_") as tmp:
-            yield Path(tmp)
+def parse_counts(text: str, what: str) -> list[int]:
+    try:
+        vals = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what}: comma-separated integers, got {text!r}") from None
+    if not vals or vals[0] < 1:
+        raise argparse.ArgumentTypeError(f"{what}: integers >= 1, got {text!r}")
+    return vals
 
 
-def status(ok: bool | None) -> str:
-    return "n/a" if ok is None else ("MET" if ok else "MISSED")
-
-
-def say_context(title: str) -> None:
-    """Print the benchmark title, library versions and the machine."""
-    import psutil
-
-    say(title)
-    say("# " + ", ".join(f"{k} {val}" for k, val in versions().items()))
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
-    say(f"# {platform.machine()}, {os.cpu_count()} CPUs ({affinity} usable), "
-        f"{total_ram() / GB:.1f} GB RAM ({psutil.virtual_memory().available / GB:.1f} GB available), "
-        f"{platform.node()}")
-
-
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenes", type=int, default=12)
     ap.add_argument("--size", type=int, default=5490, help="scene width/height in pixels")
-    ap.add_argument("--fields", type=int, default=2000)
+    ap.add_argument("--fields", type=lambda t: parse_counts(t, "--fields"),
+                    default=parse_counts(DEFAULT_FIELDS, "--fields"),
+                    help=f"field densities, comma-separated (default {DEFAULT_FIELDS}); the "
+                    "sample is generated once with the largest")
+    ap.add_argument("--workers", type=lambda t: parse_counts(t, "--workers"),
+                    default=[1, 2], help="engine worker counts (default 1,2); ratios use the "
+                    "largest")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats (medians)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default=None,
                     help="keep sample + repository here and reuse them (default: a temp dir)")
     ap.add_argument("--naive-pairs", type=int, default=None,
-                    help="time the naive loop on N seeded random field-scene pairs and "
-                    "extrapolate (default: all pairs)")
-    ap.add_argument("--skip-naive", action="store_true", help="no naive baseline (no speedup)")
-    ap.add_argument("--rules", "--rule", dest="rule", default="centre",
-                    choices=["centre", "all_touched", "coverage"],
-                    help="pixel rule of the job (the naive loop knows centre and all_touched)")
-    args = ap.parse_args()
-    if args.rule == "coverage" and not args.skip_naive:
-        ap.error("--rules coverage has no naive rasterio equivalent: add --skip-naive")
-    if args.naive_pairs is not None and args.naive_pairs < 1:
-        ap.error("--naive-pairs must be >= 1")
+                    help="time the naive loop on at most N seeded random pairs per density "
+                    "and extrapolate (default: all pairs)")
+    ap.add_argument("--exactextract-fields", type=int, default=None,
+                    help="run exactextract on at most N seeded random fields per density and "
+                    "extrapolate the extraction (default: all fields)")
+    ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--skip-exactextract", action="store_true")
+    ap.add_argument("--skip-floor", action="store_true")
+    ap.add_argument("--check-sample", type=int, default=20,
+                    help="seeded pairs reported apart in the correctness check (every common "
+                    "pair is compared as well)")
+    ap.add_argument("--json-out", default=None,
+                    help=f"write every number here (default: <workdir>/{RESULT_FILE}, or "
+                    "./ when the workdir is temporary)")
+    args = ap.parse_args(argv)
+    from pixelquery_batch.sample import max_fields_for_size
 
-    say_context(f"# per-field statistics benchmark: {args.scenes} scenes x {args.size}^2 px, "
-                f"{args.fields} fields, pixels={args.rule}, seed {args.seed}")
+    limit = max_fields_for_size(args.size)
+    if args.fields[-1] > limit:
+        ap.error(f"--fields {args.fields[-1]} does not fit a {args.size} px scene "
+                 f"(max_fields_for_size: {limit})")
+    for name in ("naive_pairs", "exactextract_fields"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.repeats < 1:
+        ap.error("--repeats must be >= 1")
+    return args
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    counts, workers = args.fields, args.workers
+    main_w = workers[-1]
+    ctx = say_context(f"# per-field NDVI statistics vs peers: {args.scenes} scenes x "
+                      f"{args.size}^2 px, fields {', '.join(f'{n:,}' for n in counts)}, "
+                      f"workers {workers}, {args.repeats} repeats, seed {args.seed}")
     with working_dir(args.workdir) as workdir:
-        # ---------------------------------------------------------------- 1. setup
-        info = setup_data(workdir, args)
-        n_scenes = len(cogs_by_scene(info["cog_dir"]))
-        pairs_total = info["n_fields"] * n_scenes
-        cogs = data_files(Path(info["cog_dir"]))
-        cog_bytes = sum(p.stat().st_size for p in cogs)
-        say(f"# data: {n_scenes} scenes x {args.size}^2 px x 6 bands (4 at 10 m, B11 + SCL at "
-            f"20 m; {len(cogs)} COGs, {cog_bytes / GB:.2f} GB; red, nir, scl read), "
-            f"{info['n_fields']} fields, "
-            f"{pairs_total} field-scene pairs; workdir {workdir}")
-        how = "reused from the marker (timings of the run that built it)" if info["reused"] else "this run"
+        json_out = Path(args.json_out) if args.json_out else (
+            (workdir if args.workdir else Path.cwd()) / RESULT_FILE)
+        # ---------------------------------------------------------------- setup (untimed)
+        info = setup_data(workdir, args, fields=counts[-1])
+        how = "reused (timings of the run that built it)" if info["reused"] else "this run"
         say(f"setup [{how}]: generate {info['generate_s']:.1f} s, ingest {info['ingest_s']:.1f} s "
-            "(not part of any ratio)")
-
-        runs = workdir / "runs"
-        shutil.rmtree(runs, ignore_errors=True)
-        runs.mkdir()
-        spec_cold = write_spec(runs / "bench-cold.yaml", repo=info["repo"], fields=info["fields_path"],
-                               out_dir=runs / "cold", rule=args.rule)
-        spec_warm = write_spec(runs / "bench-warm.yaml", repo=info["repo"], fields=info["fields_path"],
-                               out_dir=runs / "warm", rule=args.rule)
-        opts = cluster_options(spec_cold)
-        say(f"job spec: {spec_warm} (cluster: {opts.n_workers} workers x "
-            f"{opts.threads_per_worker} thread, memory_limit {opts.memory_limit})")
-
-        # ---------------------------------------------------------------- 2-3. pqb run
-        up_s, down_s = time_cluster_start(opts)
-        say(f"LocalCluster alone (open_client): start {up_s:.2f} s, close {down_s:.2f} s")
-
-        evict_page_cache(data_files(Path(info["cog_dir"]), Path(info["repo"])))
-        res = resident_fraction(cogs)
-        say("cold run: COGs evicted from the page cache (posix_fadvise DONTNEED); resident now: "
-            + ("unknown" if res is None else f"{res:.0%}"))
-        cold = engine_run(spec_cold, opts)
-        print_engine_run("cold", cold)
-        res = resident_fraction(cogs)
-        say("warm run: page cache filled by the cold run; COGs resident: "
-            + ("unknown" if res is None else f"{res:.0%}")
-            + " (the job reads only the red/nir/scl tiles that fields touch, no overviews)")
-        warm = engine_run(spec_warm, opts)
-        print_engine_run("warm", warm)
-
-        from pixelquery_batch.api import plan_prepared, prepare_job
-
+            f"(never part of a ratio)")
+        scenes = cogs_by_scene(info["cog_dir"])
+        scene_ids = list(scenes)
+        band_files = {name: key for key, name in FILE_BANDS.items()}
+        grids = band_grids(scenes, ["red", "nir"])
+        say(f"# data: {len(scenes)} scenes, red/nir {grids['red'].shape_yx[1]} x "
+            f"{grids['red'].shape_yx[0]} px in {grids['red'].tile_yx[1]} px tiles "
+            f"({band_files['red']}.tif, {band_files['nir']}.tif); {info['n_fields']:,} fields; "
+            f"workdir {workdir}")
         t0 = time.perf_counter()
-        job = prepare_job(spec_warm)
-        t1 = time.perf_counter()
-        plan_prepared(job)
-        t2 = time.perf_counter()
-        say(f"client side, timed alone: prepare_job {t1 - t0:.2f} s, plan {t2 - t1:.2f} s")
+        ids_all, geoms_all = load_fields(info["fields_path"])
+        from rasterio.warp import transform_geom
 
-        plan = warm["result"].manifest["plan"]
-        pairs_per_task = plan["field_scene_pairs"] / plan["tasks"] if plan["tasks"] else 0.0
-        read_amp = float(plan["read_amplification"])
-        say(f"plan: {plan['tasks']} tasks for {plan['field_scene_pairs']} field-scene pairs -> "
-            f"{pairs_per_task:.1f} pairs per task; fields matched {plan['fields_matched']}"
-            f"/{plan['fields']}")
-        say(f"plan: chunks read {plan['chunks_read']} / chunks touched by fields "
-            f"{plan['chunks_touched']} -> read amplification {read_amp:.3f}; "
-            f"fetched by the workers: {warm['result'].manifest['execution']['chunks_read']}")
-        peak = max([*warm["rss_hwm"].values(), *warm["rss_sampled"].values(),
-                    *cold["rss_hwm"].values(), *cold["rss_sampled"].values()], default=0)
+        geoms_scene = transform_geom("EPSG:4326", grids["red"].crs_wkt, geoms_all)
+        bounds_all = scene_bounds(geoms_all, grids["red"].crs_wkt)
+        subsets = write_density_fields(Path(info["fields_path"]), workdir, counts, args.seed)
+        runs_dir = workdir / "runs"
+        shutil.rmtree(runs_dir, ignore_errors=True)
+        densities: list[Density] = []
+        tile_files: dict[str, dict[str, TileFile]] = {}
+        if not args.skip_floor:
+            tile_files = {sid: {b: open_tile_file(scenes[sid][b], grids[b]) for b in ("red", "nir")}
+                          for sid in scene_ids}
+        for n in counts:
+            path, idx = subsets[n]
+            d = Density(n, path, idx)
+            ddir = runs_dir / f"d{n}"
+            ddir.mkdir(parents=True)
+            for w in workers:
+                d.specs[w] = write_spec(ddir / f"bench-d{n}-w{w}.yaml", repo=info["repo"],
+                                        fields=path, out_dir=ddir / f"w{w}_out", workers=w)
+            if not args.skip_floor:
+                d.floor = prepare_floor([ids_all[i] for i in idx.tolist()], bounds_all[idx],
+                                        [geoms_scene[i] for i in idx.tolist()], grids["red"],
+                                        tile_files)
+            densities.append(d)
+        say(f"setup: density subsets, specs, floor masks and tile index in "
+            f"{time.perf_counter() - t0:.1f} s (untimed); specs in {runs_dir}")
+        warm_up([Path(paths[b]) for paths in scenes.values() for b in ("red", "nir")],
+                Path(info["repo"]))
 
-        # ---------------------------------------------------------------- 4. naive
-        naive, chk = None, None
-        if not args.skip_naive:
-            say(f"naive loop (single process, warm page cache): "
-                f"{args.naive_pairs or pairs_total} of {pairs_total} pairs ...")
-            naive = naive_run(info, runs / "naive", args.rule, args.naive_pairs, args.seed)
-            per_pair = naive["loop_s"] / max(naive["pairs_timed"], 1)
-            parts = ", ".join(f"{k} {val / max(naive['loop_s'], 1e-9):.0%}"
-                              for k, val in naive["parts"].items())
-            say(f"naive: load fields {naive['load_s']:.2f} s, loop {naive['loop_s']:.2f} s for "
-                f"{naive['pairs_timed']} pairs ({per_pair * 1000:.2f} ms/pair: {parts}), "
-                f"write {naive['write_s']:.2f} s")
-            if naive["extrapolated"]:
-                say(f"naive: EXTRAPOLATED to all {naive['pairs_total']} pairs "
-                    f"(x{naive['scale']:.1f} on loop and write): {naive['total_s']:.2f} s")
-            else:
-                say(f"naive: total {naive['total_s']:.2f} s (measured on every pair)")
-            chk = check_against_engine(naive["df"], warm["result"].outputs["stats"], args.seed)
-            say(f"check naive vs engine: {chk['pairs']} pairs x {len(VARIABLES)} variables, "
-                f"{chk['compared']} rows compared, {chk['missing']} missing in the engine table, "
-                f"max |mean diff| {chk['max_dmean']:.3g} (<= 1e-9): {'OK' if chk['ok'] else 'FAILED'}"
-                + (f"; other statistics differ: {', '.join(chk['other_diff'])}"
-                   if chk["other_diff"] else "; all 9 statistics agree"))
+        # ---------------------------------------------------------------- timed runs
+        summaries: dict[int, dict[str, Any]] = {}
+        for d in densities:
+            say("")
+            say(f"## {d.n_fields:,} fields ({d.fields_path.name}) x {len(scenes)} scenes")
+            for rep in range(args.repeats):
+                run_repeat(d, rep, args=args, workers=workers, scenes=scenes, runs_dir=runs_dir)
+            bands = list(d.runs[engine_key(main_w)][-1].extra["plan"]["bands_read"])
+            for b in bands:
+                grid = grids.get(b) or Grid.of(scenes[scene_ids[0]][b])
+                bounds = bounds_all[d.index] if grid.crs_wkt == grids["red"].crs_wkt else \
+                    scene_bounds([geoms_all[i] for i in d.index.tolist()], grid.crs_wkt)
+                d.touched[b] = len(touched_tiles(field_windows(bounds, grid), grid))
+            summaries[d.n_fields] = summarise_density(d, main_w=main_w, workers=workers,
+                                                      n_scenes=len(scenes), seed=args.seed,
+                                                      sample=args.check_sample)
+            if summaries[d.n_fields]["engine"]["scenes_matched"] != len(scenes):
+                say(f"WARNING: the engine matched {summaries[d.n_fields]['engine']['scenes_matched']}"
+                    f" scenes, the chunk count assumes {len(scenes)}")
+            print_density(summaries[d.n_fields], args.repeats)
+            d.tables.clear()
+        for files in tile_files.values():
+            for tf in files.values():
+                os.close(tf.fd)
 
-        # ---------------------------------------------------------------- summary
-        e2e = warm["e2e_s"]
-        say("")
-        say("=" * 96)
-        say(f"summary ({n_scenes} scenes x {args.size}^2 px, {info['n_fields']} fields, "
-            f"{pairs_total} pairs, pixels={args.rule})")
-        say("-" * 96)
-        say(f"{'figure':<56}{'value':>14}  {'target':<12}{'status'}")
-        say("-" * 96)
-
-        def row(label: str, value: str, target: str = "", st: str = "") -> None:
-            say(f"{label:<56}{value:>14}  {target:<12}{st}".rstrip())
-
-        row("setup: generate + ingest (not in ratios)",
-            f"{info['generate_s'] + info['ingest_s']:.1f} s")
-        row("LocalCluster start (open_client alone)", f"{up_s:.2f} s")
-        row("pqb run end to end, cold", f"{cold['e2e_s']:.2f} s")
-        row("pqb run end to end, warm (used in ratios)", f"{e2e:.2f} s")
-        speed_ok = None
-        if naive is not None:
-            tag = " [extrapolated]" if naive["extrapolated"] else ""
-            row(f"naive loop, 1 process, warm{tag}", f"{naive['total_s']:.2f} s")
-            row(f"naive x2 processes, ideal (= naive / 2){tag}", f"{naive['total_s'] / 2:.2f} s")
-            speedup = naive["total_s"] / e2e
-            speed_ok = speedup >= TARGET_SPEEDUP
-            row("speedup vs naive (1 process)", f"{speedup:.1f}x", f">= {TARGET_SPEEDUP:g}x",
-                status(speed_ok))
-            row("speedup vs naive x2 (ideal)", f"{naive['total_s'] / 2 / e2e:.1f}x", "(info)")
-        else:
-            row("speedup vs naive (1 process)", "skipped", f">= {TARGET_SPEEDUP:g}x", "n/a")
-        mem_ok = peak < TARGET_MEMORY
-        row("peak worker memory (max: workers, runs)", f"{peak / MB:.0f} MB", "< 1 GB",
-            status(mem_ok))
-        pairs_ok = pairs_per_task >= TARGET_PAIRS_PER_TASK
-        row("field-scene pairs per task", f"{pairs_per_task:.1f}", f">= {TARGET_PAIRS_PER_TASK:g}",
-            status(pairs_ok))
-        amp_ok = read_amp <= TARGET_READ_AMP
-        row("read amplification (plan)", f"{read_amp:.3f}", f"<= {TARGET_READ_AMP:g}",
-            status(amp_ok))
-        say("=" * 96)
-        if chk is not None and not chk["ok"]:
-            say("WARNING: the naive loop disagrees with the engine: the speedup compares "
-                "different work")
+        # ---------------------------------------------------------------- targets
+        if len(counts) > 1:
+            say("")
+            say("engine cost per pair across densities (marginal = extra CPU / extra pairs):")
+            prev = None
+            for n in counts:
+                e = summaries[n]["engine"]
+                cpu = summaries[n]["peers"][engine_key(main_w)]["cpu_s"]
+                marg = ""
+                if prev is not None:
+                    marg = (f", marginal {(cpu - prev[1]) / (e['pairs'] - prev[0]) * 1e6:.1f} µs CPU"
+                            if e["pairs"] > prev[0] else "")
+                say(f"  {n:>8,} fields: {e['wall_per_pair_us']:8.1f} µs wall, "
+                    f"{e['exec_wall_per_pair_us']:8.1f} µs execution wall, "
+                    f"{e['cpu_per_pair_us']:8.1f} µs CPU per pair{marg}")
+                prev = (e["pairs"], cpu)
+        rows = evaluate_targets(summaries)
+        print_targets(rows)
+        small, large, stand_in = target_densities(counts)
+        if stand_in:
+            say(f"(smoke densities: {small:,} stands in for {SMALL:,} fields"
+                + (f", {large:,} for {LARGE:,}" if large else "") + "; targets are set for the "
+                "full-size sample, fixed costs dominate small runs)")
+        result = {
+            "context": ctx,
+            "args": {k: v for k, v in vars(args).items()},
+            "data": {"scenes": scene_ids, "size": args.size, "fields_generated": info["n_fields"],
+                     "grid_red": asdict(grids["red"]), "setup": {k: info[k] for k in (
+                         "generate_s", "ingest_s", "reused")}},
+            "densities": {str(n): s for n, s in summaries.items()},
+            "targets": [r.record() for r in rows],
+        }
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=1, default=str))
+        say(f"all numbers: {json_out}")
     return 0
 
 

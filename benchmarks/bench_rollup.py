@@ -9,7 +9,8 @@ the rollup (partials are tree-reduced on the workers: no pixel reaches the clien
 Everything is measured in the same run; setup is timed apart and never enters a ratio:
 
 1. setup: the sample and repository of ``bench_field_stats.py`` (same generator, same
-   ``--workdir`` reuse through its marker file, so both benchmarks can share a workdir),
+   ``--workdir`` reuse through its marker file; both benchmarks can share a workdir when
+   they are given the same field count, ``bench_field_stats.py``'s largest ``--fields``),
    plus ``bench_rollup_regions.geojson`` in the workdir: ``--regions`` polygons in a
    rows x cols grid (3 x 4 for 12) with slightly jagged interior boundaries, covering the
    whole scene with a margin, EPSG:4326, ids ``R01``, ``R02``, ... (north-west first);
@@ -59,7 +60,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_field_stats import (  # the sibling benchmark: shared setup and helpers
+from _bench_common import (  # helpers shared with bench_field_stats.py
     CLOUD_CLASSES,
     MB,
     SCALE,
