@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from .errors import ConfigError, TaskError
 from .planner import Plan, WorkUnit
 from .tasks import JobContext, UnitResult, run_unit
 
-__all__ = ["ClusterOptions", "ExecutionSummary", "execute", "open_client"]
+__all__ = ["ClientStarter", "ClusterOptions", "ExecutionSummary", "execute", "open_client"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,23 +59,17 @@ class ExecutionSummary:
     unit_s_max: float = 0.0
 
 
-@contextlib.contextmanager
-def open_client(options: ClusterOptions) -> Iterator[Any]:
-    """A connected ``distributed.Client`` (closing the LocalCluster it started, if any)."""
+def _connect(options: ClusterOptions) -> tuple[Any, Any]:
+    """A connected ``distributed.Client`` and the LocalCluster it started (or ``None``)."""
     from distributed import Client, LocalCluster
 
     if options.address:
         try:
-            client = Client(options.address, timeout="20s")
+            return Client(options.address, timeout="20s", set_as_default=True), None
         except OSError as exc:
             raise ConfigError(f"cannot connect to the Dask scheduler at {options.address}: {exc}",
                               hint="check cluster.address / --cluster and that the scheduler runs",
                               address=options.address) from exc
-        try:
-            yield client
-        finally:
-            client.close()
-        return
     cluster = LocalCluster(
         n_workers=options.n_workers,
         threads_per_worker=options.threads_per_worker,
@@ -84,10 +79,70 @@ def open_client(options: ClusterOptions) -> Iterator[Any]:
         silence_logs=logging.ERROR,
     )
     try:
-        with Client(cluster) as client:
-            yield client
-    finally:
+        return Client(cluster, set_as_default=True), cluster
+    except BaseException:
         cluster.close()
+        raise
+
+
+def _disconnect(client: Any, cluster: Any) -> None:
+    try:
+        client.close()
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+@contextlib.contextmanager
+def open_client(options: ClusterOptions) -> Iterator[Any]:
+    """A connected ``distributed.Client`` (closing the LocalCluster it started, if any)."""
+    client, cluster = _connect(options)
+    try:
+        yield client
+    finally:
+        _disconnect(client, cluster)
+
+
+class ClientStarter:
+    """Connect to (or start) the cluster in a background thread, then warm the workers.
+
+    The client goes on reading the catalog, loading fields and planning meanwhile; the
+    workers import the task modules at the same time (instead of when the first unit
+    arrives). :meth:`client` waits for it; :meth:`close` shuts down what was started.
+    """
+
+    def __init__(self, options: ClusterOptions) -> None:
+        self._options = options
+        self._client: Any = None
+        self._cluster: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._start, name="pqb-cluster-start", daemon=True)
+        self._t0 = time.perf_counter()
+        self.start_s = 0.0
+        self._thread.start()
+
+    def _start(self) -> None:
+        from .tasks import warm_worker
+
+        try:
+            self._client, self._cluster = _connect(self._options)
+            self.start_s = time.perf_counter() - self._t0
+            self._client.run(warm_worker)
+        except BaseException as exc:  # re-raised on the caller's thread by client()
+            self._error = exc
+
+    def client(self) -> Any:
+        """The connected ``distributed.Client`` (raises what starting it raised)."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._client
+
+    def close(self) -> None:
+        self._thread.join()
+        if self._client is not None:
+            client, cluster, self._client, self._cluster = self._client, self._cluster, None, None
+            _disconnect(client, cluster)
 
 
 def _unit_failed(summary: ExecutionSummary, unit: WorkUnit, exc: BaseException,

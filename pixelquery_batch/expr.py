@@ -273,8 +273,8 @@ class Expression:
         arrays = {}
         for n in self.names:
             arr = np.asarray(env[n], dtype=np.float64)
-            finite = np.isfinite(arr)
-            arrays[n] = arr if finite.all() else np.where(finite, arr, _NAN)
+            inf = np.isinf(arr)  # NaN already marks invalid pixels: only inf needs mapping
+            arrays[n] = np.where(inf, _NAN, arr) if inf.any() else arr
         fn = self._fn
         if fn is None:  # pragma: no cover - always set by __post_init__
             raise RuntimeError("expression was not compiled")
@@ -282,7 +282,7 @@ class Expression:
             result = fn(arrays)
         if any(result is a for a in arrays.values()):
             result = result.copy()
-        return np.asarray(result, dtype=np.float64)
+        return _finite(np.asarray(result, dtype=np.float64))
 
 
 def _reject(text: str, name: str, node: ast.AST, what: str) -> ExpressionError:
@@ -373,6 +373,10 @@ class _Compiler:
         if op in _ARITH:
             ufunc = _ARITH[op]
             left, right = self.numeric(node.left), self.numeric(node.right)
+            if op in (ast.Add, ast.Sub, ast.Mult):
+                # finite inputs give finite sums and products (barring float overflow,
+                # which the final check maps to NaN): no per-operation scan
+                return (lambda env: ufunc(left(env), right(env))), "num"
             return (lambda env: _finite(ufunc(left(env), right(env)))), "num"
         if op in (ast.BitAnd, ast.BitOr):
             symbol = "&" if op is ast.BitAnd else "|"

@@ -251,15 +251,17 @@ def prepare_job(spec: str | os.PathLike[str] | Any, *, check_only: bool = False)
                        problems, tuple(unmasked))
 
 
-def plan_prepared(job: PreparedJob) -> Plan:
-    """The per-field plan of a prepared job (pure: see :func:`~pixelquery_batch.planner.plan_job`)."""
+def plan_prepared(job: PreparedJob, *, workers: int = 2) -> Plan:
+    """The per-field plan of a prepared job (pure: see :func:`~pixelquery_batch.planner.plan_job`).
+
+    ``workers``: how many workers will share the units (at least two units each)."""
     from .planner import plan_job
 
     if job.fields is None:
         raise SpecError("this job has no fields (it only rolls pixels up to regions)")
     return plan_job(job.scenes, job.fields, bands=job.bands, optional_bands=job.optional_bands,
                     rule=job.spec.pixels, n_variables=len(job.variables),
-                    resolution=job.spec.resolution)
+                    resolution=job.spec.resolution, min_units=2 * max(1, workers))
 
 
 def plan_summary(job: PreparedJob) -> dict[str, Any]:
@@ -314,13 +316,29 @@ class RunResult:
 
 @contextmanager
 def _client_for(cluster: Any) -> Iterator[Any]:
-    from .executor import ClusterOptions, open_client
+    """The client to run on: a started :class:`ClientStarter`'s, or ``cluster`` itself."""
+    from .executor import ClientStarter
 
-    if isinstance(cluster, ClusterOptions):
-        with open_client(cluster) as client:
-            yield client
+    if isinstance(cluster, ClientStarter):
+        try:
+            yield cluster.client()
+        finally:
+            cluster.close()
     else:
         yield cluster  # "sync" or an existing Client
+
+
+def _cluster_options(spec: Any, cluster: Any) -> Any:
+    from .executor import ClusterOptions
+
+    if cluster is None:
+        c = spec.cluster
+        return ClusterOptions(address=c.address, n_workers=c.n_workers,
+                              threads_per_worker=c.threads_per_worker,
+                              memory_limit=c.memory_limit, dashboard=c.dashboard)
+    if isinstance(cluster, str) and cluster != "sync":
+        return ClusterOptions(address=cluster)
+    return cluster
 
 
 def run_job(
@@ -346,19 +364,23 @@ def run_job(
         Called when the cluster is connected (scheduler address, dashboard link).
     """
     from . import __version__
-    from .executor import ClusterOptions, ExecutionSummary
+    from .executor import ClientStarter, ClusterOptions, ExecutionSummary
     from .writers import RunOutputs, atomic_write_json
 
     started = dt.datetime.now(dt.UTC)
-    job = prepare_job(spec)
+    spec = load_job(spec)
+    cluster = _cluster_options(spec, cluster)
+    workers_hint = 1 if cluster == "sync" else 4
+    if isinstance(cluster, ClusterOptions):  # start it while the job is prepared and planned
+        workers_hint = cluster.n_workers if not cluster.address else 4
+        cluster = ClientStarter(cluster)
+    try:
+        job = prepare_job(spec)
+    except BaseException:
+        if isinstance(cluster, ClientStarter):
+            cluster.close()
+        raise
     spec = job.spec
-    if cluster is None:
-        c = spec.cluster
-        cluster = ClusterOptions(address=c.address, n_workers=c.n_workers,
-                                 threads_per_worker=c.threads_per_worker,
-                                 memory_limit=c.memory_limit, dashboard=c.dashboard)
-    elif isinstance(cluster, str) and cluster != "sync":
-        cluster = ClusterOptions(address=cluster)
     out_dir = Path(spec.outputs.dir)
     outputs: dict[str, Path] = {}
     manifest: dict[str, Any] = {
@@ -381,10 +403,12 @@ def run_job(
     run_outputs = RunOutputs(out_dir)
     stage = run_outputs.root  # every stage writes here; published together at the end
     try:
+        # planned while the cluster starts (pure: no pixel is read)
+        field_plan = plan_prepared(job, workers=workers_hint) if job.fields is not None else None
         with _client_for(cluster) as client:
-            if job.fields is not None:
-                summary, series = _run_fields(job, client, stage, outputs, manifest, progress,
-                                              on_start)
+            if field_plan is not None:
+                summary, series = _run_fields(job, field_plan, client, stage, outputs, manifest,
+                                              progress, on_start)
             elif on_start:
                 on_start(summary)
             if job.points is not None:
@@ -398,6 +422,8 @@ def run_job(
         outputs = run_outputs.publish(outputs)
     except BaseException:
         run_outputs.abort()
+        if isinstance(cluster, ClientStarter):  # failed before the cluster was used
+            cluster.close()
         raise
     finished = dt.datetime.now(dt.UTC)
     manifest["finished_at"] = finished.isoformat()
@@ -418,7 +444,7 @@ def _execution_record(summary: ExecutionSummary) -> dict[str, Any]:
     }
 
 
-def _run_fields(job: PreparedJob, client: Any, out_dir: Path, outputs: dict[str, Path],
+def _run_fields(job: PreparedJob, plan: Plan, client: Any, out_dir: Path, outputs: dict[str, Path],
                 manifest: dict[str, Any], progress: ProgressFn | None,
                 on_start: Callable[[ExecutionSummary], None] | None,
                 ) -> tuple[ExecutionSummary, pd.DataFrame | None]:
@@ -429,7 +455,6 @@ def _run_fields(job: PreparedJob, client: Any, out_dir: Path, outputs: dict[str,
 
     spec = job.spec
     ts_spec = spec.outputs.timeseries
-    plan = plan_prepared(job)
     ctx = job.context(daily=ts_spec is not None)
     logger.info("plan ready", extra={"job": spec.name, "job_hash": ctx.job_hash,
                                      "snapshot_id": job.ref.snapshot_id, "tasks": len(plan.units),

@@ -638,3 +638,139 @@ def _walk_edge(
             step_y = max(row + 1 - y, _MIN_ROW_STEP)
             x += step_y / slope
             y += step_y
+
+
+# --------------------------------------------------------------------------------------
+# many fields at once (centre rule)
+
+
+def centre_pixels_batch(
+    geoms: list[BaseGeometry], windows: np.ndarray, transform: GeoTransform
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixels of many geometries under the centre rule, in one vectorised pass.
+
+    Exactly the pixels :func:`geometry_weights` gives each geometry with ``"centre"`` over
+    its own window (the same arithmetic, per window origin, so tie cases resolve alike),
+    but for all geometries together: edges, scan-line crossings and the parity fill run
+    over the concatenation of every window, with no Python loop per geometry.
+
+    Parameters
+    ----------
+    geoms
+        Valid (Multi)Polygons in the raster's CRS (empty ones give no pixel).
+    windows
+        ``(F, 4)`` integer ``(row0, col0, height, width)`` per geometry.
+    transform
+        North-up geotransform of the grid.
+
+    Returns
+    -------
+    (counts, rows, cols)
+        ``counts[i]`` pixels for geometry ``i``; their grid rows and columns follow,
+        geometry after geometry, row-major within each.
+
+    Raises
+    ------
+    InputDataError
+        A non-polygonal geometry (naming its position) or a rotated geotransform.
+
+    Examples
+    --------
+    >>> from shapely.geometry import box
+    >>> t = (10.0, 0.0, 0.0, 0.0, -10.0, 30.0)
+    >>> counts, rows, cols = centre_pixels_batch(
+    ...     [box(0, 0, 20, 20), box(12, 12, 14, 14)], np.array([[1, 0, 2, 2], [1, 1, 1, 1]]), t)
+    >>> counts.tolist(), rows.tolist(), cols.tolist()
+    ([4, 0], [1, 1, 2, 2], [0, 1, 0, 1])
+    """
+    a, c, e, f = _check_transform(transform)
+    windows = np.asarray(windows, dtype=np.int64).reshape(-1, 4)
+    n = len(geoms)
+    empty = np.empty(0, np.int64)
+    if n == 0:
+        return np.zeros(0, np.int64), empty, empty
+    arr = np.asarray(geoms, dtype=object)
+    kinds = shapely.get_type_id(arr)
+    if np.any(~np.isin(kinds, (_POLYGON, _MULTIPOLYGON, _COLLECTION))):
+        bad = int(np.flatnonzero(~np.isin(kinds, (_POLYGON, _MULTIPOLYGON, _COLLECTION)))[0])
+        _polygons(geoms[bad])  # raises with the geometry type
+    polys_list: list[BaseGeometry] = []
+    owner: list[int] = []
+    for i, g in enumerate(geoms):
+        if kinds[i] == _POLYGON:
+            if not g.is_empty:
+                polys_list.append(g)
+                owner.append(i)
+        else:
+            parts = _polygons(g)
+            polys_list.extend(parts)
+            owner.extend([i] * len(parts))
+    counts = np.zeros(n, np.int64)
+    if not polys_list:
+        return counts, empty, empty
+    poly_field = np.asarray(owner, dtype=np.int64)
+    rings, poly_idx = shapely.get_rings(np.asarray(polys_list, dtype=object), return_index=True)
+    coords, ring_idx = shapely.get_coordinates(rings, return_index=True)
+    ring_field = poly_field[poly_idx]
+    vfield = ring_field[ring_idx]
+    row0, col0, height, width = (windows[:, k] for k in range(4))
+    ox = c + col0 * a  # each window's origin, as rasterio computes it
+    oy = f + row0 * e
+    x = -ox[vfield] / a + coords[:, 0] * (1.0 / a)
+    y = -oy[vfield] / e + coords[:, 1] * (1.0 / e)
+    same = ring_idx[:-1] == ring_idx[1:]
+    x0, y0, x1, y1 = x[:-1][same], y[:-1][same], x[1:][same], y[1:][same]
+    edge_ring = ring_idx[:-1][same]
+    first = np.minimum(np.searchsorted(ring_idx, np.arange(len(rings))), len(x) - 1)
+    rx, ry = x[first][edge_ring], y[first][edge_ring]
+    cross = (x0 - rx) * (y1 - ry) - (x1 - rx) * (y0 - ry)
+    orient = np.sign(np.bincount(edge_ring, weights=cross, minlength=len(rings)))[edge_ring]
+    efield = ring_field[edge_ring]
+
+    h = np.maximum(height, 0)
+    w = np.maximum(width, 0)
+    flat = y0 == y1
+    keep = ~flat
+    hx0 = np.where(orient[flat] < 0, x1[flat], x0[flat])
+    hx1 = np.where(orient[flat] < 0, x0[flat], x1[flat])
+    hy, hfield = y0[flat], efield[flat]
+    ef = efield[keep]
+    x0, y0, x1, y1 = x0[keep], y0[keep], x1[keep], y1[keep]
+    up = y0 < y1
+    xa, ya = np.where(up, x0, x1), np.where(up, y0, y1)
+    xb, yb = np.where(up, x1, x0), np.where(up, y1, y0)
+    hf = h[ef]
+    r_start = np.clip(np.ceil(ya - 0.5), 0, hf).astype(np.int64)
+    r_stop = np.clip(np.ceil(yb - 0.5), 0, hf).astype(np.int64)
+    k, offset = _expand(np.maximum(r_stop - r_start, 0))
+    rows = r_start[k] + offset
+    dy = rows + 0.5
+    xs = (dy - ya[k]) * (xb[k] - xa[k]) / (yb[k] - ya[k]) + xa[k]
+    kf = ef[k]
+    cols = np.clip(np.floor(xs + 0.5), 0, w[kf]).astype(np.int64)
+    # even-odd fill: per (field, row) the sorted crossings pair up into filled spans
+    # [c0, c1), [c2, c3), ... (the same pixels the per-window parity cumsum fills)
+    order = np.lexsort((cols, rows, kf))
+    kf, rows, cols = kf[order], rows[order], cols[order]
+    span_f, span_r = kf[0::2], rows[0::2]
+    span_a, span_b = cols[0::2], cols[1::2]
+    p, off = _expand(np.maximum(span_b - span_a, 0))
+    pf, pr, pc = span_f[p], span_r[p], span_a[p] + off
+    on_line = (hx0 > hx1) & (hy - 0.5 == np.floor(hy - 0.5)) & (hy > 0) & (hy < h[hfield])
+    if on_line.any():  # GDAL's bottom horizontal edges: add, then drop duplicates
+        hf2 = hfield[on_line]
+        r = (hy[on_line] - 0.5).astype(np.int64)
+        c_a = np.clip(np.floor(hx1[on_line] + 0.5), 0, w[hf2]).astype(np.int64)
+        c_b = np.clip(np.floor(hx0[on_line] + 0.5), 0, w[hf2]).astype(np.int64)
+        q, qoff = _expand(np.maximum(c_b - c_a, 0))
+        stride = int(w.max()) + 1
+        rstride = int(h.max()) + 1
+        key = np.sort(np.concatenate([
+            (pf * rstride + pr) * stride + pc,
+            (hf2[q] * rstride + r[q]) * stride + c_a[q] + qoff]))
+        key = key[np.r_[True, key[1:] != key[:-1]]]
+        pf, rem = np.divmod(key, rstride * stride)
+        pr, pc = np.divmod(rem, stride)
+    counts = np.bincount(pf, minlength=n).astype(np.int64)
+    return counts, row0[pf] + pr, col0[pf] + pc
+

@@ -87,6 +87,17 @@ def result_schema(stats: Sequence[str]) -> pa.Schema:
     )
 
 
+def warm_worker() -> None:
+    """Import what units need and tune the allocator (run on each worker at connect)."""
+    import icechunk  # noqa: F401
+    import zarr  # noqa: F401
+
+    from . import gather, rasterize  # noqa: F401
+    from .kernels import segments  # noqa: F401
+
+    gather.tune_allocator()
+
+
 @lru_cache(maxsize=256)
 def _expression(name: str, text: str) -> Any:
     from .expr import parse_expression
@@ -239,12 +250,13 @@ class _Rows:
         return pa.concat_tables(self.parts)
 
 
-def _weighted_sums(pix: Any, mask: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
+def _weighted_sums(segments: Any, weights: np.ndarray | None, mask: np.ndarray,
+                   keep: np.ndarray | None) -> np.ndarray:
     """Per field: the weight of the pixels in ``mask`` (and ``keep``)."""
-    w = mask.astype(np.float64) if pix.weights is None else np.where(mask, pix.weights, 0.0)
+    w = mask.astype(np.float64) if weights is None else np.where(mask, weights, 0.0)
     if keep is not None:
         w = np.where(keep, w, 0.0)
-    return np.bincount(pix.segments.seg, weights=w, minlength=pix.segments.n_fields)
+    return np.bincount(segments.seg, weights=w, minlength=segments.n_fields)
 
 
 def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None) -> UnitResult:
@@ -275,9 +287,10 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
     TaskError
         With ``on_error: fail``, on the first failing field or scene (ids attached).
     """
-    from .gather import field_pixels
+    from .gather import field_pixels, tune_allocator
     from .kernels.segments import segment_stats
 
+    tune_allocator()
     t0 = time.perf_counter()
     reader = reader or _reader_for(ctx.repo)
     before = reader.chunks_read
@@ -308,49 +321,42 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
     work = (unit.transform, unit.shape_yx)
     ids = list(pix.field_ids)
     cols = stat_columns(ctx.stats)
-    outside = ~pix.inside
 
+    groups = pix.groups()
     days: dict[str, list[SceneTask]] = {}
     for scene in unit.scenes:
         days.setdefault(scene.day or scene.datetime[:10], []).append(scene)
 
     for day_scenes in days.values():
-        merged: dict[str, np.ndarray] = {}
-        merged_cloud = np.zeros(pix.n_pixels, bool)
+        merged: dict[tuple[int, str], np.ndarray] = {}  # (group, variable) -> day values
+        merged_cloud: dict[int, np.ndarray] = {}
         done: list[SceneTask] = []
         for scene in day_scenes:
             try:
                 bands = _needed_bands(scene, ctx)
-                raws = {(b.array, b.index): gather_raw for b, gather_raw in
-                        _gather_bands(reader, scene, bands, work, pix)}
-                env: dict[str, np.ndarray] = {}
-                cloud = np.zeros(pix.n_pixels, bool)
-                for name, band in bands.items():
-                    raw = raws[(band.array, band.index)]
-                    values = _physical(raw, band, ctx.mask_nodata)
-                    values[outside] = np.nan
-                    env[name] = values
-                    if ctx.cloud_band and name == ctx.cloud_band:
-                        cloud = _cloud_mask(raw, band, ctx) & pix.inside
+                tiles = {(b.array, b.index): t for b, t in _decode_bands(reader, scene, bands, work, pix)}
                 masked = _cloud_applies(scene, ctx)
                 when = dt.datetime.fromisoformat(scene.datetime)
-                for vname, expr in exprs:
-                    values = np.asarray(expr.evaluate({n: env[n] for n in expr.names}),
-                                        dtype=np.float64)
-                    if values.shape != (pix.n_pixels,):
-                        values = np.broadcast_to(values, (pix.n_pixels,)).copy()
-                    if masked:
-                        values = np.where(cloud, np.nan, values)
-                    res = segment_stats(values, pix.segments, cols, weights=pix.weights)
-                    invalid = ~np.isfinite(values)
-                    cloud_w = _weighted_sums(pix, invalid & cloud, None)
-                    nodata_w = _weighted_sums(pix, invalid, None) - cloud_w
-                    rows.add(ids, scene.scene_id, when, vname, res, res["_total"], nodata_w,
-                             cloud_w, masked)
+                for g, grp in enumerate(groups):
+                    env, cloud = _group_env(grp, bands, tiles, pix, ctx)
+                    gw = None if pix.weights is None else pix.weights[grp.p0:grp.p1]
+                    for vname, expr in exprs:
+                        values = _evaluate(expr, env, grp.p1 - grp.p0)
+                        if masked:
+                            values[cloud] = np.nan
+                        res = segment_stats(values, grp.segments, cols, weights=gw)
+                        invalid = ~np.isfinite(values)
+                        cloud_w = _weighted_sums(grp.segments, gw, invalid & cloud, None)
+                        nodata_w = _weighted_sums(grp.segments, gw, invalid, None) - cloud_w
+                        rows.add(ids[grp.f0:grp.f1], scene.scene_id, when, vname, res,
+                                 res["_total"], nodata_w, cloud_w, masked)
+                        if day_rows is not None:
+                            prev = merged.get((g, vname))
+                            merged[(g, vname)] = values if prev is None else np.where(
+                                np.isnan(prev), values, prev)
                     if day_rows is not None:
-                        prev = merged.get(vname)
-                        merged[vname] = values if prev is None else np.where(np.isnan(prev), values, prev)
-                merged_cloud |= cloud
+                        prev_c = merged_cloud.get(g)
+                        merged_cloud[g] = cloud if prev_c is None else prev_c | cloud
                 done.append(scene)
             except TaskError:
                 raise
@@ -358,30 +364,59 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
                 for fid in ids:
                     fail(exc, scene_id=scene.scene_id, field_id=fid)
         if day_rows is not None and done:
-            keep = pix.outside(done[0].exclude_wkb, unit.transform)
+            keep_all = pix.outside(done[0].exclude_wkb, unit.transform)
             day_masked = all(_cloud_applies(s, ctx) for s in done)
             day_id = "+".join(sorted(s.scene_id for s in done))
             when = min(dt.datetime.fromisoformat(s.datetime) for s in done)
-            for vname, _ in exprs:
-                values = merged[vname]
-                res = segment_stats(values, pix.segments, cols, keep=keep, weights=pix.weights)
-                invalid = ~np.isfinite(values)
-                cloud_w = _weighted_sums(pix, invalid & merged_cloud, keep)
-                nodata_w = _weighted_sums(pix, invalid, keep) - cloud_w
-                day_rows.add(ids, day_id, when, vname, res, res["_total"], nodata_w, cloud_w,
-                             day_masked)
+            for g, grp in enumerate(groups):
+                keep = None if keep_all is None else keep_all[grp.p0:grp.p1]
+                gw = None if pix.weights is None else pix.weights[grp.p0:grp.p1]
+                for vname, _ in exprs:
+                    values = merged[(g, vname)]
+                    res = segment_stats(values, grp.segments, cols, keep=keep, weights=gw)
+                    invalid = ~np.isfinite(values)
+                    cloud_w = _weighted_sums(grp.segments, gw, invalid & merged_cloud[g], keep)
+                    nodata_w = _weighted_sums(grp.segments, gw, invalid, keep) - cloud_w
+                    day_rows.add(ids[grp.f0:grp.f1], day_id, when, vname, res, res["_total"],
+                                 nodata_w, cloud_w, day_masked)
     return UnitResult(unit.unit_id, rows.table(), reader.chunks_read - before,
                       time.perf_counter() - t0, failures, warnings,
                       day_table=day_rows.table() if day_rows is not None else None)
 
 
-def _gather_bands(reader: ChunkReader, scene: SceneTask, bands: dict[str, BandInfo],
-                  work: Work, pix: Any) -> list[tuple[BandInfo, np.ndarray]]:
-    """Each distinct stored band of ``bands`` gathered at the unit's pixels."""
-    from .gather import gather_band
+def _decode_bands(reader: ChunkReader, scene: SceneTask, bands: dict[str, BandInfo],
+                  work: Work, pix: Any) -> list[tuple[BandInfo, Any]]:
+    """The chunks each distinct stored band of ``bands`` needs, decoded."""
+    from .gather import decode_band
 
     distinct = {(b.array, b.index): b for b in bands.values()}.values()
-    return [(b, gather_band(reader, scene.group, b, work, pix)) for b in distinct]
+    return [(b, decode_band(reader, scene.group, b, work, pix)) for b in distinct]
+
+
+def _group_env(grp: Any, bands: dict[str, BandInfo], tiles: dict[tuple[str, int | None], Any],
+               pix: Any, ctx: JobContext) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Physical band values (NaN = invalid or outside the raster) and the cloud mask of
+    one group of fields' pixels."""
+    inside = pix.inside[grp.p0:grp.p1]
+    env: dict[str, np.ndarray] = {}
+    cloud = np.zeros(grp.p1 - grp.p0, bool)
+    for name, band in bands.items():
+        raw = tiles[(band.array, band.index)].values(grp.p0, grp.p1)
+        values = _physical(raw, band, ctx.mask_nodata)
+        values[~inside] = np.nan
+        env[name] = values
+        if ctx.cloud_band and name == ctx.cloud_band:
+            cloud = _cloud_mask(raw, band, ctx) & inside
+    return env, cloud
+
+
+def _evaluate(expr: Any, env: dict[str, np.ndarray], n: int) -> np.ndarray:
+    values = np.asarray(expr.evaluate({k: env[k] for k in expr.names}), dtype=np.float64)
+    if values.shape != (n,):
+        values = np.broadcast_to(values, (n,)).copy()
+    elif not values.flags.writeable:
+        values = values.copy()
+    return values
 
 
 def _field_env(window: tuple[int, int, int, int], clip: Any, mosaic: tuple[int, int, int, int] | None,

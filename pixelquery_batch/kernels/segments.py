@@ -45,7 +45,7 @@ class Segments:
     """
 
     starts: np.ndarray  # (F + 1,) int64
-    seg: np.ndarray  # (P,) int64: the field of each pixel
+    seg: np.ndarray  # (P,) int32 (int64 for huge layouts): the field of each pixel
     _buckets: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list, repr=False)
 
     @classmethod
@@ -53,7 +53,8 @@ class Segments:
         counts = np.asarray(counts, dtype=np.int64)
         starts = np.zeros(len(counts) + 1, dtype=np.int64)
         np.cumsum(counts, out=starts[1:])
-        seg = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+        seg = np.repeat(np.arange(len(counts), dtype=np.int32 if len(counts) < 2**31 else np.int64),
+                        counts)
         return cls(starts, seg)
 
     @property
@@ -87,6 +88,8 @@ class Segments:
             offs = np.arange(width)
             idx = self.starts[fids][:, None] + offs[None, :]
             idx[offs[None, :] >= counts[fids][:, None]] = self.n_pixels
+            if self.n_pixels < 2**31:
+                idx = idx.astype(np.int32)
             self._buckets.append((fids, idx))
         return self._buckets
 
@@ -175,7 +178,10 @@ def segment_stats(
     if qnames:
         for q in qnames:
             out[q] = np.full(n, np.nan)
-        ext = np.append(np.where(valid, values, np.nan), np.nan)
+        ext = np.empty(len(values) + 1)  # + a NaN slot the padding points at
+        np.copyto(ext[:-1], values)
+        ext[:-1][~valid] = np.nan
+        ext[-1] = np.nan
         for fids, idx in segments.buckets():
             rows = np.sort(ext[idx], axis=1)  # NaN (invalid and padding) sorts last
             c = count[fids].astype(np.int64)
