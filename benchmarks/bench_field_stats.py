@@ -178,6 +178,19 @@ def write_density_fields(src: Path, workdir: Path, counts: list[int], seed: int
     return out
 
 
+ENGINE_MODE = "threads"  # set from --engine-mode
+
+
+def cluster_section(workers: int) -> dict[str, Any]:
+    """The spec's LocalCluster: ``workers`` threads of one process (the embedded default's
+    shape), or ``workers`` single-thread worker processes with ``--engine-mode processes``."""
+    if ENGINE_MODE == "processes":
+        return {"n_workers": workers, "threads_per_worker": 1, "processes": True,
+                "memory_limit": "2GiB", "dashboard": False}
+    return {"n_workers": 1, "threads_per_worker": workers, "processes": False,
+            "memory_limit": "auto", "dashboard": False}
+
+
 def write_spec(path: Path, *, repo: str, fields: Path, out_dir: Path, workers: int) -> Path:
     """The benchmark job: NDVI only, 8 statistics, centre rule, nodata mask, parquet."""
     import yaml
@@ -194,8 +207,7 @@ def write_spec(path: Path, *, repo: str, fields: Path, out_dir: Path, workers: i
         "pixels": "centre",
         "masks": {"nodata": True, "cloud": None},
         "outputs": {"dir": str(out_dir), "stats": {"format": "parquet"}},
-        "cluster": {"n_workers": workers, "threads_per_worker": 1, "memory_limit": "2GiB",
-                    "dashboard": False},
+        "cluster": cluster_section(workers),
         "on_error": "skip",
     }
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -237,7 +249,9 @@ def engine_key(workers: int) -> str:
 def peer_label(key: str) -> str:
     if key.startswith("engine_w"):
         w = int(key.removeprefix("engine_w"))
-        return f"pqb run, {w} worker{'s' if w > 1 else ''}"
+        if ENGINE_MODE == "processes":
+            return f"pqb run, {w} worker process{'es' if w > 1 else ''}"
+        return f"pqb run, {w} thread{'s' if w > 1 else ''}"
     return PEER_LABELS.get(key, key)
 
 
@@ -623,6 +637,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--workers", type=lambda t: parse_counts(t, "--workers"),
                     default=[1, 2], help="engine worker counts (default 1,2); ratios use the "
                     "largest")
+    ap.add_argument("--engine-mode", choices=("threads", "processes"), default="threads",
+                    help="the engine's LocalCluster: W threads of one process (the embedded "
+                    "default) or W single-thread worker processes")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats (medians)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default=None,
@@ -659,11 +676,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    global ENGINE_MODE
+    ENGINE_MODE = args.engine_mode
     counts, workers = args.fields, args.workers
     main_w = workers[-1]
     ctx = say_context(f"# per-field NDVI statistics vs peers: {args.scenes} scenes x "
                       f"{args.size}^2 px, fields {', '.join(f'{n:,}' for n in counts)}, "
-                      f"workers {workers}, {args.repeats} repeats, seed {args.seed}")
+                      f"engine {args.engine_mode} {workers}, {args.repeats} repeats, "
+                      f"seed {args.seed}")
     with working_dir(args.workdir) as workdir:
         json_out = Path(args.json_out) if args.json_out else (
             (workdir if args.workdir else Path.cwd()) / RESULT_FILE)

@@ -406,7 +406,7 @@ stats: [mean, std, min, max, median, p10, p90, count, valid_fraction]
 pixels: centre
 masks: {{nodata: true, cloud: auto}}                       # SCL (20 m) on the 10 m grid
 outputs: {{dir: out/nightly-field-stats, stats: {{format: parquet}}}}
-cluster: {{address: {address}, n_workers: 2, threads_per_worker: 1, memory_limit: 2GiB}}
+cluster: {{address: {address}, n_workers: 1, processes: false}}   # a thread per core
 on_error: skip
 """
 

@@ -31,13 +31,22 @@ ProgressFn = Callable[[str, int, int], None]
 
 @dataclass(frozen=True, slots=True)
 class ClusterOptions:
-    """Where to run: ``address`` (existing scheduler), ``"sync"``, or a new LocalCluster."""
+    """Where to run: ``address`` (existing scheduler), ``"sync"``, or a new LocalCluster
+    (default: one worker in this process with a thread per core)."""
 
     address: str | None = None
-    n_workers: int = 2
-    threads_per_worker: int = 1
-    memory_limit: str = "2GiB"
+    n_workers: int = 1
+    threads_per_worker: int | None = None  # None: one per CPU core
+    memory_limit: str = "auto"
     dashboard: bool = True
+    processes: bool = False
+
+    @property
+    def threads(self) -> int:
+        """Threads per worker, with ``None`` resolved to the CPU count."""
+        import os
+
+        return self.threads_per_worker or os.cpu_count() or 1
 
 
 @dataclass
@@ -57,6 +66,7 @@ class ExecutionSummary:
     wall_s: float = 0.0
     unit_s_total: float = 0.0
     unit_s_max: float = 0.0
+    first_unit_at: float | None = None  # wall clock when the first unit started
 
 
 def _connect(options: ClusterOptions) -> tuple[Any, Any]:
@@ -72,9 +82,9 @@ def _connect(options: ClusterOptions) -> tuple[Any, Any]:
                               address=options.address) from exc
     cluster = LocalCluster(
         n_workers=options.n_workers,
-        threads_per_worker=options.threads_per_worker,
+        threads_per_worker=options.threads,
         memory_limit=options.memory_limit,
-        processes=True,
+        processes=options.processes,
         dashboard_address=":0" if options.dashboard else None,
         silence_logs=logging.ERROR,
     )
@@ -119,6 +129,7 @@ class ClientStarter:
         self._thread = threading.Thread(target=self._start, name="pqb-cluster-start", daemon=True)
         self._t0 = time.perf_counter()
         self.start_s = 0.0
+        self.ready_at: float | None = None  # wall clock once connected and warmed
         self._thread.start()
 
     def _start(self) -> None:
@@ -128,6 +139,7 @@ class ClientStarter:
             self._client, self._cluster = _connect(self._options)
             self.start_s = time.perf_counter() - self._t0
             self._client.run(warm_worker)
+            self.ready_at = time.time()
         except BaseException as exc:  # re-raised on the caller's thread by client()
             self._error = exc
 
@@ -180,6 +192,8 @@ def _record(summary: ExecutionSummary, res: UnitResult, on_result: Callable[[Uni
     summary.warnings.extend(res.warnings)
     summary.unit_s_total += res.duration_s
     summary.unit_s_max = max(summary.unit_s_max, res.duration_s)
+    if res.started_at and (summary.first_unit_at is None or res.started_at < summary.first_unit_at):
+        summary.first_unit_at = res.started_at
     on_result(res)
 
 

@@ -137,6 +137,7 @@ def tune_allocator() -> None:
 
 _CACHE: OrderedDict[tuple[Any, ...], FieldPixels] = OrderedDict()
 _CACHE_LOCK = threading.Lock()
+_BUILDING: dict[tuple[Any, ...], threading.Lock] = {}
 _CACHE_SIZE = 4
 
 
@@ -154,16 +155,20 @@ def field_pixels(fields: Sequence[Any], transform: tuple[float, ...], shape_yx: 
     process, so every unit of these fields on this grid reuses it.
     """
     cache_key = (key, tuple(transform), tuple(shape_yx), rule) if key else None
-    if cache_key is not None:
+    if cache_key is None:
+        return _build(fields, transform, shape_yx, rule)
+    with _CACHE_LOCK:
+        building = _BUILDING.setdefault(cache_key, threading.Lock())
+    with building:  # threads of one worker build a set of pixels once
         with _CACHE_LOCK:
             hit = _CACHE.get(cache_key)
             if hit is not None:
                 _CACHE.move_to_end(cache_key)
                 return hit
-    pix = _build(fields, transform, shape_yx, rule)
-    if cache_key is not None:
+        pix = _build(fields, transform, shape_yx, rule)
         with _CACHE_LOCK:
             _CACHE[cache_key] = pix
+            _BUILDING.pop(cache_key, None)
             while len(_CACHE) > _CACHE_SIZE:
                 _CACHE.popitem(last=False)
     return pix

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -335,7 +336,8 @@ def _cluster_options(spec: Any, cluster: Any) -> Any:
         c = spec.cluster
         return ClusterOptions(address=c.address, n_workers=c.n_workers,
                               threads_per_worker=c.threads_per_worker,
-                              memory_limit=c.memory_limit, dashboard=c.dashboard)
+                              memory_limit=c.memory_limit, dashboard=c.dashboard,
+                              processes=c.processes)
     if isinstance(cluster, str) and cluster != "sync":
         return ClusterOptions(address=cluster)
     return cluster
@@ -368,11 +370,12 @@ def run_job(
     from .writers import RunOutputs, atomic_write_json
 
     started = dt.datetime.now(dt.UTC)
+    t_start = time.time()
     spec = load_job(spec)
     cluster = _cluster_options(spec, cluster)
     workers_hint = 1 if cluster == "sync" else 4
     if isinstance(cluster, ClusterOptions):  # start it while the job is prepared and planned
-        workers_hint = cluster.n_workers if not cluster.address else 4
+        workers_hint = cluster.n_workers * cluster.threads if not cluster.address else 4
         cluster = ClientStarter(cluster)
     try:
         job = prepare_job(spec)
@@ -381,6 +384,7 @@ def run_job(
             cluster.close()
         raise
     spec = job.spec
+    t_prepared = time.time()
     out_dir = Path(spec.outputs.dir)
     outputs: dict[str, Path] = {}
     manifest: dict[str, Any] = {
@@ -405,7 +409,11 @@ def run_job(
     try:
         # planned while the cluster starts (pure: no pixel is read)
         field_plan = plan_prepared(job, workers=workers_hint) if job.fields is not None else None
+        t_planned = time.time()
+        ready_at = cluster.ready_at if isinstance(cluster, ClientStarter) else None
         with _client_for(cluster) as client:
+            if isinstance(cluster, ClientStarter):
+                ready_at = cluster.ready_at
             if field_plan is not None:
                 summary, series = _run_fields(job, field_plan, client, stage, outputs, manifest,
                                               progress, on_start)
@@ -426,6 +434,14 @@ def run_job(
             cluster.close()
         raise
     finished = dt.datetime.now(dt.UTC)
+    first = summary.first_unit_at
+    manifest["timings"] = {  # seconds from the start of run_job: where time to first task goes
+        "prepared_s": round(t_prepared - t_start, 3),
+        "planned_s": round(t_planned - t_start, 3),
+        "cluster_ready_s": round(ready_at - t_start, 3) if ready_at else None,
+        "first_unit_started_s": round(first - t_start, 3) if first else None,
+        "finished_s": round(time.time() - t_start, 3),
+    }
     manifest["finished_at"] = finished.isoformat()
     manifest["duration_s"] = round((finished - started).total_seconds(), 3)
     manifest["outputs"] = {k: str(v) for k, v in outputs.items()}

@@ -465,13 +465,22 @@ class ClusterSpec(BaseModel):
         description="Scheduler of an existing cluster, e.g. `tcp://host:8786`; `null` starts "
         "a local cluster.",
     )
-    n_workers: int = Field(default=2, ge=1, description="Local cluster: worker processes.")
-    threads_per_worker: int = Field(
-        default=1, ge=1, description="Local cluster: threads per worker."
+    n_workers: int = Field(default=1, ge=1, description="Local cluster: workers.")
+    threads_per_worker: int | None = Field(
+        default=None, ge=1,
+        description="Local cluster: threads per worker (`null`: one per CPU core).",
+    )
+    processes: bool = Field(
+        default=False,
+        description="Local cluster: workers are threads of this process (`false`, the "
+        "default: no worker start-up, one shared cache of field pixels; the decoders and "
+        "numpy release the GIL, measured 1.96x on 2 threads) or separate processes (`true`: "
+        "isolation, a memory limit enforced per worker).",
     )
     memory_limit: str = Field(
-        default="2GiB",
-        description="Local cluster: memory per worker, a Dask size (`2GiB`, `500MB`) or `auto`.",
+        default="auto",
+        description="Local cluster: memory per worker, a Dask size (`2GiB`, `500MB`) or "
+        "`auto` (the machine's memory shared among the workers).",
     )
     dashboard: bool = Field(default=True, description="Serve (and print) the Dask dashboard.")
 

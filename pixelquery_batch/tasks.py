@@ -60,6 +60,7 @@ class UnitResult:
     failures: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[dict[str, Any]] = field(default_factory=list)
     day_table: pa.Table | None = None
+    started_at: float = 0.0  # wall clock (time.time()) when the unit started on its worker
 
 
 def stat_columns(stats: Sequence[str]) -> list[str]:
@@ -188,29 +189,6 @@ def read_bands(reader: ChunkReader, scene: SceneTask, bands: dict[str, BandInfo]
     return out
 
 
-def _clip(window: tuple[int, int, int, int], shape_yx: tuple[int, int]):  # type: ignore[no-untyped-def]
-    r0, c0, h, w = window
-    y0, y1 = max(r0, 0), min(r0 + h, shape_yx[0])
-    x0, x1 = max(c0, 0), min(c0 + w, shape_yx[1])
-    if y1 <= y0 or x1 <= x0:
-        return None
-    return (y0, y1, x0, x1), (slice(y0 - r0, y1 - r0), slice(x0 - c0, x1 - c0))
-
-
-def _centres_in(geom_wkb: bytes | None, transform: tuple[float, ...],
-                window: tuple[int, int, int, int]) -> np.ndarray | None:
-    """Pixels of ``window`` whose centres lie in ``geom_wkb`` (``None`` when no geometry)."""
-    if geom_wkb is None:
-        return None
-    geom = shapely.from_wkb(geom_wkb)
-    a, _, c, _, e, f = transform
-    r0, c0, h, w = window
-    xs = c + a * (np.arange(c0, c0 + w) + 0.5)
-    ys = f + e * (np.arange(r0, r0 + h) + 0.5)
-    shapely.prepare(geom)
-    return shapely.contains_xy(geom, xs[None, :], ys[:, None])
-
-
 class _Rows:
     """Output rows of one unit, appended a (scene, variable) batch of fields at a time."""
 
@@ -291,6 +269,7 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
     from .kernels.segments import segment_stats
 
     tune_allocator()
+    started_at = time.time()
     t0 = time.perf_counter()
     reader = reader or _reader_for(ctx.repo)
     before = reader.chunks_read
@@ -381,7 +360,8 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
                                  nodata_w, cloud_w, day_masked)
     return UnitResult(unit.unit_id, rows.table(), reader.chunks_read - before,
                       time.perf_counter() - t0, failures, warnings,
-                      day_table=day_rows.table() if day_rows is not None else None)
+                      day_table=day_rows.table() if day_rows is not None else None,
+                      started_at=started_at)
 
 
 def _decode_bands(reader: ChunkReader, scene: SceneTask, bands: dict[str, BandInfo],
@@ -480,16 +460,29 @@ def merge_rollup_results(a: RollupResult, b: RollupResult) -> RollupResult:
                         a.units + b.units, a.failures + b.failures)
 
 
+@dataclass(frozen=True, slots=True)
+class _RegionPart:
+    """A region part as the pixel builder sees a field."""
+
+    field_id: str
+    wkb: bytes
+    window: tuple[int, int, int, int]
+
+
 def run_rollup_unit(unit: Any, rctx: RollupContext, reader: ChunkReader | None = None) -> RollupResult:
     """Partials of every region part of one block, per period and variable.
 
-    Same-day scenes of the grid are merged pixel by pixel (first valid, clear pixel in
-    scene order) and pixels that a same-day scene on another grid provides are left out,
-    so a pixel is counted once per day whatever the tiling.
+    The same machinery as the per-field units: the pixels of each region part (centre
+    rule) are worked out once, only the chunks holding them are decoded (each band on its
+    own grid and tiling), and the values are gathered into flat arrays. Same-day scenes of
+    the grid are merged pixel by pixel (first valid, clear pixel in scene order) and
+    pixels that a same-day scene on another grid provides are left out, so a pixel is
+    counted once per day whatever the tiling.
     """
+    from .gather import field_pixels, tune_allocator
     from .kernels.rollup import Partial, histogram_for
-    from .rasterize import geometry_weights
 
+    tune_allocator()
     ctx = rctx.job
     t0 = time.perf_counter()
     reader = reader or _reader_for(ctx.repo)
@@ -498,8 +491,11 @@ def run_rollup_unit(unit: Any, rctx: RollupContext, reader: ChunkReader | None =
     window = (r0, c0, r1 - r0, c1 - c0)
     specs = {v: histogram_for(v, dict(rctx.histograms).get(v)) for v in rctx.variables}
     exprs = [(n, _expression(n, t)) for n, t in ctx.variables if n in rctx.variables]
-    masks = [(p.region_id, geometry_weights(shapely.from_wkb(p.wkb), unit.transform, window, "centre") > 0)
-             for p in unit.regions]
+    parts = [_RegionPart(p.region_id, p.wkb, window) for p in unit.regions]
+    pix = field_pixels(parts, unit.transform, unit.shape_yx, "centre",
+                       key=f"rollup-{unit.unit_id}")
+    work = (unit.transform, unit.shape_yx)
+    starts = pix.segments.starts
     period_of = dict(unit.periods)
     partials: dict[tuple[str, str, str], Any] = {}
     days_seen: dict[tuple[str, str, str], set[str]] = {}
@@ -507,19 +503,18 @@ def run_rollup_unit(unit: Any, rctx: RollupContext, reader: ChunkReader | None =
     by_day: dict[str, list[SceneTask]] = {}
     for scene in unit.scenes:
         by_day.setdefault(scene.day, []).append(scene)
-    clip = ((r0, r1, c0, c1), (slice(0, r1 - r0), slice(0, c1 - c0)))
+    whole = _WholeGroup(0, pix.segments.n_fields, 0, pix.n_pixels)
     for day, scenes in by_day.items():
         merged: dict[str, np.ndarray] = {}
         try:
             for scene in scenes:
                 bands = _needed_bands(scene, ctx)
-                raws = read_bands(reader, scene, bands, (unit.transform, unit.shape_yx),
-                                  unit.window, unit.parts)
-                env, cloud = _field_env(window, clip, (r0, r1, c0, c1), bands, raws, ctx)
+                tiles = {(b.array, b.index): t for b, t in _decode_bands(reader, scene, bands, work, pix)}
+                env, cloud = _group_env(whole, bands, tiles, pix, ctx)
                 for vname, expr in exprs:
-                    values = np.asarray(expr.evaluate({n: env[n] for n in expr.names}), dtype=np.float64)
+                    values = _evaluate(expr, env, pix.n_pixels)
                     if _cloud_applies(scene, ctx):
-                        values = np.where(cloud, np.nan, values)
+                        values[cloud] = np.nan
                     prev = merged.get(vname)
                     merged[vname] = values if prev is None else np.where(np.isnan(prev), values, prev)
         except Exception as exc:
@@ -529,13 +524,13 @@ def run_rollup_unit(unit: Any, rctx: RollupContext, reader: ChunkReader | None =
             failures.append({"unit_id": unit.unit_id, "scene_id": "+".join(s.scene_id for s in scenes),
                              "error": f"{type(exc).__name__}: {exc}"})
             continue
-        excluded = _centres_in(scenes[0].exclude_wkb, unit.transform, window)
+        keep = pix.outside(scenes[0].exclude_wkb, unit.transform)
         period = period_of[day]
         for vname, values in merged.items():
-            if excluded is not None:
-                values = np.where(excluded, np.nan, values)
-            for region_id, mask in masks:
-                part = Partial.from_values(values[mask], specs[vname])
+            if keep is not None:
+                values = np.where(keep, values, np.nan)
+            for k, region_id in enumerate(pix.field_ids):
+                part = Partial.from_values(values[starts[k]:starts[k + 1]], specs[vname])
                 key = (region_id, period, vname)
                 prev = partials.get(key)
                 partials[key] = part if prev is None else prev.merge(part)
@@ -543,6 +538,16 @@ def run_rollup_unit(unit: Any, rctx: RollupContext, reader: ChunkReader | None =
                     days_seen.setdefault(key, set()).add(day)
     return RollupResult(partials, days_seen, reader.chunks_read - before,
                         time.perf_counter() - t0, 1, failures)
+
+
+@dataclass(frozen=True, slots=True)
+class _WholeGroup:
+    """All the gathered pixels as one group (rollup blocks are bounded already)."""
+
+    f0: int
+    f1: int
+    p0: int
+    p1: int
 
 
 # --------------------------------------------------------------------------- composites

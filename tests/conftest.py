@@ -108,7 +108,9 @@ def write_spec(directory: Path, *, repo: Path, fields: Path, out: str = "out", *
         "pixels": "centre",
         "masks": {"nodata": True, "cloud": "auto"},
         "outputs": {"dir": str(directory / out), "stats": {"format": "parquet"}},
-        "cluster": {"n_workers": 2, "threads_per_worker": 1, "memory_limit": "1GiB", "dashboard": False},
+        # real worker processes in the tests (the embedded default uses threads)
+        "cluster": {"n_workers": 2, "threads_per_worker": 1, "processes": True, "memory_limit": "1GiB",
+                    "dashboard": False},
         "on_error": "skip",
     }
     spec.update(overrides)

@@ -175,6 +175,18 @@ def test_local_cluster_matches_sync(sync_run, sample_small, sample_repo, tmp_pat
     pd.testing.assert_frame_equal(read_stats(result.outputs["stats"]), read_stats(sync_run.outputs["stats"]))
 
 
+def test_embedded_default_threads_match_sync(sync_run, sample_small, sample_repo, tmp_path) -> None:
+    """The embedded default: one worker in this process, a thread per core, sharing one
+    cache of field pixels; same table as the synchronous run."""
+    spec = write_spec(tmp_path, repo=sample_repo, fields=sample_small.fields_path,
+                      cluster={"n_workers": 1, "threads_per_worker": 2, "processes": False,
+                               "dashboard": False})
+    result = run_job(spec)
+    assert result.manifest["execution"]["workers"] == 1
+    assert result.manifest["timings"]["first_unit_started_s"] >= result.manifest["timings"]["planned_s"]
+    pd.testing.assert_frame_equal(read_stats(result.outputs["stats"]), read_stats(sync_run.outputs["stats"]))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
