@@ -29,7 +29,10 @@ from .catalog.models import BandInfo
 from .grids import grid_map
 from .kernels.segments import Segments
 
-__all__ = ["BandTiles", "FieldPixels", "PixelGroup", "decode_band", "field_pixels", "gather_band"]
+__all__ = [
+    "BandTiles", "FieldPixels", "PixelGroup", "decode_band", "field_pixels", "gather_band",
+    "prefetch_band",
+]
 
 Work = tuple[tuple[float, ...], tuple[int, int]]  # (transform, shape_yx) of the work grid
 
@@ -292,8 +295,18 @@ class BandTiles:
         return out
 
 
+def prefetch_band(reader: ChunkReader, group: str, band: BandInfo, work: Work,
+                  pix: FieldPixels) -> Any:
+    """Start fetching what :func:`decode_band` will decode (readers that can: the
+    Icechunk one); the handle goes to ``decode_band(..., prefetched=)``."""
+    start = getattr(reader, "prefetch", None)
+    if start is None:
+        return None
+    return start(group, band, _band_index(pix, band, work).chunks)
+
+
 def decode_band(reader: ChunkReader, group: str, band: BandInfo, work: Work,
-                pix: FieldPixels) -> BandTiles:
+                pix: FieldPixels, *, prefetched: Any = None) -> BandTiles:
     """Decode the chunks of one band (of one scene) that hold the unit's pixels.
 
     Which chunks, and where each pixel sits in them, is worked out once per band grid
@@ -302,7 +315,10 @@ def decode_band(reader: ChunkReader, group: str, band: BandInfo, work: Work,
     outside the raster (or the band's grid) read as the band's nodata (else 0).
     """
     idx = _band_index(pix, band, work)
-    tiles = reader.read_tiles(group, band, idx.chunks)
+    if prefetched is not None:
+        tiles = reader.read_tiles(group, band, idx.chunks, prefetched=prefetched)  # type: ignore[call-arg]
+    else:
+        tiles = reader.read_tiles(group, band, idx.chunks)
     nodata = band.nodata
     fill: Any = 0
     if nodata is not None and (tiles.dtype.kind == "f" or np.isfinite(nodata)):

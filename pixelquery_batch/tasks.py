@@ -305,6 +305,9 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
     days: dict[str, list[SceneTask]] = {}
     for scene in unit.scenes:
         days.setdefault(scene.day or scene.datetime[:10], []).append(scene)
+    order = [s for day_scenes in days.values() for s in day_scenes]
+    following = dict(zip((s.scene_id for s in order), [*order[1:], None], strict=True))
+    prefetched = _prefetch(reader, order[0] if order else None, ctx, work, pix)
 
     for day_scenes in days.values():
         merged: dict[tuple[int, str], np.ndarray] = {}  # (group, variable) -> day values
@@ -313,7 +316,10 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
         for scene in day_scenes:
             try:
                 bands = _needed_bands(scene, ctx)
-                tiles = {(b.array, b.index): t for b, t in _decode_bands(reader, scene, bands, work, pix)}
+                current, prefetched = prefetched, _prefetch(
+                    reader, following[scene.scene_id], ctx, work, pix)
+                tiles = {(b.array, b.index): t for b, t in
+                         _decode_bands(reader, scene, bands, work, pix, current)}
                 masked = _cloud_applies(scene, ctx)
                 when = dt.datetime.fromisoformat(scene.datetime)
                 for g, grp in enumerate(groups):
@@ -365,12 +371,31 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
 
 
 def _decode_bands(reader: ChunkReader, scene: SceneTask, bands: dict[str, BandInfo],
-                  work: Work, pix: Any) -> list[tuple[BandInfo, Any]]:
+                  work: Work, pix: Any, prefetched: dict[Any, Any] | None = None,
+                  ) -> list[tuple[BandInfo, Any]]:
     """The chunks each distinct stored band of ``bands`` needs, decoded."""
     from .gather import decode_band
 
     distinct = {(b.array, b.index): b for b in bands.values()}.values()
-    return [(b, decode_band(reader, scene.group, b, work, pix)) for b in distinct]
+    pre = prefetched or {}
+    return [(b, decode_band(reader, scene.group, b, work, pix,
+                            prefetched=pre.get((scene.scene_id, b.array, b.index))))
+            for b in distinct]
+
+
+def _prefetch(reader: ChunkReader, scene: SceneTask | None, ctx: JobContext, work: Work,
+              pix: Any) -> dict[Any, Any]:
+    """Start fetching the next scene's chunks while this one is decoded."""
+    from .gather import prefetch_band
+
+    if scene is None:
+        return {}
+    try:
+        bands = _needed_bands(scene, ctx)
+        return {(scene.scene_id, b.array, b.index): prefetch_band(reader, scene.group, b, work, pix)
+                for b in {(b.array, b.index): b for b in bands.values()}.values()}
+    except Exception:  # the scene's own read reports the problem, with its ids
+        return {}
 
 
 def _group_env(grp: Any, bands: dict[str, BandInfo], tiles: dict[tuple[str, int | None], Any],

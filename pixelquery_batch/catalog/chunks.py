@@ -178,18 +178,45 @@ class IcechunkChunkReader:
         store = self.session.store
         return await asyncio.gather(*(store.get(k, prototype=proto) for k in keys))
 
-    def _fetch(self, keys: Sequence[str]) -> list[bytes | None]:
-        from zarr.core.sync import sync
+    def _fetch(self, keys: Sequence[str]) -> list[Any]:
+        """Raw chunk bytes (buffer views, no copy) for ``keys``; ``None`` where absent."""
+        return self._collect(keys, self._start(keys))
+
+    def _start(self, keys: Sequence[str]) -> Any:
+        """Start fetching ``keys`` on zarr's I/O loop; a future, or ``None`` for no keys."""
+        from zarr.core.sync import _get_loop
 
         if not keys:
+            return None
+        return asyncio.run_coroutine_threadsafe(self._get_many(keys), _get_loop())
+
+    def _collect(self, keys: Sequence[str], future: Any) -> list[Any]:
+        if future is None:
             return []
         try:
-            bufs = sync(self._get_many(keys))
+            bufs = future.result()
         except Exception as exc:
             raise StorageError(f"reading {len(keys)} chunk(s) failed: {exc}",
                                hint="a source COG may have changed since ingest: re-ingest it",
                                key=keys[0]) from exc
-        return [None if b is None else b.to_bytes() for b in bufs]
+        return [None if b is None else b.as_numpy_array() for b in bufs]
+
+    def prefetch(self, group: str, band: BandInfo, chunks: Sequence[tuple[int, int]]) -> Any:
+        """Start fetching the chunks :meth:`read_tiles` will decode (I/O overlaps the
+        decoding of what came before); pass the result as ``read_tiles(..., prefetched=)``."""
+        path = f"{group}/{band.array}"
+        plan = self._plans_for({path})[path]
+        if not plan.fast or not chunks:
+            return None
+        keys = self._tile_keys(plan, band, chunks)
+        return (tuple(keys), self._start(keys))
+
+    def _tile_keys(self, plan: _ArrayPlan, band: BandInfo,
+                   chunks: Sequence[tuple[int, int]]) -> list[str]:
+        lead: tuple[int, ...] = ()
+        if len(plan.chunk_shape) == 3:
+            lead = (band.index or 0,) if plan.chunk_shape[0] == 1 else (0,)
+        return [f"{plan.path}/c/{'/'.join(map(str, (*lead, i, j)))}" for i, j in chunks]
 
     def _plans_for(self, paths: Iterable[str]) -> dict[str, _ArrayPlan]:
         with self._lock:
@@ -199,7 +226,7 @@ class IcechunkChunkReader:
             for p, raw in zip(missing, metas, strict=True):
                 if raw is None:
                     raise StorageError(f"array {p} not found in the repository snapshot", path=p)
-                plan = _plan(p, json.loads(raw))
+                plan = _plan(p, json.loads(bytes(raw)))
                 with self._lock:
                     self._plans[p] = plan
         with self._lock:
@@ -234,12 +261,13 @@ class IcechunkChunkReader:
         return out
 
     def read_tiles(self, group: str, band: BandInfo,
-                   chunks: Sequence[tuple[int, int]]) -> np.ndarray:
+                   chunks: Sequence[tuple[int, int]], *, prefetched: Any = None) -> np.ndarray:
         """Decoded chunks of one band, straight into one ``(n, cy, cx)`` array.
 
-        The chunks are fetched concurrently and decompressed with imagecodecs into the
-        output buffer (libdeflate for zlib streams), the predictor undone in place.
-        Chains the fast path does not know are read through zarr.
+        The chunks are fetched concurrently (or were, by :meth:`prefetch`) and
+        decompressed with imagecodecs into the output buffer (libdeflate for zlib
+        streams), the predictor undone in place. Chains the fast path does not know are
+        read through zarr.
         """
         path = f"{group}/{band.array}"
         plan = self._plans_for({path})[path]
@@ -250,13 +278,13 @@ class IcechunkChunkReader:
         out = np.empty((len(chunks), cy, cx), dtype=plan.dtype)
         if not chunks:
             return out
-        lead: tuple[int, ...] = ()
-        if len(plan.chunk_shape) == 3:
-            lead = (band.index or 0,) if plan.chunk_shape[0] == 1 else (0,)
         if not plan.fast or (len(plan.chunk_shape) == 3 and plan.chunk_shape[0] != 1):
             return self._tiles_via_zarr(plan, band, chunks, out, fill)
-        keys = [f"{path}/c/{'/'.join(map(str, (*lead, i, j)))}" for i, j in chunks]
-        raws = self._fetch(keys)
+        keys = self._tile_keys(plan, band, chunks)
+        if prefetched is not None and prefetched[0] == tuple(keys):
+            raws = self._collect(keys, prefetched[1])
+        else:
+            raws = self._fetch(keys)
         flat = out.reshape(len(chunks), -1)
         nbytes = cy * cx * plan.dtype.itemsize
         for k, raw in enumerate(raws):
