@@ -270,6 +270,8 @@ def run_repeat(d: Density, rep: int, *, args: argparse.Namespace, workers: list[
         out = ddir / f"w{w}_out"
         shutil.rmtree(out, ignore_errors=True)
         run = run_engine(d.specs[w], python=sys.executable, log_path=ddir / f"w{w}_r{rep}.log")
+        run.extra["dask_workers"] = run.extra["workers"]
+        run.extra["workers"] = w  # threads (or processes) the spec asked for
         run.table = read_engine_table(run.extra["stats_path"])
         keep(engine_key(w), run)
         say_engine_run(run, rep)

@@ -184,6 +184,8 @@ def test_embedded_default_threads_match_sync(sync_run, sample_small, sample_repo
     result = run_job(spec)
     assert result.manifest["execution"]["workers"] == 1
     assert result.manifest["timings"]["first_unit_started_s"] >= result.manifest["timings"]["planned_s"]
+    # units in threads share one reader; each counts its own chunks (none twice)
+    assert result.manifest["execution"]["chunks_read"] == sync_run.manifest["execution"]["chunks_read"]
     pd.testing.assert_frame_equal(read_stats(result.outputs["stats"]), read_stats(sync_run.outputs["stats"]))
 
 

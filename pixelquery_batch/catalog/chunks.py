@@ -161,12 +161,20 @@ class IcechunkChunkReader:
     session: Any
     _plans: dict[str, _ArrayPlan] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _chunks_read: int = 0
+    _chunks_read: int = 0  # every thread's
+    _counts: threading.local = field(default_factory=threading.local)
     bytes_read: int = 0
 
     @property
     def chunks_read(self) -> int:
-        return self._chunks_read
+        """Chunks this thread has fetched and decoded so far (per thread: units running in
+        threads of one worker share the reader, and each counts its own reads)."""
+        return getattr(self._counts, "n", 0)
+
+    def _count(self, n: int) -> None:
+        self._counts.n = getattr(self._counts, "n", 0) + n
+        with self._lock:
+            self._chunks_read += n
 
     def _array_path(self, req: ChunkRequest) -> str:
         return f"{req.group}/{req.band.array}"
@@ -252,7 +260,7 @@ class IcechunkChunkReader:
             if raw is not None:
                 self.bytes_read += len(raw)
             decoded[key] = None if raw is None else _decode(wanted[key][0], raw)
-        self._chunks_read += len(wanted)
+        self._count(len(wanted))
         # 2. assemble each request's window
         out = []
         for req in requests:
@@ -298,8 +306,7 @@ class IcechunkChunkReader:
                 flat[k].view(np.uint8)[:] = np.frombuffer(raw, np.uint8, count=nbytes)
             if plan.predictor:
                 imagecodecs.delta_decode(out[k], axis=-1, out=out[k])
-        with self._lock:
-            self._chunks_read += len(chunks)
+        self._count(len(chunks))
         return out
 
     def _tiles_via_zarr(self, plan: _ArrayPlan, band: BandInfo,
@@ -315,8 +322,7 @@ class IcechunkChunkReader:
             if band.index is not None:
                 sel = (band.index, *sel)
             out[k, : y1 - i * cy, : x1 - j * cx] = arr[sel]
-        with self._lock:
-            self._chunks_read += len(chunks)
+        self._count(len(chunks))
         return out
 
     def _assemble(self, req: ChunkRequest, plan: _ArrayPlan,
