@@ -185,16 +185,37 @@ def _build(fields: Sequence[Any], transform: tuple[float, ...], shape_yx: tuple[
         return _pixels(ids, np.ones(len(fields), np.int64), windows[:, 0], windows[:, 1],
                        shape_yx, None, {})
     if rule == "centre":
-        from .rasterize import centre_pixels_batch
-
         try:
-            counts, rows, cols = centre_pixels_batch(
-                list(shapely.from_wkb([f.wkb for f in fields])), windows, transform)
+            counts, rows, cols = _centre_parallel(fields, windows, transform)
         except Exception:
             pass
         else:
             return _pixels(ids, counts, rows, cols, shape_yx, None, {})
     return _build_each(fields, transform, shape_yx, rule)
+
+
+_PARALLEL_MIN_FIELDS = 4000
+
+
+def _centre_parallel(fields: Sequence[Any], windows: np.ndarray, transform: tuple[float, ...],
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The batched centre rasteriser over consecutive slices of the fields, in threads (its
+    numpy work releases the GIL): a worker's other threads would only wait for it."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .rasterize import centre_pixels_batch
+
+    geoms = list(shapely.from_wkb([f.wkb for f in fields]))
+    n_parts = min(os.cpu_count() or 1, 4, max(1, len(fields) // _PARALLEL_MIN_FIELDS))
+    if n_parts <= 1:
+        return centre_pixels_batch(geoms, windows, transform)
+    cuts = np.linspace(0, len(fields), n_parts + 1).astype(int)
+    with ThreadPoolExecutor(n_parts, thread_name_prefix="pqb-pixels") as pool:
+        parts = list(pool.map(lambda ab: centre_pixels_batch(geoms[ab[0]:ab[1]], windows[ab[0]:ab[1]],
+                                                             transform),
+                              itertools.pairwise(cuts)))
+    return tuple(np.concatenate([p[k] for p in parts]) for k in range(3))  # type: ignore[return-value]
 
 
 def _pixels(ids: tuple[str, ...], counts: np.ndarray, rows: np.ndarray, cols: np.ndarray,
