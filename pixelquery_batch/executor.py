@@ -86,6 +86,7 @@ def _connect(options: ClusterOptions) -> tuple[Any, Any]:
         memory_limit=options.memory_limit,
         processes=options.processes,
         dashboard_address=":0" if options.dashboard else None,
+        scheduler_kwargs={} if options.dashboard else {"dashboard": False},
         silence_logs=logging.ERROR,
     )
     try:

@@ -300,20 +300,14 @@ def _band_index(pix: FieldPixels, band: BandInfo, work: Work) -> _BandIndex:
 
 @dataclass(frozen=True, eq=False)
 class BandTiles:
-    """The decoded chunks of one band of one scene that a unit's pixels need."""
+    """One band of one scene at a unit's pixels: the raw values, gathered right after the
+    chunks were decoded (the decoded chunks themselves are not kept)."""
 
-    tiles: np.ndarray  # (n * cy * cx,) the stacked chunks, flattened
-    index: _BandIndex
-    fill: Any
+    gathered: np.ndarray  # (P,) raw dtype
 
     def values(self, p0: int, p1: int) -> np.ndarray:
         """Raw values of gathered pixels ``p0:p1`` (fill where the band has none)."""
-        f = self.index.flat[p0:p1]
-        if not len(self.tiles):
-            return np.full(p1 - p0, self.fill, dtype=self.tiles.dtype)
-        out = self.tiles[np.maximum(f, 0)]
-        out[f < 0] = self.fill
-        return out
+        return self.gathered[p0:p1]
 
 
 def prefetch_band(reader: ChunkReader, group: str, band: BandInfo, work: Work,
@@ -332,7 +326,7 @@ def decode_band(reader: ChunkReader, group: str, band: BandInfo, work: Work,
 
     Which chunks, and where each pixel sits in them, is worked out once per band grid
     and kept with ``pix``: for the next scenes this is one decode pass, and reading the
-    pixels of a group of fields is one fancy index (:meth:`BandTiles.values`). Pixels
+    pixels is one fancy index, after which the decoded chunks are released. Pixels
     outside the raster (or the band's grid) read as the band's nodata (else 0).
     """
     idx = _band_index(pix, band, work)
@@ -344,7 +338,12 @@ def decode_band(reader: ChunkReader, group: str, band: BandInfo, work: Work,
     fill: Any = 0
     if nodata is not None and (tiles.dtype.kind == "f" or np.isfinite(nodata)):
         fill = nodata
-    return BandTiles(tiles.reshape(-1), idx, fill)
+    flat = tiles.reshape(-1)
+    if not len(flat):
+        return BandTiles(np.full(pix.n_pixels, fill, dtype=tiles.dtype))
+    out = flat[np.maximum(idx.flat, 0)]
+    out[idx.flat < 0] = fill
+    return BandTiles(out)
 
 
 def gather_band(reader: ChunkReader, group: str, band: BandInfo, work: Work,

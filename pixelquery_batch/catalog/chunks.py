@@ -295,7 +295,8 @@ class IcechunkChunkReader:
             raws = self._fetch(keys)
         flat = out.reshape(len(chunks), -1)
         nbytes = cy * cx * plan.dtype.itemsize
-        for k, raw in enumerate(raws):
+        for k in range(len(raws)):
+            raw, raws[k] = raws[k], None  # release each compressed chunk once decoded
             if raw is None:
                 out[k] = fill
                 continue
