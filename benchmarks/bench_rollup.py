@@ -442,7 +442,7 @@ def main() -> int:
         from pixelquery_batch.api import prepare_job
 
         job = prepare_job(spec_warm)
-        bands = job.bands
+        bands = job.bands + job.optional_bands  # the cloud band of `cloud: auto` is read too
         say(f"job specs: {spec_warm}, {spec_field} (cluster: {opts.n_workers} workers x "
             f"{opts.threads_per_worker} thread, memory_limit {opts.memory_limit}); "
             f"bands read: {', '.join(bands)}; {len(job.scenes)} scenes matched")
