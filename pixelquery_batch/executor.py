@@ -90,10 +90,14 @@ def _connect(options: ClusterOptions) -> tuple[Any, Any]:
         silence_logs=logging.ERROR,
     )
     try:
-        return Client(cluster, set_as_default=True), cluster
+        client = Client(cluster, set_as_default=True)
     except BaseException:
         cluster.close()
         raise
+    # an in-process (threads) LocalCluster registers a dashboard service even when asked
+    # not to; remember what the spec asked for, so no link is announced
+    client.pqb_dashboard = options.dashboard
+    return client, cluster
 
 
 def _disconnect(client: Any, cluster: Any) -> None:
@@ -260,7 +264,8 @@ def _execute_on(client: Any, units: list[WorkUnit], ctx: JobContext, summary: Ex
     from distributed import as_completed
 
     info = client.scheduler_info(n_workers=-1)
-    has_dashboard = "dashboard" in info.get("services", {})
+    has_dashboard = ("dashboard" in info.get("services", {})
+                     and getattr(client, "pqb_dashboard", True))
     summary.dashboard_link = getattr(client, "dashboard_link", None) if has_dashboard else None
     summary.scheduler = client.scheduler.address
     summary.n_workers = len(info.get("workers", {}))
