@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import time
 import traceback
 from collections.abc import Sequence
@@ -517,8 +518,11 @@ def run_rollup_unit(unit: Any, rctx: RollupContext, reader: ChunkReader | None =
     specs = {v: histogram_for(v, dict(rctx.histograms).get(v)) for v in rctx.variables}
     exprs = [(n, _expression(n, t)) for n, t in ctx.variables if n in rctx.variables]
     parts = [_RegionPart(p.region_id, p.wkb, window) for p in unit.regions]
+    # keyed by the block and its region parts: the units of one block (its batches of
+    # days) on this worker share the pixels and their chunk indices
+    digest = hashlib.sha256(repr(window).encode() + b"".join(p.wkb for p in unit.regions))
     pix = field_pixels(parts, unit.transform, unit.shape_yx, "centre",
-                       key=f"rollup-{unit.unit_id}")
+                       key=f"rollup-{digest.hexdigest()[:24]}")
     work = (unit.transform, unit.shape_yx)
     starts = pix.segments.starts
     period_of = dict(unit.periods)
