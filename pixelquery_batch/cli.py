@@ -309,7 +309,9 @@ def plan_cmd(spec: Path, as_json: bool) -> None:
                        + (" ..." if len(outside) > 20 else ""))
         click.echo(f"  field-scene pairs:     {summary['field_scene_pairs']}")
         click.echo(f"  tasks:                 {summary['tasks']} ({summary['pairs_per_task']} pairs per task)")
-        click.echo(f"  bands read:            {', '.join(summary['bands_read'])}")
+        extra = summary.get("bands_read_where_present") or []
+        click.echo(f"  bands read:            {', '.join(summary['bands_read'])}"
+                   + (f" (+ {', '.join(extra)} where a scene has it)" if extra else ""))
         click.echo(f"  chunks to read:        {summary['chunks_read']} "
                    f"(touched by fields: {summary['chunks_touched']}, "
                    f"read amplification {summary['read_amplification']})")

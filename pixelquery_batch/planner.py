@@ -125,6 +125,7 @@ class Plan:
     bytes_decoded: int
     variables_bands: tuple[str, ...]
     warnings: tuple[str, ...] = field(default=())
+    optional_bands: tuple[str, ...] = ()  # read where a scene has them (cloud: auto)
 
     @property
     def read_amplification(self) -> float:
@@ -142,6 +143,7 @@ class Plan:
             "tasks": len(self.units),
             "pairs_per_task": round(self.n_pairs / len(self.units), 1) if self.units else 0,
             "bands_read": list(self.variables_bands),
+            "bands_read_where_present": list(self.optional_bands),
             "chunks_read": self.chunks_read,
             "chunks_touched": self.chunks_touched,
             "read_amplification": round(self.read_amplification, 3),
@@ -489,6 +491,7 @@ def plan_job(
         bytes_decoded=bytes_decoded,
         variables_bands=tuple(bands),
         warnings=tuple(warnings),
+        optional_bands=tuple(b for b in optional_bands if b not in bands),
     )
 
 
