@@ -6,7 +6,7 @@ unit (and caches it per process: the next unit of the same fields and grid on th
 worker reuses it): for every field, the rows and columns of its pixels under the pixel
 rule, laid out field after field (:class:`~pixelquery_batch.kernels.segments.Segments`).
 
-For each scene and band, :func:`gather_band` then decodes only the chunks holding those
+For each scene and band, :func:`decode_band` then decodes only the chunks holding those
 pixels (of the band's own grid and tiling: a 20 m band is indexed through the nearest
 mapping of :mod:`pixelquery_batch.grids`) and picks the pixels out with one fancy index.
 Everything downstream (band math, masks, statistics) works on these flat arrays.
@@ -30,8 +30,7 @@ from .grids import grid_map
 from .kernels.segments import Segments
 
 __all__ = [
-    "BandTiles", "FieldPixels", "PixelGroup", "decode_band", "field_pixels", "gather_band",
-    "prefetch_band",
+    "BandTiles", "FieldPixels", "PixelGroup", "decode_band", "field_pixels", "prefetch_band",
 ]
 
 Work = tuple[tuple[float, ...], tuple[int, int]]  # (transform, shape_yx) of the work grid
@@ -52,7 +51,7 @@ class FieldPixels:
     inside: np.ndarray  # (P,) bool
     weights: np.ndarray | None  # (P,) float64 for the coverage rule, else None (all 1)
     failed: dict[str, str] = field(default_factory=dict)  # field id -> error text
-    _centres: dict[Any, Any] = field(default_factory=dict, repr=False)  # derived arrays
+    _derived: dict[Any, Any] = field(default_factory=dict, repr=False)  # derived arrays
 
     @property
     def n_pixels(self) -> int:
@@ -62,7 +61,7 @@ class FieldPixels:
         """Consecutive fields in groups of about ``max_pixels`` pixels (whole fields):
         per-scene work runs group by group, so temporaries stay small and cache-warm."""
         key = ("groups", max_pixels)
-        got = self._centres.get(key)
+        got = self._derived.get(key)
         if got is None:
             starts = self.segments.starts
             cuts = [0]
@@ -73,15 +72,15 @@ class FieldPixels:
             got = [PixelGroup(f0, f1, int(starts[f0]), int(starts[f1]),
                               Segments.from_counts(self.segments.counts[f0:f1]))
                    for f0, f1 in itertools.pairwise(cuts)]
-            self._centres[key] = got
+            self._derived[key] = got
         return got
 
     def centres_xy(self, transform: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
         """World coordinates of the pixel centres (for exclusion areas)."""
-        got = self._centres.get("xy")
+        got = self._derived.get("xy")
         if got is None:
             a, _, c, _, e, f = transform
-            got = self._centres["xy"] = (c + a * (self.cols + 0.5), f + e * (self.rows + 0.5))
+            got = self._derived["xy"] = (c + a * (self.cols + 0.5), f + e * (self.rows + 0.5))
         return got
 
     def outside(self, geom_wkb: bytes | None, transform: tuple[float, ...]) -> np.ndarray | None:
@@ -89,13 +88,13 @@ class FieldPixels:
         if geom_wkb is None:
             return None
         key = ("keep", geom_wkb)
-        got = self._centres.get(key)  # type: ignore[call-overload]
+        got = self._derived.get(key)  # type: ignore[call-overload]
         if got is None:
             geom = shapely.from_wkb(geom_wkb)
             shapely.prepare(geom)
             x, y = self.centres_xy(transform)
             got = ~shapely.contains_xy(geom, x, y)
-            self._centres[key] = got  # type: ignore[index]
+            self._derived[key] = got  # type: ignore[index]
         return got
 
 
@@ -271,7 +270,7 @@ def _band_index(pix: FieldPixels, band: BandInfo, work: Work) -> _BandIndex:
     grid = (tuple(band.transform or work[0]), tuple(band.shape_yx or work[1]))
     key = ("band", grid, tuple(band.chunks_yx))
     with _CACHE_LOCK:
-        got = pix._centres.get(key)
+        got = pix._derived.get(key)
     if got is not None:
         return got
     gm = grid_map((tuple(work[0]), tuple(work[1])), grid)  # type: ignore[arg-type]
@@ -294,7 +293,7 @@ def _band_index(pix: FieldPixels, band: BandInfo, work: Work) -> _BandIndex:
     flat[inside] = slot * (cy * cx) + (r % cy) * cx + (c % cx)
     out = _BandIndex([(int(k // ncx), int(k % ncx)) for k in needed], flat)
     with _CACHE_LOCK:
-        pix._centres[key] = out
+        pix._derived[key] = out
     return out
 
 
@@ -344,9 +343,3 @@ def decode_band(reader: ChunkReader, group: str, band: BandInfo, work: Work,
     out = flat[np.maximum(idx.flat, 0)]
     out[idx.flat < 0] = fill
     return BandTiles(out)
-
-
-def gather_band(reader: ChunkReader, group: str, band: BandInfo, work: Work,
-                pix: FieldPixels) -> np.ndarray:
-    """Raw values of one band at every gathered pixel (``(P,)``, the band's dtype)."""
-    return decode_band(reader, group, band, work, pix).values(0, pix.n_pixels)

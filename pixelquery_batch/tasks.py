@@ -222,6 +222,20 @@ class _Rows:
         cols["job_hash"] = pa.array([self.ctx.job_hash] * n, pa.string())
         self.parts.append(pa.Table.from_pydict(cols, schema=schema))
 
+    def add_group(self, grp: Any, ids: Sequence[str], scene_id: str, when: dt.datetime,
+                  variable: str, values: np.ndarray, cloud: np.ndarray, cloud_masked: bool, *,
+                  weights: np.ndarray | None, keep: np.ndarray | None = None) -> None:
+        """Rows of one group of fields: their statistics of ``values`` (NaN = invalid), the
+        pixel, nodata and cloud weights (``keep`` False drops pixels from a field)."""
+        from .kernels.segments import segment_stats
+
+        res = segment_stats(values, grp.segments, self.cols, keep=keep, weights=weights)
+        invalid = ~np.isfinite(values)
+        cloud_w = _weighted_sums(grp.segments, weights, invalid & cloud, keep)
+        nodata_w = _weighted_sums(grp.segments, weights, invalid, keep) - cloud_w
+        self.add(ids[grp.f0:grp.f1], scene_id, when, variable, res, res["_total"], nodata_w,
+                 cloud_w, cloud_masked)
+
     def table(self) -> pa.Table:
         schema = result_schema(self.stats)
         if not self.parts:
@@ -267,7 +281,6 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
         With ``on_error: fail``, on the first failing field or scene (ids attached).
     """
     from .gather import field_pixels, tune_allocator
-    from .kernels.segments import segment_stats
 
     tune_allocator()
     started_at = time.time()
@@ -300,7 +313,6 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
     exprs = [(vname, _expression(vname, text)) for vname, text in ctx.variables]
     work = (unit.transform, unit.shape_yx)
     ids = list(pix.field_ids)
-    cols = stat_columns(ctx.stats)
 
     groups = pix.groups()
     days: dict[str, list[SceneTask]] = {}
@@ -331,12 +343,8 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
                         values = _evaluate(expr, env, grp.p1 - grp.p0)
                         if masked:
                             values[cloud] = np.nan
-                        res = segment_stats(values, grp.segments, cols, weights=gw)
-                        invalid = ~np.isfinite(values)
-                        cloud_w = _weighted_sums(grp.segments, gw, invalid & cloud, None)
-                        nodata_w = _weighted_sums(grp.segments, gw, invalid, None) - cloud_w
-                        rows.add(ids[grp.f0:grp.f1], scene.scene_id, when, vname, res,
-                                 res["_total"], nodata_w, cloud_w, masked)
+                        rows.add_group(grp, ids, scene.scene_id, when, vname, values, cloud,
+                                       masked, weights=gw)
                         if day_rows is not None:
                             prev = merged.get((g, vname))
                             merged[(g, vname)] = values if prev is None else np.where(
@@ -359,13 +367,8 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
                 keep = None if keep_all is None else keep_all[grp.p0:grp.p1]
                 gw = None if pix.weights is None else pix.weights[grp.p0:grp.p1]
                 for vname, _ in exprs:
-                    values = merged[(g, vname)]
-                    res = segment_stats(values, grp.segments, cols, keep=keep, weights=gw)
-                    invalid = ~np.isfinite(values)
-                    cloud_w = _weighted_sums(grp.segments, gw, invalid & merged_cloud[g], keep)
-                    nodata_w = _weighted_sums(grp.segments, gw, invalid, keep) - cloud_w
-                    day_rows.add(ids[grp.f0:grp.f1], day_id, when, vname, res, res["_total"],
-                                 nodata_w, cloud_w, day_masked)
+                    day_rows.add_group(grp, ids, day_id, when, vname, merged[(g, vname)],
+                                       merged_cloud[g], day_masked, weights=gw, keep=keep)
     return UnitResult(unit.unit_id, rows.table(), reader.chunks_read - before,
                       time.perf_counter() - t0, failures, warnings,
                       day_table=day_rows.table() if day_rows is not None else None,
