@@ -326,6 +326,7 @@ class _Edges(NamedTuple):
     y1: np.ndarray
     orient: np.ndarray  # sign of the ring's shoelace area in pixel coordinates
     shell: np.ndarray  # True for edges of exterior rings, False for holes
+    field: np.ndarray  # index of the geometry (window) each edge belongs to
 
     @property
     def area_sign(self) -> np.ndarray:
@@ -336,23 +337,35 @@ class _Edges(NamedTuple):
 def _edges_px(
     geom: BaseGeometry, coeffs: tuple[float, float, float, float], row0: int, col0: int
 ) -> _Edges | None:
-    """Ring edges of a (multi)polygon in the window's pixel coordinates.
+    """Ring edges of one (multi)polygon in its window's pixel coordinates."""
+    polys = _polygons(geom)
+    if not polys:
+        return None
+    return _edges_many(polys, np.zeros(len(polys), np.int64), coeffs,
+                       np.asarray([row0], np.int64), np.asarray([col0], np.int64))
+
+
+def _edges_many(
+    polys: list[BaseGeometry], poly_field: np.ndarray, coeffs: tuple[float, float, float, float],
+    row0: np.ndarray, col0: np.ndarray,
+) -> _Edges | None:
+    """Ring edges of polygons, each in the pixel coordinates of its field's window.
 
     World coordinates go to pixels with GDAL's own arithmetic (``GDALInvGeoTransform``
     then ``inv[0] + x * inv[1]``) against the window's origin, so pixel centres that
     sit exactly on an edge resolve the way GDAL resolves them for the same window.
     """
-    polys = _polygons(geom)
-    if not polys:
-        return None
     a, c, e, f = coeffs
     rings, poly_idx = shapely.get_rings(np.asarray(polys, dtype=object), return_index=True)
     coords, ring_idx = shapely.get_coordinates(rings, return_index=True)
     if len(coords) < 2:
         return None
-    ox, oy = c + col0 * a, f + row0 * e  # the window's origin, as rasterio computes it
-    x = -ox / a + coords[:, 0] * (1.0 / a)
-    y = -oy / e + coords[:, 1] * (1.0 / e)
+    ring_field = poly_field[poly_idx]
+    vfield = ring_field[ring_idx]
+    ox = c + col0 * a  # each window's origin, as rasterio computes it
+    oy = f + row0 * e
+    x = -ox[vfield] / a + coords[:, 0] * (1.0 / a)
+    y = -oy[vfield] / e + coords[:, 1] * (1.0 / e)
     same = ring_idx[:-1] == ring_idx[1:]  # rings are closed: consecutive vertices
     x0, y0 = x[:-1][same], y[:-1][same]
     x1, y1 = x[1:][same], y[1:][same]
@@ -364,7 +377,7 @@ def _edges_px(
     rx, ry = x[first][edge_ring], y[first][edge_ring]
     cross = (x0 - rx) * (y1 - ry) - (x1 - rx) * (y0 - ry)
     orient = np.sign(np.bincount(edge_ring, weights=cross, minlength=len(rings)))
-    return _Edges(x0, y0, x1, y1, orient[edge_ring], is_shell[edge_ring])
+    return _Edges(x0, y0, x1, y1, orient[edge_ring], is_shell[edge_ring], ring_field[edge_ring])
 
 
 def _expand(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -377,42 +390,72 @@ def _expand(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _centre_mask(edges: _Edges, height: int, width: int) -> np.ndarray:
-    """Boolean mask of pixel centres inside the rings (GDAL's scan-line rule)."""
-    x0, y0, x1, y1 = edges.x0, edges.y0, edges.x1, edges.y1
+    """Boolean mask of pixel centres inside the rings of one window (GDAL's scan-line rule)."""
+    mask = np.zeros((height, width), dtype=bool)
+    _, rows, cols = _centre_pixels(edges, np.asarray([height]), np.asarray([width]))
+    mask[rows, cols] = True
+    return mask
+
+
+def _centre_pixels(edges: _Edges, height: np.ndarray, width: np.ndarray,
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(field, row, col) of the pixel centres inside each field's rings, in its window
+    (``height``/``width`` per field), field after field and row-major: GDAL's scan-line
+    rule, tie cases included."""
+    h = np.maximum(height, 0)
+    w = np.maximum(width, 0)
+    x0, y0, x1, y1, efield = edges.x0, edges.y0, edges.x1, edges.y1, edges.field
     flat = y0 == y1
     keep = ~flat  # horizontal edges never cross a scan line transversally
     # GDAL turns every ring clockwise in world coordinates (positive shoelace area in
     # pixel coordinates, whose y axis points down) before burning
     hx0 = np.where(edges.orient[flat] < 0, x1[flat], x0[flat])
     hx1 = np.where(edges.orient[flat] < 0, x0[flat], x1[flat])
-    hy = y0[flat]
+    hy, hfield = y0[flat], efield[flat]
+    ef = efield[keep]
     x0, y0, x1, y1 = x0[keep], y0[keep], x1[keep], y1[keep]
     up = y0 < y1
     xa, ya = np.where(up, x0, x1), np.where(up, y0, y1)
     xb, yb = np.where(up, x1, x0), np.where(up, y1, y0)
     # scan line y = r + 0.5 crosses an edge when ya <= r + 0.5 < yb
-    r_start = np.clip(np.ceil(ya - 0.5), 0, height).astype(np.int64)
-    r_stop = np.clip(np.ceil(yb - 0.5), 0, height).astype(np.int64)
+    hf = h[ef]
+    r_start = np.clip(np.ceil(ya - 0.5), 0, hf).astype(np.int64)
+    r_stop = np.clip(np.ceil(yb - 0.5), 0, hf).astype(np.int64)
     k, offset = _expand(np.maximum(r_stop - r_start, 0))
     rows = r_start[k] + offset
     dy = rows + 0.5
     # same operation order as GDAL's llrasterize so ties round the same way
     xs = (dy - ya[k]) * (xb[k] - xa[k]) / (yb[k] - ya[k]) + xa[k]
+    kf = ef[k]
     # pixels j >= floor(x + 0.5) have their centre right of the crossing
-    cols = np.clip(np.floor(xs + 0.5), 0, width).astype(np.int64)
-    toggles = np.bincount(rows * (width + 1) + cols, minlength=height * (width + 1))
-    parity = np.cumsum(toggles.reshape(height, width + 1)[:, :width], axis=1) & 1
-    mask = parity.astype(bool)
+    cols = np.clip(np.floor(xs + 0.5), 0, w[kf]).astype(np.int64)
+    # even-odd fill: per (field, row) the sorted crossings pair up into filled spans
+    # [c0, c1), [c2, c3), ...
+    order = np.lexsort((cols, rows, kf))
+    kf, rows, cols = kf[order], rows[order], cols[order]
+    span_f, span_r = kf[0::2], rows[0::2]
+    span_a, span_b = cols[0::2], cols[1::2]
+    p, off = _expand(np.maximum(span_b - span_a, 0))
+    pf, pr, pc = span_f[p], span_r[p], span_a[p] + off
     # GDAL also fills horizontal edges that lie exactly on a scan line and run towards
-    # -x in (clockwise) ring order
-    on_line = (hx0 > hx1) & (hy - 0.5 == np.floor(hy - 0.5)) & (hy > 0) & (hy < height)
+    # -x in (clockwise) ring order: add them, then drop duplicates
+    on_line = (hx0 > hx1) & (hy - 0.5 == np.floor(hy - 0.5)) & (hy > 0) & (hy < h[hfield])
     if on_line.any():
+        hf2 = hfield[on_line]
         r = (hy[on_line] - 0.5).astype(np.int64)
-        c_a = np.clip(np.floor(hx1[on_line] + 0.5), 0, width).astype(np.int64)
-        c_b = np.clip(np.floor(hx0[on_line] + 0.5), 0, width).astype(np.int64)
-        p, off = _expand(np.maximum(c_b - c_a, 0))
-        mask[r[p], c_a[p] + off] = True
-    return mask
+        c_a = np.clip(np.floor(hx1[on_line] + 0.5), 0, w[hf2]).astype(np.int64)
+        c_b = np.clip(np.floor(hx0[on_line] + 0.5), 0, w[hf2]).astype(np.int64)
+        q, qoff = _expand(np.maximum(c_b - c_a, 0))
+        stride = int(w.max()) + 1
+        rstride = int(h.max()) + 1
+        key = np.sort(np.concatenate([
+            (pf * rstride + pr) * stride + pc,
+            (hf2[q] * rstride + r[q]) * stride + c_a[q] + qoff]))
+        if len(key):
+            key = key[np.r_[True, key[1:] != key[:-1]]]
+        pf, rem = np.divmod(key, rstride * stride)
+        pr, pc = np.divmod(rem, stride)
+    return pf, pr, pc
 
 
 def _h(xk: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -708,69 +751,11 @@ def centre_pixels_batch(
     counts = np.zeros(n, np.int64)
     if not polys_list:
         return counts, empty, empty
-    poly_field = np.asarray(owner, dtype=np.int64)
-    rings, poly_idx = shapely.get_rings(np.asarray(polys_list, dtype=object), return_index=True)
-    coords, ring_idx = shapely.get_coordinates(rings, return_index=True)
-    ring_field = poly_field[poly_idx]
-    vfield = ring_field[ring_idx]
     row0, col0, height, width = (windows[:, k] for k in range(4))
-    ox = c + col0 * a  # each window's origin, as rasterio computes it
-    oy = f + row0 * e
-    x = -ox[vfield] / a + coords[:, 0] * (1.0 / a)
-    y = -oy[vfield] / e + coords[:, 1] * (1.0 / e)
-    same = ring_idx[:-1] == ring_idx[1:]
-    x0, y0, x1, y1 = x[:-1][same], y[:-1][same], x[1:][same], y[1:][same]
-    edge_ring = ring_idx[:-1][same]
-    first = np.minimum(np.searchsorted(ring_idx, np.arange(len(rings))), len(x) - 1)
-    rx, ry = x[first][edge_ring], y[first][edge_ring]
-    cross = (x0 - rx) * (y1 - ry) - (x1 - rx) * (y0 - ry)
-    orient = np.sign(np.bincount(edge_ring, weights=cross, minlength=len(rings)))[edge_ring]
-    efield = ring_field[edge_ring]
-
-    h = np.maximum(height, 0)
-    w = np.maximum(width, 0)
-    flat = y0 == y1
-    keep = ~flat
-    hx0 = np.where(orient[flat] < 0, x1[flat], x0[flat])
-    hx1 = np.where(orient[flat] < 0, x0[flat], x1[flat])
-    hy, hfield = y0[flat], efield[flat]
-    ef = efield[keep]
-    x0, y0, x1, y1 = x0[keep], y0[keep], x1[keep], y1[keep]
-    up = y0 < y1
-    xa, ya = np.where(up, x0, x1), np.where(up, y0, y1)
-    xb, yb = np.where(up, x1, x0), np.where(up, y1, y0)
-    hf = h[ef]
-    r_start = np.clip(np.ceil(ya - 0.5), 0, hf).astype(np.int64)
-    r_stop = np.clip(np.ceil(yb - 0.5), 0, hf).astype(np.int64)
-    k, offset = _expand(np.maximum(r_stop - r_start, 0))
-    rows = r_start[k] + offset
-    dy = rows + 0.5
-    xs = (dy - ya[k]) * (xb[k] - xa[k]) / (yb[k] - ya[k]) + xa[k]
-    kf = ef[k]
-    cols = np.clip(np.floor(xs + 0.5), 0, w[kf]).astype(np.int64)
-    # even-odd fill: per (field, row) the sorted crossings pair up into filled spans
-    # [c0, c1), [c2, c3), ... (the same pixels the per-window parity cumsum fills)
-    order = np.lexsort((cols, rows, kf))
-    kf, rows, cols = kf[order], rows[order], cols[order]
-    span_f, span_r = kf[0::2], rows[0::2]
-    span_a, span_b = cols[0::2], cols[1::2]
-    p, off = _expand(np.maximum(span_b - span_a, 0))
-    pf, pr, pc = span_f[p], span_r[p], span_a[p] + off
-    on_line = (hx0 > hx1) & (hy - 0.5 == np.floor(hy - 0.5)) & (hy > 0) & (hy < h[hfield])
-    if on_line.any():  # GDAL's bottom horizontal edges: add, then drop duplicates
-        hf2 = hfield[on_line]
-        r = (hy[on_line] - 0.5).astype(np.int64)
-        c_a = np.clip(np.floor(hx1[on_line] + 0.5), 0, w[hf2]).astype(np.int64)
-        c_b = np.clip(np.floor(hx0[on_line] + 0.5), 0, w[hf2]).astype(np.int64)
-        q, qoff = _expand(np.maximum(c_b - c_a, 0))
-        stride = int(w.max()) + 1
-        rstride = int(h.max()) + 1
-        key = np.sort(np.concatenate([
-            (pf * rstride + pr) * stride + pc,
-            (hf2[q] * rstride + r[q]) * stride + c_a[q] + qoff]))
-        key = key[np.r_[True, key[1:] != key[:-1]]]
-        pf, rem = np.divmod(key, rstride * stride)
-        pr, pc = np.divmod(rem, stride)
+    edges = _edges_many(polys_list, np.asarray(owner, dtype=np.int64), (a, c, e, f), row0, col0)
+    if edges is None:
+        return counts, empty, empty
+    pf, pr, pc = _centre_pixels(edges, height, width)
     counts = np.bincount(pf, minlength=n).astype(np.int64)
     return counts, row0[pf] + pr, col0[pf] + pc
 
