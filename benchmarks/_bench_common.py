@@ -311,34 +311,48 @@ def _worker_peak_rss() -> int:
     return 0
 
 
-class RssSampler:
-    """Background thread: every ``interval`` s, the RSS of every worker (via ``client.run``)."""
+class BackgroundSampler:
+    """A daemon thread calling :meth:`sample` every ``interval`` s while in a ``with``."""
 
-    def __init__(self, client: Any, interval: float = 0.2) -> None:
-        self.client, self.interval = client, interval
-        self.peak: dict[str, int] = {}
-        self.samples = 0
-        self.errors = 0
+    def __init__(self, interval: float, name: str) -> None:
+        self.interval = interval
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def sample(self) -> None:
+        raise NotImplementedError
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            try:
-                for addr, rss in self.client.run(_worker_rss).items():
-                    self.peak[addr] = max(self.peak.get(addr, 0), rss)
-                self.samples += 1
-            except Exception:  # a worker going away must not kill the run
-                self.errors += 1
+            self.sample()
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> RssSampler:
+    def __enter__(self) -> BackgroundSampler:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class RssSampler(BackgroundSampler):
+    """Background thread: every ``interval`` s, the RSS of every worker (via ``client.run``)."""
+
+    def __init__(self, client: Any, interval: float = 0.2) -> None:
+        super().__init__(interval, "rss-sampler")
+        self.client = client
+        self.peak: dict[str, int] = {}
+        self.samples = 0
+        self.errors = 0
+
+    def sample(self) -> None:
+        try:
+            for addr, rss in self.client.run(_worker_rss).items():
+                self.peak[addr] = max(self.peak.get(addr, 0), rss)
+            self.samples += 1
+        except Exception:  # a worker going away must not kill the run
+            self.errors += 1
 
 
 def cluster_options(spec_path: Path) -> Any:

@@ -31,7 +31,6 @@ import math
 import os
 import resource
 import subprocess
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _bench_common import SCALE, reflectance_offset
+from _bench_common import SCALE, BackgroundSampler, reflectance_offset
 
 #: Statistic columns of every peer's table, named as the engine names them.
 STATS = ("mean", "std", "min", "max", "median", "p25", "p75", "count")
@@ -217,7 +216,7 @@ def _vm_hwm(pid: int) -> int:
     return 0
 
 
-class TreeSampler:
+class TreeSampler(BackgroundSampler):
     """Every ``interval`` s: CPU, RSS and ``VmHWM`` of a process and all its descendants.
 
     Per pid it keeps the last sampled user + system CPU (the sum over pids is a lower bound
@@ -229,15 +228,13 @@ class TreeSampler:
     def __init__(self, pid: int, interval: float = SAMPLE_INTERVAL_S) -> None:
         import psutil
 
+        super().__init__(interval, "tree-sampler")
         self.root = psutil.Process(pid)
-        self.interval = interval
         self.cpu: dict[int, float] = {}
         self.peak_rss: dict[int, int] = {}
         self.kind: dict[int, str] = {}
         self.procs: dict[int, Any] = {}
         self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="tree-sampler", daemon=True)
 
     def _classify(self, p: Any) -> str:
         if p.pid == self.root.pid:
@@ -269,19 +266,6 @@ class TreeSampler:
             self.cpu[pid] = t.user + t.system  # own CPU only (children_* are other pids)
             self.peak_rss[pid] = max(self.peak_rss.get(pid, 0), rss, _vm_hwm(pid))
         self.samples += 1
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.sample()
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> TreeSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
     def peaks(self, kind: str) -> list[int]:
         return [self.peak_rss[pid] for pid in sorted(self.kind) if self.kind[pid] == kind]
