@@ -382,11 +382,12 @@ def _announce(summary: Any) -> None:
         click.echo(f"dashboard: {summary.dashboard_link}", err=True)
 
 
-def _print_head(path: Path | None, n: int = 8) -> None:
-    if path is None:
+def _print_head(location: str | None, n: int = 8) -> None:
+    if location is None or location.startswith("s3://"):
         return
     import pyarrow.dataset as pads
 
+    path = Path(location)
     table = pads.dataset(path, format="csv" if path.suffix == ".csv" else "parquet").head(n)
     df = table.to_pandas()
     keep = [c for c in ("field_id", "scene_id", "variable", "mean", "median", "std", "count",

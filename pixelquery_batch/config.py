@@ -39,11 +39,19 @@ class S3Options(BaseModel):
     access_key_id: SecretStr | None = Field(default=None, description="Access key id.")
     secret_access_key: SecretStr | None = Field(default=None, description="Secret key.")
     session_token: SecretStr | None = Field(default=None, description="Session token.")
+    from_environment: bool = Field(
+        default=True,
+        description="Apply the `PIXELQUERY_S3_*` and standard AWS variables of the machine "
+        "resolving the profile (the client); a resolved profile sent to workers has it off, "
+        "so workers use the client's settings, not their own environment.")
 
     def resolved(self) -> S3Options:
-        """The options with ``PIXELQUERY_S3_*`` and AWS environment variables applied."""
+        """The options with ``PIXELQUERY_S3_*`` and AWS environment variables applied
+        (once: the result does not read the environment again)."""
+        if not self.from_environment:
+            return self
         env = os.environ
-        update: dict[str, Any] = {}
+        update: dict[str, Any] = {"from_environment": False}
         if v := env.get("PIXELQUERY_S3_ENDPOINT_URL"):
             update["endpoint_url"] = v
         if v := env.get("PIXELQUERY_S3_REGION"):
@@ -64,9 +72,7 @@ class S3Options(BaseModel):
         if (self.endpoint_url is None and "endpoint_url" not in update
                 and (v := env.get("AWS_ENDPOINT_URL"))):
             update["endpoint_url"] = v
-        return self.model_copy(update=update) if update else self
-
-
+        return self.model_copy(update=update)
     def static_keys(self) -> dict[str, str]:
         """``access_key_id``/``secret_access_key``/``session_token`` in clear (for the
         storage clients only; never log the result). Empty without explicit keys."""
@@ -87,6 +93,15 @@ class StorageProfile(BaseModel):
     name: str = "default"
     description: str = ""
     s3: S3Options = Field(default_factory=S3Options, description="S3 settings for s3:// URLs.")
+
+    def resolved(self) -> StorageProfile:
+        """The profile with this machine's environment applied once (what the client sends
+        to workers with the tasks: they never consult their own environment for it)."""
+        s3 = self.s3.resolved()
+        return self if s3 is self.s3 else self.model_copy(update={"s3": s3})
+
+    def __repr__(self) -> str:  # pydantic masks SecretStr; keep the repr short as well
+        return f"StorageProfile(name={self.name!r})"
 
 
 def load_storage_profile(name_or_path: str | None) -> StorageProfile:

@@ -8,7 +8,9 @@ Stages of :func:`run_job`, all on one Dask client:
 3. pixel rollups (``outputs.rollup`` with ``kinds: [pixel]``), tree-reduced on the cluster;
 4. on the client, from small tables only: time-series composites and field rollups.
 
-Every table is published atomically; ``manifest.json`` is written last.
+Everything is written through the output layer (:mod:`.storage`: a local directory or an
+``s3://`` prefix alike) into the run's staging prefix, published together at the end;
+``manifest.json`` is written last.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import datetime as dt
 import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,9 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
+
 from .catalog.models import Catalog
 from .catalog.store import RepoRef, resolve_snapshot
-from .errors import InputDataError, PixelQueryError, SpecError
+from .errors import InputDataError, OutputError, PixelQueryError, SpecError
+from .storage import Location, OutputSink
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -199,7 +203,7 @@ def prepare_job(spec: str | os.PathLike[str] | Any, *, check_only: bool = False)
     from .fields import load_fields
 
     spec = load_job(spec)
-    storage = load_storage_profile(spec.repository.storage)
+    storage = load_storage_profile(spec.repository.storage).resolved()  # sent to workers
     ref = resolve_snapshot(spec.repository.path, spec.repository.snapshot, profile=storage)
     sc = spec.scenes
     scenes = ref.catalog().search(start=sc.start, end=sc.end, product=sc.product,
@@ -305,9 +309,9 @@ def validate_job(spec_path: str | os.PathLike[str]) -> list[str]:
 class RunResult:
     """What :func:`run_job` produced."""
 
-    manifest_path: Path
+    manifest_path: str  # local path or s3:// URL
     manifest: dict[str, Any]
-    outputs: dict[str, Path]
+    outputs: dict[str, str]  # output name -> local path or s3:// URL
     summary: ExecutionSummary
 
     @property
@@ -367,7 +371,7 @@ def run_job(
     """
     from . import __version__
     from .executor import ClientStarter, ClusterOptions, ExecutionSummary
-    from .writers import RunOutputs, atomic_write_json
+    from .writers import RunOutputs, json_bytes
 
     started = dt.datetime.now(dt.UTC)
     t_start = time.time()
@@ -385,8 +389,8 @@ def run_job(
         raise
     spec = job.spec
     t_prepared = time.time()
-    out_dir = Path(spec.outputs.dir)
-    outputs: dict[str, Path] = {}
+    out = output_location(spec, job.ref.profile)
+    outputs: dict[str, str] = {}
     manifest: dict[str, Any] = {
         "pixelquery_batch": __version__,
         "job": {"name": spec.name, "job_hash": spec.job_hash(),
@@ -404,8 +408,14 @@ def run_job(
     }
     summary = ExecutionSummary()
     series = None
-    run_outputs = RunOutputs(out_dir)
-    stage = run_outputs.root  # every stage writes here; published together at the end
+    io_before: dict[str, Any] = {}
+    try:
+        run_outputs = RunOutputs(out)
+        stage = run_outputs.stage  # every stage writes here; published together at the end
+    except BaseException:
+        if isinstance(cluster, ClientStarter):
+            cluster.close()
+        raise
     try:
         # planned while the cluster starts (pure: no pixel is read)
         field_plan = plan_prepared(job, workers=workers_hint) if job.fields is not None else None
@@ -414,8 +424,12 @@ def run_job(
         with _client_for(cluster) as client:
             if isinstance(cluster, ClientStarter):
                 ready_at = cluster.ready_at
+            io_before = _io_counters(client)
+            sink = output_sink(client, stage)
+            manifest["output"] = {"location": out.display(),
+                                  "written_by": "workers" if sink.direct else "client"}
             if field_plan is not None:
-                summary, series = _run_fields(job, field_plan, client, stage, outputs, manifest,
+                summary, series = _run_fields(job, field_plan, client, sink, outputs, manifest,
                                               progress, on_start)
             elif on_start:
                 on_start(summary)
@@ -424,10 +438,11 @@ def run_job(
             if spec.outputs.rollup is not None and "pixel" in spec.outputs.rollup.kinds:
                 _run_pixel_rollup(job, client, stage, outputs, manifest, progress)
             if spec.outputs.rollup is not None and spec.outputs.rollup.composite is not None:
-                _run_composites(job, client, stage, outputs, manifest, progress)
-        if spec.outputs.rollup is not None and "field" in spec.outputs.rollup.kinds:
-            _run_field_rollup(job, series, stage, outputs)
-        outputs = run_outputs.publish(outputs)
+                _run_composites(job, client, sink, outputs, manifest, progress)
+            if spec.outputs.rollup is not None and "field" in spec.outputs.rollup.kinds:
+                _run_field_rollup(job, series, stage, outputs)
+            manifest["storage"] = _io_delta(io_before, _io_counters(client))
+            final = run_outputs.publish(outputs)
     except BaseException:
         run_outputs.abort()
         if isinstance(cluster, ClientStarter):  # failed before the cluster was used
@@ -444,9 +459,79 @@ def run_job(
     }
     manifest["finished_at"] = finished.isoformat()
     manifest["duration_s"] = round((finished - started).total_seconds(), 3)
-    manifest["outputs"] = {k: str(v) for k, v in outputs.items()}
-    manifest_path = atomic_write_json(out_dir / "manifest.json", manifest)
-    return RunResult(manifest_path, manifest, outputs, summary)
+    manifest["outputs"] = final
+    out.put("manifest.json", json_bytes(manifest))
+    return RunResult(out.display("manifest.json"), manifest, final, summary)
+
+
+def output_location(spec: Any, repo_profile: Any) -> Location:
+    """Where a job's outputs go: ``outputs.dir`` with its storage profile (resolved here,
+    on the client: workers get the result with their tasks)."""
+    from .config import load_storage_profile
+
+    profile = (load_storage_profile(spec.outputs.storage).resolved()
+               if spec.outputs.storage else repo_profile)
+    return Location.of(spec.outputs.dir, profile)
+
+
+def output_sink(client: Any, stage: Location) -> OutputSink:
+    """How workers deliver files: straight to ``stage`` when every worker can read a probe
+    the client wrote there and write beside it; otherwise, for a local directory, back
+    through the scheduler to the client. An ``s3://`` location the workers cannot reach
+    stops the run, naming the location and the worker's error."""
+    import uuid
+
+    from .storage import probe_location
+
+    if client == "sync" or not hasattr(client, "run"):
+        return OutputSink(stage, direct=True)
+    token = uuid.uuid4().hex
+    key = f".probe/{token}"
+    stage.put(key, token.encode())
+    try:
+        answers = client.run(probe_location, stage, key, token)
+    finally:
+        stage.delete_prefix(".probe")
+    problems = {w: a for w, a in answers.items() if a is not None}
+    if not problems:
+        return OutputSink(stage, direct=True)
+    worker, problem = sorted(problems.items())[0]
+    if not stage.is_local:
+        raise OutputError(f"workers cannot reach the output location {stage.display()}: "
+                          f"{worker}: {problem}",
+                          hint="give the workers network access and credentials for it "
+                          "(storage profile), or write outputs to a local directory",
+                          path=stage.display())
+    logger.info("workers do not share the output directory: their files travel back to "
+                "the client", extra={"location": stage.display(), "workers": len(problems)})
+    return OutputSink(stage, direct=False)
+
+
+def _io_counters(client: Any) -> dict[str, Any]:
+    """Storage counters of the client process and of every worker process."""
+    from .storage import io_counters
+
+    out = {"client": io_counters()}
+    if client != "sync" and hasattr(client, "run"):
+        try:
+            out.update(client.run(io_counters))
+        except Exception:  # counters are informative: never fail a run on them
+            logger.warning("could not collect the workers' storage counters")
+    return out
+
+
+def _io_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Requests, retries and failures of this run (processes sharing counters, as with
+    threaded workers in the client process, are counted once)."""
+    seen: dict[tuple[int, ...], dict[str, Any]] = {}
+    for who, now in after.items():
+        then = before.get(who, {"requests": 0, "retries": 0, "failures": 0, "by_op": {}})
+        d = {k: now[k] - then[k] for k in ("requests", "retries", "failures")}
+        d["by_op"] = {op: n - then["by_op"].get(op, 0) for op, n in now["by_op"].items()
+                      if n - then["by_op"].get(op, 0)}
+        seen.setdefault((now.get("pid", id(now)),), d)
+    total = {k: sum(d[k] for d in seen.values()) for k in ("requests", "retries", "failures")}
+    return {**total, "processes": len(seen)}
 
 
 def _execution_record(summary: ExecutionSummary) -> dict[str, Any]:
@@ -460,16 +545,17 @@ def _execution_record(summary: ExecutionSummary) -> dict[str, Any]:
     }
 
 
-def _run_fields(job: PreparedJob, plan: Plan, client: Any, out_dir: Path, outputs: dict[str, Path],
-                manifest: dict[str, Any], progress: ProgressFn | None,
+def _run_fields(job: PreparedJob, plan: Plan, client: Any, sink: OutputSink,
+                outputs: dict[str, str], manifest: dict[str, Any], progress: ProgressFn | None,
                 on_start: Callable[[ExecutionSummary], None] | None,
                 ) -> tuple[ExecutionSummary, pd.DataFrame | None]:
     """Per-field statistics (and day rows -> time series); returns the long series."""
     from .executor import execute
-    from .tasks import result_schema, write_day_parts
+    from .tasks import day_parts, result_schema
     from .writers import TableWriter
 
     spec = job.spec
+    stage = sink.stage
     ts_spec = spec.outputs.timeseries
     ctx = job.context(daily=ts_spec is not None)
     logger.info("plan ready", extra={"job": spec.name, "job_hash": ctx.job_hash,
@@ -478,16 +564,16 @@ def _run_fields(job: PreparedJob, plan: Plan, client: Any, out_dir: Path, output
     schema = result_schema(ctx.stats)
     writer = None
     if spec.outputs.stats is not None:
-        writer = TableWriter(out_dir, "stats", schema, fmt=spec.outputs.stats.format,
+        writer = TableWriter(stage, "stats", schema, fmt=spec.outputs.stats.format,
                              sort_by=("field_id", "scene_id", "variable"))
-    days_dir = out_dir / ".days" if ts_spec is not None else None
     n_buckets = max(1, math.ceil(len(job.fields) / _FIELDS_PER_BUCKET))
 
     def on_result(res: Any) -> None:
         if writer is not None:
             writer.write_part(res.unit_id, res.table)
-        if days_dir is not None and res.day_table is not None:
-            write_day_parts(res.day_table, str(days_dir), res.unit_id, n_buckets)
+        if ts_spec is not None and res.day_table is not None:
+            for key, data in day_parts(res.day_table, res.unit_id, n_buckets):
+                stage.put(key, data)
 
     series = None
     try:
@@ -496,13 +582,13 @@ def _run_fields(job: PreparedJob, plan: Plan, client: Any, out_dir: Path, output
         if writer is not None:
             transform = _add_geometry(job.fields) if spec.outputs.stats.format == "geoparquet" else None
             outputs["stats"] = writer.commit(transform)
-        if days_dir is not None:
-            series = _run_timeseries(job, client, days_dir, out_dir, outputs, progress)
+        if ts_spec is not None:
+            series = _run_timeseries(job, client, sink, outputs, progress)
     finally:
         if writer is not None:
             writer.abort()
-        if days_dir is not None:
-            shutil.rmtree(days_dir, ignore_errors=True)
+        if ts_spec is not None:
+            stage.delete_prefix(".days")
     manifest["plan"] = plan.summary()
     manifest["execution"] = _execution_record(summary)
     manifest["failures"].extend(summary.failures)
@@ -510,15 +596,17 @@ def _run_fields(job: PreparedJob, plan: Plan, client: Any, out_dir: Path, output
     return summary, series
 
 
-def _run_timeseries(job: PreparedJob, client: Any, days_dir: Path, out_dir: Path,
-                    outputs: dict[str, Path], progress: ProgressFn | None) -> pd.DataFrame:
+def _run_timeseries(job: PreparedJob, client: Any, sink: OutputSink, outputs: dict[str, str],
+                    progress: ProgressFn | None) -> pd.DataFrame:
     """Composite the day rows into per-field series, one task per bucket of fields (on the
     cluster: the client never holds every day row); returns the long series."""
-    import pyarrow.parquet as pq
+    import pyarrow.csv as pacsv
 
     from .executor import execute_map
-    from .tasks import SeriesContext, composite_bucket
+    from .tasks import SeriesBucket, SeriesContext, composite_bucket
+    from .writers import read_parquet_prefix
 
+    stage = sink.stage
     ts = job.spec.outputs.timeseries
     start, end = job.window
     sctx = SeriesContext(
@@ -529,52 +617,58 @@ def _run_timeseries(job: PreparedJob, client: Any, days_dir: Path, out_dir: Path
         scene_times=tuple(str(t) for t in job.scenes.table.column("datetime").to_pylist()),
         wide=ts.wide, snapshot_id=job.ref.snapshot_id, job_hash=job.spec.job_hash(),
     )
-    buckets = sorted(str(p) for p in days_dir.glob("b=*")) if days_dir.is_dir() else []
-    execute_map(composite_bucket, buckets, sctx, str(out_dir), cluster=client, progress=progress,
-                stage="timeseries", key_prefix=f"pqb-series-{sctx.job_hash}")
-    names = ["timeseries"] + (["timeseries_wide"] if ts.wide else [])
-    for name in names:
-        path = out_dir / name
-        if not path.is_dir():  # no field had any day row
-            path.mkdir(parents=True)
+    keys = stage.list(".days")
+    names = sorted({k.rsplit("/", 1)[0] for k in keys})
+    buckets = [SeriesBucket(n) if sink.direct else
+               SeriesBucket(n, tuple(stage.get(k) for k in keys if k.startswith(n + "/")))
+               for n in names]
+    results = execute_map(composite_bucket, buckets, sctx, sink, cluster=client,
+                          progress=progress, stage="timeseries",
+                          key_prefix=f"pqb-series-{sctx.job_hash}")
+    _write_returned(stage, results)
+    tables = ["timeseries"] + (["timeseries_wide"] if ts.wide else [])
+    long = None
+    for name in tables:
+        table = read_parquet_prefix(stage, name)
+        if name == "timeseries":
+            long = table.to_pandas() if table is not None else _empty_series()
         if ts.format == "csv":
-            import pyarrow.csv as pacsv
-
-            table = pq.read_table(path) if any(path.iterdir()) else None
-            csv_path = out_dir / f"{name}.csv"
+            sink_buf = pa.BufferOutputStream()
             if table is not None:
-                pacsv.write_csv(table, csv_path)
-            else:
-                csv_path.write_text("")
-            shutil.rmtree(path)
-            path = csv_path
-        outputs[name] = path
-    return _read_series(outputs["timeseries"])
+                pacsv.write_csv(table, sink_buf)
+            stage.put(f"{name}.csv", sink_buf.getvalue().to_pybytes())
+            stage.delete_prefix(name)
+            outputs[name] = f"{name}.csv"
+        else:
+            if table is None:  # no field had any day row
+                from .writers import parquet_bytes
+
+                stage.put(f"{name}/part-empty.parquet", parquet_bytes(
+                    pa.Table.from_pandas(_empty_series(), preserve_index=False)))
+            outputs[name] = name
+    return long
 
 
-def _read_series(path: Path) -> pd.DataFrame:
-    """The long time series a stage wrote (a Parquet directory or a CSV file)."""
+def _write_returned(stage: Location, results: list[dict[str, Any]]) -> None:
+    """Write the files workers sent back (when they cannot reach the output location)."""
+    for res in results:
+        for key, data in res.pop("files", ()):
+            stage.put(key, data)
+
+
+def _empty_series() -> pd.DataFrame:
     import pandas as pd
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
 
-    if path.suffix == ".csv":
-        if path.stat().st_size:
-            return pacsv.read_csv(path).to_pandas()
-    elif any(path.iterdir()):
-        return pq.read_table(path).to_pandas()
     return pd.DataFrame(columns=["field_id", "variable", "period_start", "period_end", "mean",
                                  "count", "n_scenes", "filled"])
 
 
-def _write_frame(out_dir: Path, name: str, df: pd.DataFrame, fmt: str,
-                 sort_by: tuple[str, ...]) -> Path:
-    import pyarrow as pa
-
+def _write_frame(stage: Location, name: str, df: pd.DataFrame, fmt: str,
+                 sort_by: tuple[str, ...]) -> str:
     from .writers import TableWriter
 
     table = pa.Table.from_pandas(df, preserve_index=False)
-    writer = TableWriter(out_dir, name, table.schema, fmt=fmt, sort_by=sort_by)
+    writer = TableWriter(stage, name, table.schema, fmt=fmt, sort_by=sort_by)
     try:
         writer.write_part("all", table)
         return writer.commit()
@@ -582,7 +676,7 @@ def _write_frame(out_dir: Path, name: str, df: pd.DataFrame, fmt: str,
         writer.abort()
 
 
-def _run_points(job: PreparedJob, client: Any, out_dir: Path, outputs: dict[str, Path],
+def _run_points(job: PreparedJob, client: Any, stage: Location, outputs: dict[str, str],
                 manifest: dict[str, Any], progress: ProgressFn | None) -> None:
     from .executor import execute
     from .planner import plan_job
@@ -607,7 +701,7 @@ def _run_points(job: PreparedJob, client: Any, out_dir: Path, outputs: dict[str,
         df["cloud"] = df["cloud_count"] > 0
         df = df[["point_id", "scene_id", "datetime", "variable", "value", "valid", "cloud",
                  "snapshot_id", "job_hash"]]
-    outputs["points"] = _write_frame(out_dir, "points", df, "parquet",
+    outputs["points"] = _write_frame(stage, "points", df, "parquet",
                                      ("point_id", "scene_id", "variable"))
     manifest["points"] = {"plan": plan.summary(), "execution": _execution_record(summary)}
     manifest["failures"].extend(summary.failures)
@@ -633,7 +727,7 @@ def _period_lookup(job: PreparedJob, period_text: str) -> tuple[Any, Callable[[s
     return bins, period_of
 
 
-def _run_pixel_rollup(job: PreparedJob, client: Any, out_dir: Path, outputs: dict[str, Path],
+def _run_pixel_rollup(job: PreparedJob, client: Any, stage: Location, outputs: dict[str, str],
                       manifest: dict[str, Any], progress: ProgressFn | None) -> None:
     import math
 
@@ -677,7 +771,7 @@ def _run_pixel_rollup(job: PreparedJob, client: Any, out_dir: Path, outputs: dic
                              "quantile_error_bound": float(bound),
                              "snapshot_id": job.ref.snapshot_id, "job_hash": job.spec.job_hash()})
     df = pd.DataFrame(rows)
-    outputs["rollup"] = _write_frame(out_dir, "rollup", df, "parquet",
+    outputs["rollup"] = _write_frame(stage, "rollup", df, "parquet",
                                      ("region_id", "variable", "period_start"))
     manifest["rollup"] = {"plan": plan.summary(), "units": result.units,
                           "chunks_read": result.chunks_read,
@@ -698,25 +792,24 @@ def _composite_units(job: PreparedJob) -> tuple[Any, ...]:
                            max_pixels=comp.max_pixels, optional_bands=job.optional_bands)
 
 
-def _run_composites(job: PreparedJob, client: Any, out_dir: Path, outputs: dict[str, Path],
+def _run_composites(job: PreparedJob, client: Any, sink: OutputSink, outputs: dict[str, str],
                     manifest: dict[str, Any], progress: ProgressFn | None) -> None:
-    """Composite rasters per region and period: COGs written by the workers into
-    ``composites/`` of the run's staging directory (published with the other outputs)."""
+    """Composite rasters per region and period: COGs written by the workers (or sent back
+    to the client, see :func:`output_sink`) into ``composites/`` of the run's stage."""
     from .executor import execute_map
     from .tasks import run_composite_unit
 
     units = _composite_units(job)
-    target = out_dir / "composites"
-    target.mkdir(parents=True, exist_ok=True)
-    results = execute_map(run_composite_unit, list(units), job.context(), str(target),
+    results = execute_map(run_composite_unit, list(units), job.context(), sink,
                           cluster=client, progress=progress, stage="composites",
                           key_prefix=f"pqb-composite-{job.spec.job_hash()}")
-    outputs["composites"] = target
+    _write_returned(sink.stage, results)
+    outputs["composites"] = "composites"
     manifest["composites"] = results
 
 
-def _run_field_rollup(job: PreparedJob, long: pd.DataFrame | None, out_dir: Path,
-                      outputs: dict[str, Path]) -> None:
+def _run_field_rollup(job: PreparedJob, long: pd.DataFrame | None, stage: Location,
+                      outputs: dict[str, str]) -> None:
     import geopandas as gpd
 
     from .kernels.rollup import field_rollup
@@ -735,7 +828,7 @@ def _run_field_rollup(job: PreparedJob, long: pd.DataFrame | None, out_dir: Path
                       regions=job.regions["region_id"].tolist())
     df["snapshot_id"] = job.ref.snapshot_id
     df["job_hash"] = job.spec.job_hash()
-    outputs["rollup_fields"] = _write_frame(out_dir, "rollup_fields", df, "parquet",
+    outputs["rollup_fields"] = _write_frame(stage, "rollup_fields", df, "parquet",
                                             ("region_id", "variable", "period_start"))
 
 

@@ -442,6 +442,11 @@ class OutputsSpec(BaseModel):
         description="Output directory (relative to the spec file) or `s3://` URL; the "
         "run manifest is written here too.",
     )
+    storage: str | None = Field(
+        default=None,
+        description="Storage profile (`configs/storage/NAME.yaml` or a path) for an `s3://` "
+        "`dir`; `null`: the repository's profile.",
+    )
     stats: StatsOutput | None = Field(
         default_factory=StatsOutput,
         description="Per-field statistics table; `null` skips it.",

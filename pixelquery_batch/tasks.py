@@ -26,6 +26,7 @@ from .catalog.models import BandInfo
 from .catalog.store import RepoRef
 from .errors import TaskError
 from .planner import SceneTask, WorkUnit
+from .storage import OutputSink
 
 __all__ = ["JobContext", "UnitResult", "read_bands", "result_schema", "run_unit"]
 
@@ -601,20 +602,19 @@ class _WholeGroup:
 # --------------------------------------------------------------------------- composites
 
 
-def run_composite_unit(unit: Any, ctx: JobContext, out_dir: str,
+def run_composite_unit(unit: Any, ctx: JobContext, sink: OutputSink,
                        reader: ChunkReader | None = None) -> dict[str, Any]:
-    """Composite one region and period on the target grid and write it as a COG.
+    """Composite one region and period on the target grid and write it as a COG
+    (``composites/<region>_<period>_<variable>_<method>.tif`` through ``sink``).
 
     Each source scene is read only over the window the target grid needs, its variable
     computed (nodata and clouds as NaN), resampled (nearest) onto the target grid, and
     same-day layers merged first-valid; then the layers are composited per pixel and the
     pixels outside the region set to NaN.
     """
-    from pathlib import Path
-
     from .kernels.resample import Grid, composite_pixels, reproject_nearest
     from .rasterize import geometry_weights
-    from .writers.raster import write_cog
+    from .writers.raster import cog_bytes
 
     t0 = time.perf_counter()
     reader = reader or _reader_for(ctx.repo)
@@ -650,14 +650,16 @@ def run_composite_unit(unit: Any, ctx: JobContext, out_dir: str,
                               (0, 0, h, w), "centre") > 0
     out = np.where(inside, out, np.nan)
     name = f"{unit.region_id}_{unit.period_start}_{unit.variable}_{unit.method}.tif"
-    path = write_cog(Path(out_dir) / name, out, crs=unit.target_crs, transform=unit.target_transform,
+    data = cog_bytes(out, crs=unit.target_crs, transform=unit.target_transform, name=name,
                      tags={"region_id": unit.region_id, "period_start": unit.period_start,
                            "variable": unit.variable, "method": unit.method,
                            "scenes": ",".join(s.scene.scene_id for s in unit.sources),
                            "snapshot_id": ctx.repo.snapshot_id, "job_hash": ctx.job_hash})
-    return {"region_id": unit.region_id, "period_start": unit.period_start, "file": path.name,
+    files = sink.deliver(f"composites/{name}", data)
+    return {"region_id": unit.region_id, "period_start": unit.period_start, "file": name,
             "days": len(ordered), "valid_pixels": int(np.isfinite(out).sum()),
-            "chunks_read": reader.chunks_read - before, "duration_s": time.perf_counter() - t0}
+            "chunks_read": reader.chunks_read - before, "duration_s": time.perf_counter() - t0,
+            "files": files}
 
 
 # --------------------------------------------------------------------------- time series
@@ -691,34 +693,45 @@ def field_bucket(field_id: str, n_buckets: int) -> int:
     return zlib.crc32(field_id.encode()) % max(1, n_buckets)
 
 
-def write_day_parts(table: pa.Table, root: str, part_id: str, n_buckets: int) -> None:
-    """Write a unit's day rows as one Parquet part per field bucket (``root/b=K/``)."""
-    from pathlib import Path
-
-    import pyarrow.parquet as pq
-
-    from .writers.files import atomic_write_bytes
+def day_parts(table: pa.Table, part_id: str, n_buckets: int) -> list[tuple[str, bytes]]:
+    """A unit's day rows as one Parquet part per field bucket: ``(key, bytes)`` with keys
+    ``.days/b=K/part-<unit>.parquet`` (written to the run's staging location)."""
+    from .writers.tables import parquet_bytes
 
     if table.num_rows == 0:
-        return
+        return []
     buckets = np.array([field_bucket(f, n_buckets) for f in table.column("field_id").to_pylist()])
-    for k in np.unique(buckets):
-        sink = pa.BufferOutputStream()
-        pq.write_table(table.filter(pa.array(buckets == k)), sink, compression="zstd")
-        atomic_write_bytes(Path(root) / f"b={int(k):05d}" / f"part-{part_id}.parquet",
-                           sink.getvalue().to_pybytes())
+    return [(f".days/b={int(k):05d}/part-{part_id}.parquet",
+             parquet_bytes(table.filter(pa.array(buckets == k)))) for k in np.unique(buckets)]
 
 
-def composite_bucket(bucket_dir: str, sctx: SeriesContext, out_root: str) -> int:
+@dataclass(frozen=True)
+class SeriesBucket:
+    """One bucket of fields to composite: its day parts under ``key`` of the staging
+    location, or (when the workers cannot reach it) the parts' bytes themselves."""
+
+    key: str  # .days/b=K
+    parts: tuple[bytes, ...] | None = None
+
+    @property
+    def unit_id(self) -> str:
+        return self.key.rsplit("/", 1)[-1]
+
+
+def composite_bucket(bucket: SeriesBucket, sctx: SeriesContext, sink: OutputSink) -> dict[str, Any]:
     """Composite one bucket of fields and write its part of the time-series tables."""
-    from pathlib import Path
+    import io
 
     import pyarrow.parquet as pq
 
     from .kernels.timeseries import composite, to_wide
-    from .writers.files import atomic_write_bytes
+    from .writers.tables import parquet_bytes, read_parquet_prefix
 
-    rows = pq.read_table(bucket_dir).to_pandas()
+    if bucket.parts is not None:
+        table = pa.concat_tables([pq.read_table(io.BytesIO(b)) for b in bucket.parts])
+    else:
+        table = read_parquet_prefix(sink.stage, bucket.key)
+    rows = table.to_pandas()
     if sctx.variables:
         rows = rows[rows["variable"].isin(sctx.variables)]
     long = composite(rows, sctx.period, aggregation=sctx.aggregation, stats=list(sctx.stats),
@@ -726,15 +739,13 @@ def composite_bucket(bucket_dir: str, sctx: SeriesContext, out_root: str) -> int
                      scene_times=list(sctx.scene_times))
     long["snapshot_id"] = sctx.snapshot_id
     long["job_hash"] = sctx.job_hash
-    name = Path(bucket_dir).name
     outputs = [("timeseries", long)]
     if sctx.wide:
         wide = to_wide(long, stat="mean").reset_index()
         wide.columns = [str(c) for c in wide.columns]
         outputs.append(("timeseries_wide", wide))
+    files: list[tuple[str, bytes]] = []
     for table_name, df in outputs:
-        sink = pa.BufferOutputStream()
-        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), sink, compression="zstd")
-        atomic_write_bytes(Path(out_root) / table_name / f"part-{name}.parquet",
-                           sink.getvalue().to_pybytes())
-    return len(long)
+        data = parquet_bytes(pa.Table.from_pandas(df, preserve_index=False))
+        files += sink.deliver(f"{table_name}/part-{bucket.unit_id}.parquet", data)
+    return {"rows": len(long), "files": files}

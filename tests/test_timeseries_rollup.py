@@ -344,7 +344,7 @@ def test_composite_cog_matches_a_rasterio_warp_reference(method, sample_small, s
     checked = 0
     for _, reg in regions.iterrows():
         for month in ("2021-12", "2022-01", "2022-02"):
-            path = result.outputs["composites"] / f"{reg['id']}_{month}-01_ndvi_{method}.tif"
+            path = Path(result.outputs["composites"]) / f"{reg['id']}_{month}-01_ndvi_{method}.tif"
             if not path.exists():
                 continue
             with rasterio.open(path) as src:
@@ -419,7 +419,7 @@ def test_composite_from_two_utm_zones(tmp_path) -> None:
                                "rollup": {"regions": {"path": str(tmp_path / "regions.geojson")}, "kinds": [],
                                           "composite": {"crs": "EPSG:3035", "resolution": 10, "method": "max_ndvi"}}})
     result = run_job(spec, cluster="sync")
-    with rasterio.open(result.outputs["composites"] / "R_2025-05-01_ndvi_max_ndvi.tif") as src:
+    with rasterio.open(Path(result.outputs["composites"]) / "R_2025-05-01_ndvi_max_ndvi.tif") as src:
         got, t = src.read(1), src.transform
     layers = []
     for scene_id, cog in cogs_by_date(cogs).items():

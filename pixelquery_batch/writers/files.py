@@ -11,7 +11,7 @@ from typing import Any
 from ..config import redact
 from ..errors import OutputError
 
-__all__ = ["atomic_write_bytes", "atomic_write_json"]
+__all__ = ["atomic_write_bytes", "atomic_write_json", "json_bytes"]
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -34,7 +34,11 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     return dest
 
 
+def json_bytes(obj: Any) -> bytes:
+    """``obj`` as indented JSON, with secrets redacted."""
+    return json.dumps(redact(obj), indent=2, sort_keys=False, default=str).encode() + b"\n"
+
+
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     """Atomically write ``obj`` as indented JSON, with secrets redacted."""
-    text = json.dumps(redact(obj), indent=2, sort_keys=False, default=str)
-    return atomic_write_bytes(path, text.encode() + b"\n")
+    return atomic_write_bytes(path, json_bytes(obj))

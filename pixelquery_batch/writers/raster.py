@@ -1,30 +1,23 @@
-"""Raster outputs: float32 Cloud-Optimized GeoTIFFs written atomically (rasterio/GDAL)."""
+"""Raster outputs: float32 Cloud-Optimized GeoTIFFs encoded in memory (rasterio/GDAL), so
+the bytes can go through the output layer from any process (client or worker)."""
 
 from __future__ import annotations
-
-import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
 from ..errors import OutputError
 
-__all__ = ["write_cog"]
+__all__ = ["cog_bytes"]
 
 
-def write_cog(path: str | os.PathLike[str], array: np.ndarray, *, crs: str,
+def cog_bytes(array: np.ndarray, *, crs: str,
               transform: tuple[float, float, float, float, float, float],
-              tags: dict[str, str] | None = None) -> Path:
-    """Write a single-band float32 COG (DEFLATE, floating-point predictor, NaN nodata,
-    overviews) to ``path`` atomically (temporary file in the same directory, then rename)."""
-    import rasterio
+              tags: dict[str, str] | None = None, name: str = "raster.tif") -> bytes:
+    """A single-band float32 COG (DEFLATE, floating-point predictor, NaN nodata, overviews
+    when larger than one 512 tile) as bytes; ``name`` only names it in errors."""
+    from rasterio.io import MemoryFile
     from rasterio.transform import Affine
 
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.stem}.", suffix=".tif", dir=dest.parent)
-    os.close(fd)
     h, w = array.shape
     profile = {
         "driver": "COG", "width": w, "height": h, "count": 1, "dtype": "float32",
@@ -33,12 +26,11 @@ def write_cog(path: str | os.PathLike[str], array: np.ndarray, *, crs: str,
         "overviews": "AUTO" if max(h, w) > 512 else "NONE",
     }
     try:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(array.astype(np.float32), 1)
-            if tags:
-                dst.update_tags(**tags)
-        os.replace(tmp, dest)
+        with MemoryFile() as mem:
+            with mem.open(**profile) as dst:
+                dst.write(array.astype(np.float32), 1)
+                if tags:
+                    dst.update_tags(**tags)
+            return bytes(mem.read())
     except Exception as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise OutputError(f"cannot write {dest}: {exc}", path=str(dest)) from exc
-    return dest
+        raise OutputError(f"cannot encode {name}: {exc}", path=name) from exc

@@ -1,47 +1,50 @@
-"""Result tables: one Parquet part per work unit, published atomically at the end.
+"""Result tables: one Parquet part per work unit, staged, then published together.
 
-Parts are written as the units complete (the client never holds every row) into a
-staging directory next to the destination; :meth:`TableWriter.commit` swaps the staging
-directory in place of the previous output, so a crashed run never leaves a half-written
-table that looks complete, and a rerun replaces the previous result whole.
+Everything goes through the output layer (:class:`~pixelquery_batch.storage.Location`), so
+the same code writes to a local directory and to an ``s3://`` prefix. Parts are written as
+the units complete (the client never holds every row) under the run's staging prefix
+``.staging-run-<id>/``; :meth:`RunOutputs.publish` then moves each staged output in place of
+the previous one, so a run that fails half-way changes nothing that was published.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
+import io
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from ..errors import OutputError
-from .files import atomic_write_bytes
+from ..storage import Location
 
-__all__ = ["RunOutputs", "TableWriter", "swap_dir"]
+__all__ = ["RunOutputs", "TableWriter", "parquet_bytes", "read_parquet_prefix"]
 
 
-def _make_staging(out_dir: Path, label: str) -> Path:
-    """A new hidden staging directory ``out_dir/.staging-<label>-<random>``."""
-    path = out_dir / f".staging-{label}-{uuid.uuid4().hex[:8]}"
-    try:
-        path.mkdir(parents=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create output directory {out_dir}: {exc}",
-                          path=str(out_dir)) from exc
-    return path
+def parquet_bytes(table: pa.Table) -> bytes:
+    """``table`` as zstd-compressed Parquet bytes."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
+
+
+def read_parquet_prefix(loc: Location, prefix: str) -> pa.Table | None:
+    """Every ``*.parquet`` object under ``prefix`` concatenated (``None`` when there is none)."""
+    keys = [k for k in loc.list(prefix) if k.endswith(".parquet")]
+    if not keys:
+        return None
+    return pa.concat_tables([pq.read_table(io.BytesIO(loc.get(k))) for k in keys],
+                            promote_options="default")
 
 
 class TableWriter:
-    """Collects Arrow parts for ``out_dir/<name>/`` and publishes them atomically.
+    """Collects Arrow parts for the table ``name`` of a run's staging location.
 
     Parameters
     ----------
-    out_dir
-        The job's output directory.
+    stage
+        The run's staging location (:attr:`RunOutputs.stage`).
     name
         Table name (directory name), e.g. ``"stats"``.
     schema
@@ -52,14 +55,14 @@ class TableWriter:
         Columns each part is sorted by (stable output for idempotent reruns).
     """
 
-    def __init__(self, out_dir: str | os.PathLike[str], name: str, schema: pa.Schema, *,
+    def __init__(self, stage: Location, name: str, schema: pa.Schema, *,
                  fmt: str = "parquet", sort_by: tuple[str, ...] = ()) -> None:
-        self.out_dir = Path(out_dir)
+        self.stage = stage
         self.name = name
         self.schema = schema
         self.fmt = fmt
         self.sort_by = sort_by
-        self.staging = _make_staging(self.out_dir, name)
+        self.parts_prefix = f".parts-{name}"
         self.rows = 0
         self.parts = 0
 
@@ -70,93 +73,78 @@ class TableWriter:
         table = table.cast(self.schema)
         if self.sort_by:
             table = table.sort_by([(c, "ascending") for c in self.sort_by])
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, compression="zstd")
-        atomic_write_bytes(self.staging / f"part-{part_id}.parquet", sink.getvalue().to_pybytes())
+        self.stage.put(f"{self.parts_prefix}/part-{part_id}.parquet", parquet_bytes(table))
         self.rows += table.num_rows
         self.parts += 1
 
     def read_all(self) -> pa.Table:
         """Every part written so far, concatenated and sorted."""
-        files = sorted(self.staging.glob("part-*.parquet"))
-        if not files:
+        table = read_parquet_prefix(self.stage, self.parts_prefix)
+        if table is None:
             return self.schema.empty_table()
-        table = pa.concat_tables([pq.read_table(f) for f in files])
         return table.sort_by([(c, "ascending") for c in self.sort_by]) if self.sort_by else table
 
-    def commit(self, transform: Callable[[pa.Table], pa.Table] | None = None) -> Path:
-        """Publish: ``out_dir/<name>/`` (Parquet parts) or ``out_dir/<name>.csv``.
+    def commit(self, transform: Callable[[pa.Table], pa.Table] | None = None) -> str:
+        """Finish the table in the staging location: ``<name>/`` (Parquet parts) or
+        ``<name>.csv``; returns the key :meth:`RunOutputs.publish` publishes.
 
         ``transform`` (e.g. adding geometry for GeoParquet) is applied to the whole table
         for the single-file formats.
         """
         if self.fmt == "parquet" and transform is None:
-            final = self.out_dir / self.name
-            swap_dir(self.staging, final)
-            return final
+            if self.parts == 0:  # an empty table still has its schema
+                self.stage.put(f"{self.parts_prefix}/part-empty.parquet",
+                               parquet_bytes(self.schema.empty_table()))
+            self.stage.move_prefix(self.parts_prefix, self.name)
+            return self.name
         table = self.read_all()
         if transform is not None:
             table = transform(table)
         if self.fmt == "csv":
-            final = self.out_dir / f"{self.name}.csv"
             sink = pa.BufferOutputStream()
             pacsv.write_csv(table, sink)
-            atomic_write_bytes(final, sink.getvalue().to_pybytes())
+            key = f"{self.name}.csv"
+            self.stage.put(key, sink.getvalue().to_pybytes())
         else:
-            final = self.out_dir / self.name
-            tmp = _make_staging(self.out_dir, f"{self.name}-single")
-            sink = pa.BufferOutputStream()
-            pq.write_table(table, sink, compression="zstd")
-            atomic_write_bytes(tmp / "part-all.parquet", sink.getvalue().to_pybytes())
-            swap_dir(tmp, final)
-        shutil.rmtree(self.staging, ignore_errors=True)
-        return final
+            key = self.name
+            self.stage.put(f"{key}/part-all.parquet", parquet_bytes(table))
+        self.abort()
+        return key
 
     def abort(self) -> None:
-        """Drop the staging directory (the previous output stays untouched)."""
-        shutil.rmtree(self.staging, ignore_errors=True)
-
-
-def swap_dir(new: Path, final: Path) -> None:
-    """Put directory ``new`` in place of ``final`` (the old one is removed afterwards)."""
-    old = final.with_name(f".old-{final.name}-{uuid.uuid4().hex[:8]}")
-    try:
-        if final.exists():
-            os.replace(final, old)
-        os.replace(new, final)
-    except OSError as exc:
-        if old.exists() and not final.exists():
-            os.replace(old, final)
-        raise OutputError(f"cannot publish {final}: {exc}", path=str(final)) from exc
-    shutil.rmtree(old, ignore_errors=True)
+        """Drop the parts not yet committed."""
+        self.stage.delete_prefix(self.parts_prefix)
 
 
 class RunOutputs:
     """All outputs of one run, staged together and published together.
 
-    Stages write into :attr:`root` (a hidden directory inside the output directory);
-    :meth:`publish` then moves every staged table/directory/file in place of the previous
-    one, so a run that fails half-way changes nothing, and a finished run never mixes
-    its tables with an older run's.
+    Stages write under :attr:`stage` (``<out>/.staging-run-<id>/``); :meth:`publish` moves
+    every staged table, directory or file in place of the previous one, so a run that fails
+    half-way changes nothing, and a finished run never mixes its tables with an older
+    run's. On a local disk each output is swapped by renames; on S3 by server-side copies.
     """
 
-    def __init__(self, out_dir: str | os.PathLike[str]) -> None:
-        self.out_dir = Path(out_dir)
-        self.root = _make_staging(self.out_dir, "run")
+    def __init__(self, out: Location) -> None:
+        self.out = out
+        self.stage_key = f".staging-run-{uuid.uuid4().hex[:8]}"
+        self.stage = out.child(self.stage_key)
 
-    def publish(self, staged: dict[str, Path]) -> dict[str, Path]:
-        """Move the staged outputs into the output directory; returns their final paths."""
-        final: dict[str, Path] = {}
-        for name, path in staged.items():
-            dest = self.out_dir / path.relative_to(self.root)
-            if path.is_dir():
-                swap_dir(path, dest)
+    def publish(self, staged: dict[str, str]) -> dict[str, str]:
+        """Move the staged outputs (name -> key in the stage) into the output location;
+        returns their final locations (local paths or ``s3://`` URLs)."""
+        final: dict[str, str] = {}
+        files = set(self.stage.list())
+        for name, key in staged.items():
+            src, dst = f"{self.stage_key}/{key}", key
+            if key in files:
+                self.out.move(src, dst)
             else:
-                os.replace(path, dest)
-            final[name] = dest
+                self.out.move_prefix(src, dst)
+            final[name] = self.out.display(dst)
         self.abort()
         return final
 
     def abort(self) -> None:
         """Drop whatever was staged (the previous outputs stay untouched)."""
-        shutil.rmtree(self.root, ignore_errors=True)
+        self.out.delete_prefix(self.stage_key)

@@ -1,0 +1,432 @@
+"""The output layer: one API over local directories and ``s3://`` prefixes (obstore).
+
+Every output byte, whether written by the client or by a worker, goes through a
+:class:`Location`: ``put``/``get``/``list``/``delete`` on keys relative to the location's
+root, with retries and exponential backoff (full jitter) on transient errors (timeouts,
+connection resets, HTTP 5xx, throttling) and an immediate, named error on permanent ones
+(403, 404, bad credentials). Retries are counted per process (:func:`io_counters`), so a run
+can report the retries of the client and of every worker.
+
+Locations are picklable and never show credentials: the storage profile they carry is
+resolved on the client (keys from the profile or the client's standard places) and travels
+with the task payload, so a worker needs no credentials of its own.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import random
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import obstore
+from obstore.store import LocalStore, S3Store
+
+from .config import StorageProfile
+from .errors import OutputError, StorageError
+
+__all__ = [
+    "IoCounters",
+    "Location",
+    "RetryPolicy",
+    "io_counters",
+    "is_transient",
+    "profile_key",
+    "with_retries",
+]
+
+
+
+# --------------------------------------------------------------------------- retries
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How transient storage errors are retried: ``attempts`` tries in all, sleeping a random
+    time in ``[0, min(max_backoff_s, base_s * 2**n)]`` before try ``n + 1`` (full jitter)."""
+
+    attempts: int = 6
+    base_s: float = 0.1
+    max_backoff_s: float = 5.0
+
+    def backoff(self, n: int) -> float:
+        return random.uniform(0.0, min(self.max_backoff_s, self.base_s * 2**n))
+
+
+DEFAULT_RETRY = RetryPolicy(
+    attempts=int(os.environ.get("PIXELQUERY_STORAGE_ATTEMPTS", "6")),
+)
+
+_TRANSIENT_MARKERS = (
+    "timed out", "timeout", "connection reset", "connection closed", "broken pipe",
+    "error sending request", "connection refused", "incomplete message", "unexpected eof",
+    "slowdown", "slow down", "throttl", "too many requests", "server error", "service unavailable",
+    "internal error", "internalerror", "bad gateway", "gateway", " 500", " 502", " 503", " 504",
+    "status: 5", "http 5", "hyper::error", "dispatch task is gone", "body error",
+)
+_PERMANENT_TYPES: tuple[type[BaseException], ...] = (
+    FileNotFoundError, PermissionError,
+    obstore.exceptions.NotFoundError, obstore.exceptions.PermissionDeniedError,
+    obstore.exceptions.UnauthenticatedError, obstore.exceptions.InvalidPathError,
+    obstore.exceptions.UnknownConfigurationKeyError, obstore.exceptions.NotSupportedError,
+    obstore.exceptions.AlreadyExistsError, obstore.exceptions.PreconditionError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether retrying ``exc`` can help (timeouts, resets, 5xx, throttling).
+
+    >>> is_transient(TimeoutError())
+    True
+    >>> is_transient(FileNotFoundError("x"))
+    False
+    """
+    if isinstance(exc, _PERMANENT_TYPES):
+        return False
+    if isinstance(exc, TimeoutError | ConnectionError):
+        return True
+    text = str(exc).lower()
+    if any(s in text for s in ("403", "forbidden", "access denied", "accessdenied", "404",
+                               "not found", "nosuchkey", "nosuchbucket", "invalidaccesskeyid",
+                               "signaturedoesnotmatch")):
+        return False
+    return any(marker in text for marker in _TRANSIENT_MARKERS)
+
+
+@dataclass
+class IoCounters:
+    """Storage operations of this process since it started (thread-safe)."""
+
+    requests: int = 0
+    retries: int = 0
+    failures: int = 0
+    by_op: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count(self, op: str, *, retry: bool = False, failed: bool = False) -> None:
+        with self._lock:
+            self.requests += 1
+            self.by_op[op] = self.by_op.get(op, 0) + 1
+            self.retries += retry
+            self.failures += failed
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {"pid": os.getpid(), "requests": self.requests, "retries": self.retries,
+                    "failures": self.failures, "by_op": dict(self.by_op)}
+
+
+_COUNTERS = IoCounters()
+
+
+def io_counters() -> dict[str, Any]:
+    """This process's storage counters (requests, retries, permanent failures, per op)."""
+    return _COUNTERS.snapshot()
+
+
+def with_retries[T](op: str, what: str, fn: Callable[[], T], *,
+                 policy: RetryPolicy = DEFAULT_RETRY) -> T:
+    """Run ``fn`` and retry it on transient errors; ``what`` names the object in errors."""
+    for attempt in range(policy.attempts):
+        try:
+            result = fn()
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                raise
+            if is_transient(exc) and attempt + 1 < policy.attempts:
+                _COUNTERS.count(op, retry=True)
+                time.sleep(policy.backoff(attempt))
+                continue
+            _COUNTERS.count(op, failed=True)
+            if is_transient(exc):
+                raise StorageError(f"{op} {what} failed after {policy.attempts} tries: {exc}",
+                                   hint="the storage service kept failing; try again later",
+                                   path=what) from exc
+            raise
+        _COUNTERS.count(op)
+        return result
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# --------------------------------------------------------------------------- stores
+
+
+def profile_key(profile: StorageProfile) -> str:
+    """A cache key for stores built from ``profile`` (secrets hashed, never kept in clear)."""
+    keys = profile.s3.static_keys()
+    digest = hashlib.sha256(repr(sorted(keys.items())).encode()).hexdigest()[:16]
+    return f"{profile.model_dump_json()}#{digest}"
+
+
+_STORES: dict[tuple[str, str], Any] = {}
+_STORES_LOCK = threading.Lock()
+
+
+def _s3_store(bucket: str, prefix: str, profile: StorageProfile) -> Any:
+    s3 = profile.s3.resolved()
+    kwargs: dict[str, Any] = {
+        "region": s3.region,
+        "virtual_hosted_style_request": not s3.force_path_style,
+        "client_options": {"allow_http": s3.allow_http, "timeout": "120s",
+                           "connect_timeout": "10s"},
+        # retries are ours (counted, named errors): the client's own are switched off
+        "retry_config": {"max_retries": 0, "retry_timeout": dt.timedelta(0)},
+    }
+    if prefix:
+        kwargs["prefix"] = prefix
+    if s3.endpoint_url:
+        kwargs["endpoint"] = s3.endpoint_url
+    if s3.anonymous:
+        kwargs["skip_signature"] = True
+    else:
+        kwargs.update(s3.static_keys())
+    return S3Store(bucket, **kwargs)
+
+
+@dataclass(frozen=True)
+class Location:
+    """A directory or ``s3://`` prefix that outputs are written under.
+
+    Keys are ``/``-separated paths relative to :attr:`url`. Create with :meth:`of`.
+    """
+
+    url: str  # file:///abs/dir or s3://bucket/prefix (no trailing slash)
+    profile: StorageProfile = field(default_factory=StorageProfile)
+
+    @classmethod
+    def of(cls, location: str | os.PathLike[str], profile: StorageProfile | None = None,
+           *, base: str | os.PathLike[str] | None = None) -> Location:
+        """The location of a local path (relative to ``base``) or an ``s3://`` URL.
+
+        >>> Location.of("s3://bucket/out/").url
+        's3://bucket/out'
+        >>> Location.of("out", base="/data").url
+        'file:///data/out'
+        """
+        text = os.fspath(location)
+        profile = profile or StorageProfile()
+        if text.startswith("s3://"):
+            bucket, _, key = text[5:].partition("/")
+            if not bucket:
+                raise OutputError(f"no bucket in {text!r}", hint="use s3://bucket/prefix",
+                                  path=text)
+            key = key.strip("/")
+            return cls(f"s3://{bucket}" + (f"/{key}" if key else ""), profile)
+        if text.startswith("file://"):
+            text = text[len("file://"):]
+        if "://" in text:
+            raise OutputError(f"unsupported output location {text!r}",
+                              hint="use a local directory or an s3://bucket/prefix URL", path=text)
+        path = Path(text).expanduser()
+        if not path.is_absolute():
+            path = Path(base or os.getcwd()) / path
+        return cls("file://" + os.path.normpath(path), profile)
+
+    def __repr__(self) -> str:  # the profile (credentials) is never shown
+        return f"Location({self.url!r})"
+
+    def __str__(self) -> str:
+        return self.display()
+
+    # ---- addressing
+
+    @property
+    def is_local(self) -> bool:
+        return self.url.startswith("file://")
+
+    @property
+    def local_path(self) -> Path:
+        """The directory of a local location (:class:`OutputError` for ``s3://``)."""
+        if not self.is_local:
+            raise OutputError(f"{self.url} is not a local directory", path=self.url)
+        return Path(self.url[len("file://"):])
+
+    def display(self, key: str = "") -> str:
+        """A local path or ``s3://`` URL for ``key`` (for messages and manifests)."""
+        base = str(self.local_path) if self.is_local else self.url
+        return f"{base}/{key}" if key else base
+
+    def child(self, *parts: str) -> Location:
+        """The location of a sub-directory."""
+        key = "/".join(p.strip("/") for p in parts if p)
+        return Location(f"{self.url}/{key}" if key else self.url, self.profile)
+
+    def store(self) -> Any:
+        """The obstore store rooted at this location (cached per process)."""
+        ck = (self.url, profile_key(self.profile))
+        with _STORES_LOCK:
+            store = _STORES.get(ck)
+            if store is None:
+                if self.is_local:
+                    self.local_path.mkdir(parents=True, exist_ok=True)
+                    store = LocalStore(self.local_path)
+                else:
+                    bucket, _, prefix = self.url[5:].partition("/")
+                    store = _s3_store(bucket, prefix, self.profile)
+                _STORES[ck] = store
+        return store
+
+    # ---- operations (retried, counted)
+
+    def put(self, key: str, data: bytes | memoryview) -> None:
+        """Write one object; readers see the old object or the whole new one."""
+        try:
+            with_retries("put", self.display(key), lambda: obstore.put(self.store(), key, data))
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise OutputError(f"cannot write {self.display(key)}: {exc}",
+                              path=self.display(key)) from exc
+
+    def get(self, key: str) -> bytes:
+        """Read one object (:class:`FileNotFoundError` when it does not exist)."""
+        def read() -> bytes:
+            return bytes(obstore.get(self.store(), key).bytes())
+
+        try:
+            return with_retries("get", self.display(key), read)
+        except (FileNotFoundError, obstore.exceptions.NotFoundError) as exc:
+            raise FileNotFoundError(self.display(key)) from exc
+
+    def exists(self, key: str) -> bool:
+        try:
+            with_retries("head", self.display(key), lambda: obstore.head(self.store(), key))
+        except (FileNotFoundError, obstore.exceptions.NotFoundError):
+            return False
+        return True
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Every key under ``prefix`` (recursive), sorted."""
+        if self.is_local and not (self.local_path / prefix).exists():
+            return []
+        pfx = prefix.strip("/") or None
+
+        def run() -> list[str]:
+            out: list[str] = []
+            for batch in obstore.list(self.store(), prefix=pfx):
+                out.extend(str(m["path"]) for m in batch)
+            return out
+
+        try:
+            return sorted(with_retries("list", self.display(prefix), run))
+        except (FileNotFoundError, obstore.exceptions.NotFoundError):
+            return []
+
+    def delete(self, keys: Iterable[str]) -> None:
+        """Delete objects (missing ones are ignored)."""
+        keys = list(keys)
+        if not keys:
+            return
+        if self.is_local:
+            for key in keys:
+                (self.local_path / key).unlink(missing_ok=True)
+            return
+        for i in range(0, len(keys), 1000):
+            batch = keys[i:i + 1000]
+            with_retries("delete", self.display(batch[0]),
+                         lambda b=batch: obstore.delete(self.store(), b))
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Delete everything under ``prefix``."""
+        if self.is_local:
+            shutil.rmtree(self.local_path / prefix, ignore_errors=True)
+            return
+        self.delete(self.list(prefix))
+
+    def move_prefix(self, src: str, dst: str) -> None:
+        """Put what is under ``src`` in place of what is under ``dst`` (the old ``dst`` is
+        removed). Local directories are swapped by renames (atomic per directory); on S3
+        the objects are copied server-side, the stale ones deleted, then ``src`` removed."""
+        if self.is_local:
+            _swap_dir(self.local_path / src, self.local_path / dst)
+            return
+        src, dst = src.strip("/"), dst.strip("/")
+        new = self.list(src)
+        old = set(self.list(dst))
+        store = self.store()
+        keep = set()
+        for key in new:
+            target = dst + key[len(src):]
+            keep.add(target)
+            with_retries("copy", self.display(target),
+                         lambda k=key, t=target: obstore.copy(store, k, t))
+        self.delete(sorted(old - keep))
+        self.delete(new)
+
+    def move(self, src: str, dst: str) -> None:
+        """Replace object ``dst`` by ``src`` (a rename locally, copy + delete on S3)."""
+        if self.is_local:
+            target = self.local_path / dst
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.local_path / src, target)
+            return
+        with_retries("copy", self.display(dst), lambda: obstore.copy(self.store(), src, dst))
+        self.delete([src])
+
+
+def _swap_dir(new: Path, final: Path) -> None:
+    """Put directory (or file) ``new`` in place of ``final``; the old one is removed."""
+    old = final.with_name(f".old-{final.name}-{uuid.uuid4().hex[:8]}")
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():
+            os.replace(final, old)
+        if new.exists():
+            os.replace(new, final)
+    except OSError as exc:
+        if old.exists() and not final.exists():
+            os.replace(old, final)
+        raise OutputError(f"cannot publish {final}: {exc}", path=str(final)) from exc
+    if old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- worker output
+
+
+@dataclass(frozen=True)
+class OutputSink:
+    """Where a task puts the files it produces.
+
+    ``direct``: straight into the run's staging location through the output layer (the
+    workers reach it: checked by a probe before any work starts). Otherwise the bytes go
+    back to the client with the task's result and the client writes them: a worker never
+    writes to a path it cannot prove the client sees.
+    """
+
+    stage: Location
+    direct: bool = True
+
+    def __repr__(self) -> str:
+        return f"OutputSink({self.stage.url!r}, direct={self.direct})"
+
+    def deliver(self, key: str, data: bytes) -> list[tuple[str, bytes]]:
+        """Write ``data`` at ``key`` (direct) or return it for the client to write."""
+        if self.direct:
+            self.stage.put(key, data)
+            return []
+        return [(key, data)]
+
+
+def probe_location(loc: Location, key: str, token: str) -> str | None:
+    """Run on a worker: ``None`` if it reads ``token`` at ``key`` and can write beside it,
+    else what went wrong (the worker does not see the client's location)."""
+    try:
+        if loc.get(key).decode() != token:
+            return f"{loc.display(key)} holds other content on this worker"
+        loc.put(f"{key}.w-{uuid.uuid4().hex[:8]}", b"ok")
+    except FileNotFoundError:
+        return f"{loc.display(key)} not found from this worker"
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
