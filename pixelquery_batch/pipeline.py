@@ -338,7 +338,10 @@ def _cluster_options(spec: Any, cluster: Any) -> Any:
 
     if cluster is None:
         c = spec.cluster
-        return ClusterOptions(address=c.address, n_workers=c.n_workers,
+        # an existing cluster: the spec's address, else DASK_SCHEDULER_ADDRESS (what
+        # dask-jobqueue/dask-kubernetes deployments export), else a new LocalCluster
+        address = c.address or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+        return ClusterOptions(address=address, n_workers=c.n_workers,
                               threads_per_worker=c.threads_per_worker,
                               memory_limit=c.memory_limit, dashboard=c.dashboard,
                               processes=c.processes)

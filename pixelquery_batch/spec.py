@@ -328,6 +328,7 @@ class JobSpec(BaseModel):
         """
         content = self.model_dump(mode="json", exclude={"cluster", "on_error"})
         content["outputs"].pop("dir", None)
+        content["outputs"].pop("storage", None)
         canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 

@@ -467,8 +467,8 @@ class ClusterSpec(BaseModel):
 
     address: str | None = Field(
         default=None,
-        description="Scheduler of an existing cluster, e.g. `tcp://host:8786`; `null` starts "
-        "a local cluster.",
+        description="Scheduler of an existing cluster, e.g. `tcp://host:8786`; `null`: the "
+        "`DASK_SCHEDULER_ADDRESS` environment variable if set, else a new local cluster.",
     )
     n_workers: int = Field(default=1, ge=1, description="Local cluster: workers.")
     threads_per_worker: int | None = Field(

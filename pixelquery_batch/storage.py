@@ -18,6 +18,7 @@ import datetime as dt
 import hashlib
 import os
 import random
+import re
 import shutil
 import threading
 import time
@@ -79,6 +80,17 @@ _PERMANENT_TYPES: tuple[type[BaseException], ...] = (
     obstore.exceptions.UnknownConfigurationKeyError, obstore.exceptions.NotSupportedError,
     obstore.exceptions.AlreadyExistsError, obstore.exceptions.PreconditionError,
 )
+
+
+_DENIED = (obstore.exceptions.PermissionDeniedError, obstore.exceptions.UnauthenticatedError)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The head of a storage error (obstore appends request dumps after it)."""
+    text = str(exc).split("Debug source:")[0].strip()
+    code = re.search(r"<Code>([^<]+)</Code>", text)
+    head = text.splitlines()[0] if text else type(exc).__name__
+    return f"{code.group(1)}: {head[:200]}" if code else head[:240]
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -146,10 +158,35 @@ def with_retries[T](op: str, what: str, fn: Callable[[], T], *,
                 time.sleep(policy.backoff(attempt))
                 continue
             _COUNTERS.count(op, failed=True)
+            if isinstance(exc, _DENIED):
+                raise StorageError(f"{op} {what}: access denied ({_first_line(exc)})",
+                                   hint="check the storage profile's endpoint and the "
+                                   "credentials (key, secret, permissions) for this location",
+                                   path=what) from None
             if is_transient(exc):
                 raise StorageError(f"{op} {what} failed after {policy.attempts} tries: {exc}",
                                    hint="the storage service kept failing; try again later",
                                    path=what) from exc
+            raise
+        _COUNTERS.count(op)
+        return result
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def get_with_retries_async(op: str, what: str, fn: Callable[[], Any], *,
+                                 policy: RetryPolicy = DEFAULT_RETRY) -> Any:
+    """Async :func:`with_retries` (chunk reads on zarr's event loop)."""
+    import asyncio
+
+    for attempt in range(policy.attempts):
+        try:
+            result = await fn()
+        except Exception as exc:
+            if is_transient(exc) and attempt + 1 < policy.attempts:
+                _COUNTERS.count(op, retry=True)
+                await asyncio.sleep(policy.backoff(attempt))
+                continue
+            _COUNTERS.count(op, failed=True)
             raise
         _COUNTERS.count(op)
         return result

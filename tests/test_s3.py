@@ -15,8 +15,6 @@ from pixelquery_batch.catalog.ingest import ingest
 
 from .conftest import write_spec
 
-KEY, SECRET = "testing-key", "testing-secret-value"
-
 
 @pytest.fixture(scope="module")
 def s3(sample_small):
@@ -24,19 +22,19 @@ def s3(sample_small):
     from pixelquery_batch.testing.s3 import moto_s3
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    with moto_s3(("cogs", "repos"), key=KEY, secret=SECRET) as server:
+    with moto_s3(("cogs", "repos")) as server:
         for path in sample_small.cog_paths:
             rel = path.relative_to(sample_small.cog_dir).as_posix()  # SCENE/B04.tif
             server.client.upload_file(str(path), "cogs", f"s2/{rel}")
-        yield server.endpoint
+        yield server
 
 
 @pytest.fixture
 def s3_env(s3, monkeypatch):
-    monkeypatch.setenv("PIXELQUERY_S3_ENDPOINT_URL", s3)
+    monkeypatch.setenv("PIXELQUERY_S3_ENDPOINT_URL", s3.endpoint)
     monkeypatch.setenv("PIXELQUERY_S3_ALLOW_HTTP", "true")
-    monkeypatch.setenv("PIXELQUERY_S3_ACCESS_KEY_ID", KEY)
-    monkeypatch.setenv("PIXELQUERY_S3_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("PIXELQUERY_S3_ACCESS_KEY_ID", s3.key)
+    monkeypatch.setenv("PIXELQUERY_S3_SECRET_ACCESS_KEY", s3.secret)
     return s3
 
 
@@ -72,5 +70,4 @@ def test_ingest_open_and_run_on_s3(s3_env, sample_small, tmp_path: Path) -> None
 
     pd.testing.assert_frame_equal(a, b)
     text = Path(on_s3.manifest_path).read_text()
-    assert SECRET not in text
-    assert KEY not in text
+    assert s3_env.secret not in text

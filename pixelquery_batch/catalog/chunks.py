@@ -154,6 +154,17 @@ def _decode(plan: _ArrayPlan, raw: bytes) -> np.ndarray:
 # --------------------------------------------------------------------------- readers
 
 
+def _display_source(url: str) -> str:
+    return url[len("file://"):] if url.startswith("file://") else url
+
+
+def _short(exc: BaseException) -> str:
+    """The head of a storage error (Icechunk appends span traces after it)."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+
 @dataclass
 class IcechunkChunkReader:
     """Chunk reader over a read-only Icechunk session (one per worker process and snapshot)."""
@@ -182,13 +193,16 @@ class IcechunkChunkReader:
     async def _get_many(self, keys: Sequence[str]) -> list[Any]:
         from zarr.core.buffer import default_buffer_prototype
 
+        from ..storage import get_with_retries_async
+
         proto = default_buffer_prototype()
         store = self.session.store
-        return await asyncio.gather(*(store.get(k, prototype=proto) for k in keys))
+        return await asyncio.gather(*(get_with_retries_async(
+            "chunk", k, lambda k=k: store.get(k, prototype=proto)) for k in keys))
 
-    def _fetch(self, keys: Sequence[str]) -> list[Any]:
+    def _fetch(self, keys: Sequence[str], source: str | None = None) -> list[Any]:
         """Raw chunk bytes (buffer views, no copy) for ``keys``; ``None`` where absent."""
-        return self._collect(keys, self._start(keys))
+        return self._collect(keys, self._start(keys), source)
 
     def _start(self, keys: Sequence[str]) -> Any:
         """Start fetching ``keys`` on zarr's I/O loop; a future, or ``None`` for no keys."""
@@ -198,15 +212,17 @@ class IcechunkChunkReader:
             return None
         return asyncio.run_coroutine_threadsafe(self._get_many(keys), _get_loop())
 
-    def _collect(self, keys: Sequence[str], future: Any) -> list[Any]:
+    def _collect(self, keys: Sequence[str], future: Any, source: str | None = None) -> list[Any]:
         if future is None:
             return []
         try:
             bufs = future.result()
         except Exception as exc:
-            raise StorageError(f"reading {len(keys)} chunk(s) failed: {exc}",
-                               hint="a source COG may have changed since ingest: re-ingest it",
-                               key=keys[0]) from exc
+            where = f" of {_display_source(source)}" if source else ""
+            raise StorageError(f"reading {len(keys)} chunk(s){where} failed: {_short(exc)}",
+                               hint="the source file may have changed or vanished since "
+                               "ingest: re-ingest it", key=keys[0],
+                               path=_display_source(source) if source else None) from exc
         return [None if b is None else b.as_numpy_array() for b in bufs]
 
     def prefetch(self, group: str, band: BandInfo, chunks: Sequence[tuple[int, int]]) -> Any:
@@ -290,9 +306,9 @@ class IcechunkChunkReader:
             return self._tiles_via_zarr(plan, band, chunks, out, fill)
         keys = self._tile_keys(plan, band, chunks)
         if prefetched is not None and prefetched[0] == tuple(keys):
-            raws = self._collect(keys, prefetched[1])
+            raws = self._collect(keys, prefetched[1], band.source)
         else:
-            raws = self._fetch(keys)
+            raws = self._fetch(keys, band.source)
         flat = out.reshape(len(chunks), -1)
         nbytes = cy * cx * plan.dtype.itemsize
         for k in range(len(raws)):
