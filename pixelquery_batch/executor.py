@@ -40,6 +40,8 @@ class ClusterOptions:
     memory_limit: str = "auto"
     dashboard: bool = True
     processes: bool = False
+    slurm: Any = None  # SlurmClusterSpec: workers as SLURM jobs (dask-jobqueue)
+    kubernetes: Any = None  # KubernetesClusterSpec: a KubeCluster (dask-kubernetes)
 
     @property
     def threads(self) -> int:
@@ -69,6 +71,57 @@ class ExecutionSummary:
     first_unit_at: float | None = None  # wall clock when the first unit started
 
 
+def slurm_cluster_kwargs(spec: Any) -> dict[str, Any]:
+    """``dask_jobqueue.SLURMCluster`` arguments for a ``cluster.slurm`` section (pure)."""
+    kwargs: dict[str, Any] = {
+        "cores": spec.cores, "memory": spec.memory, "processes": spec.processes,
+        "walltime": spec.walltime, "queue": spec.queue, "account": spec.account,
+        "job_script_prologue": list(spec.job_script_prologue),
+        "job_extra_directives": list(spec.job_extra_directives),
+        "local_directory": spec.local_directory, "interface": spec.interface,
+        "name": "pqb-worker",
+    }
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def kubernetes_cluster_kwargs(spec: Any) -> dict[str, Any]:
+    """``dask_kubernetes.operator.KubeCluster`` arguments for a ``cluster.kubernetes``
+    section (pure); worker resources and environment go into the worker pods."""
+    kwargs: dict[str, Any] = {"name": spec.name, "image": spec.image, "n_workers": spec.n_workers,
+                              "resources": dict(spec.resources) or None, "env": dict(spec.env) or None,
+                              "namespace": spec.namespace}
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def _connect_deployed(options: ClusterOptions) -> tuple[Any, Any]:
+    """A cluster started through dask-jobqueue (SLURM) or dask-kubernetes."""
+    from distributed import Client
+
+    if options.slurm is not None:
+        try:
+            from dask_jobqueue import SLURMCluster
+        except ImportError as exc:
+            raise ConfigError("cluster.slurm needs dask-jobqueue",
+                              hint='pip install "pixelquery_batch[jobqueue]"') from exc
+        cluster = SLURMCluster(**slurm_cluster_kwargs(options.slurm))
+        cluster.scale(jobs=options.slurm.jobs)
+    else:
+        try:
+            from dask_kubernetes.operator import KubeCluster
+        except ImportError as exc:
+            raise ConfigError("cluster.kubernetes needs dask-kubernetes",
+                              hint="pip install dask-kubernetes (and the Dask operator in the "
+                              "Kubernetes cluster)") from exc
+        cluster = KubeCluster(**kubernetes_cluster_kwargs(options.kubernetes))
+    try:
+        client = Client(cluster, set_as_default=True)
+        client.wait_for_workers(1, timeout=600)
+    except BaseException:
+        cluster.close()
+        raise
+    return client, cluster
+
+
 def _connect(options: ClusterOptions) -> tuple[Any, Any]:
     """A connected ``distributed.Client`` and the LocalCluster it started (or ``None``)."""
     from distributed import Client, LocalCluster
@@ -80,6 +133,8 @@ def _connect(options: ClusterOptions) -> tuple[Any, Any]:
             raise ConfigError(f"cannot connect to the Dask scheduler at {options.address}: {exc}",
                               hint="check cluster.address / --cluster and that the scheduler runs",
                               address=options.address) from exc
+    if options.slurm is not None or options.kubernetes is not None:
+        return _connect_deployed(options)
     cluster = LocalCluster(
         n_workers=options.n_workers,
         threads_per_worker=options.threads,

@@ -340,11 +340,13 @@ def _cluster_options(spec: Any, cluster: Any) -> Any:
         c = spec.cluster
         # an existing cluster: the spec's address, else DASK_SCHEDULER_ADDRESS (what
         # dask-jobqueue/dask-kubernetes deployments export), else a new LocalCluster
-        address = c.address or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+        address = c.address
+        if address is None and c.slurm is None and c.kubernetes is None:
+            address = os.environ.get("DASK_SCHEDULER_ADDRESS") or None
         return ClusterOptions(address=address, n_workers=c.n_workers,
                               threads_per_worker=c.threads_per_worker,
                               memory_limit=c.memory_limit, dashboard=c.dashboard,
-                              processes=c.processes)
+                              processes=c.processes, slurm=c.slurm, kubernetes=c.kubernetes)
     if isinstance(cluster, str) and cluster != "sync":
         return ClusterOptions(address=cluster)
     return cluster
@@ -382,7 +384,10 @@ def run_job(
     cluster = _cluster_options(spec, cluster)
     workers_hint = 1 if cluster == "sync" else 4
     if isinstance(cluster, ClusterOptions):  # start it while the job is prepared and planned
-        workers_hint = cluster.n_workers * cluster.threads if not cluster.address else 4
+        workers_hint = (4 if cluster.address else
+                        cluster.slurm.jobs * cluster.slurm.cores if cluster.slurm else
+                        cluster.kubernetes.n_workers * 2 if cluster.kubernetes else
+                        cluster.n_workers * cluster.threads)
         cluster = ClientStarter(cluster)
     try:
         job = prepare_job(spec)

@@ -460,6 +460,76 @@ class OutputsSpec(BaseModel):
     )
 
 
+class SlurmClusterSpec(BaseModel):
+    """Workers as SLURM jobs (dask-jobqueue's ``SLURMCluster``; `pip install
+    "pixelquery_batch[jobqueue]"`). Each job runs ``processes`` worker processes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    jobs: int = Field(default=1, ge=1, description="SLURM jobs to start.")
+    cores: int = Field(ge=1, description="Cores per job (`--cpus-per-task`).")
+    memory: str = Field(description="Memory per job, e.g. `16GiB`.")
+    processes: int = Field(default=1, ge=1, description="Worker processes per job.")
+    walltime: str = Field(default="02:00:00", pattern=r"^(\d+-)?\d{1,2}:\d{2}:\d{2}$",
+                          description="Job time limit, `HH:MM:SS` or `D-HH:MM:SS`.")
+    queue: str | None = Field(default=None, description="Partition (`-p`).")
+    account: str | None = Field(default=None, description="Account (`-A`).")
+    job_script_prologue: tuple[str, ...] = Field(
+        default=(), description="Shell lines run before the worker starts (e.g. activating "
+        "the environment where pixelquery_batch is installed).")
+    job_extra_directives: tuple[str, ...] = Field(
+        default=(), description="Extra `#SBATCH` options, e.g. `--constraint=skylake`.")
+    local_directory: str | None = Field(
+        default=None, description="Worker scratch directory on the compute node.")
+    interface: str | None = Field(default=None, description="Network interface, e.g. `ib0`.")
+
+    @field_validator("memory")
+    @classmethod
+    def _check_memory(cls, value: str) -> str:
+        if not _MEMORY.match(value):
+            raise _error(f"invalid memory size {value!r} (expected e.g. 16GiB)")
+        return value
+
+
+class KubernetesClusterSpec(BaseModel):
+    """A Dask cluster on Kubernetes (dask-kubernetes' operator ``KubeCluster``; `pip install
+    dask-kubernetes` and the Dask operator in the cluster)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63,
+                      description="Cluster name (a Kubernetes resource name).")
+    image: str = Field(min_length=1, description="Container image with pixelquery_batch "
+                       "installed (same version as the client).")
+    n_workers: int = Field(default=2, ge=1, description="Worker pods.")
+    namespace: str | None = Field(default=None, description="Namespace; `null`: the current.")
+    resources: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="Worker pod resources, e.g. `{requests: {cpu: '2', memory: 8Gi}, "
+        "limits: {memory: 8Gi}}`.")
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra environment of the pods (never credentials: they travel with the "
+        "tasks).")
+
+    @field_validator("resources")
+    @classmethod
+    def _check_resources(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        bad = set(value) - {"requests", "limits"}
+        if bad:
+            raise _error(f"resources: unknown key(s) {sorted(bad)} (use requests / limits)")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _no_secrets(cls, value: dict[str, str]) -> dict[str, str]:
+        secret = [k for k in value if re.search(r"SECRET|TOKEN|PASSWORD|KEY_ID", k, re.I)]
+        if secret:
+            raise _error(f"env: {secret} look like credentials: they must not be put in pod "
+                         "specs (the job sends them to the workers with the tasks)")
+        return value
+
+
 class ClusterSpec(BaseModel):
     """Which Dask cluster runs the job (does not change results)."""
 
@@ -488,6 +558,17 @@ class ClusterSpec(BaseModel):
         "`auto` (the machine's memory shared among the workers).",
     )
     dashboard: bool = Field(default=True, description="Serve (and print) the Dask dashboard.")
+    slurm: SlurmClusterSpec | None = Field(
+        default=None, description="Start the workers as SLURM jobs (dask-jobqueue).")
+    kubernetes: KubernetesClusterSpec | None = Field(
+        default=None, description="Start the cluster on Kubernetes (dask-kubernetes).")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ClusterSpec:
+        kinds = [k for k in ("address", "slurm", "kubernetes") if getattr(self, k) is not None]
+        if len(kinds) > 1:
+            raise _error(f"cluster: {' and '.join(kinds)} are exclusive (choose one)")
+        return self
 
     @field_validator("address")
     @classmethod
