@@ -37,6 +37,8 @@ _LAZY = {
     "open_scene": ("pixelquery_batch.catalog.reader", "open_scene"),
     "open_catalog": ("pixelquery_batch.api", "open_catalog"),
     "timeseries": ("pixelquery_batch.api", "timeseries"),
+    "read_table": ("pixelquery_batch.api", "read_table"),
+    "read_runs": ("pixelquery_batch.api", "read_runs"),
     "run_job": ("pixelquery_batch.pipeline", "run_job"),
     "Catalog": ("pixelquery_batch.catalog.models", "Catalog"),
     "Scene": ("pixelquery_batch.catalog.models", "Scene"),
@@ -47,7 +49,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from .api import open_catalog, timeseries
+    from .api import open_catalog, read_runs, read_table, timeseries
     from .catalog.ingest import IngestReport, ingest
     from .catalog.models import Catalog, Scene
     from .catalog.reader import open_scene
@@ -91,6 +93,8 @@ __all__ = [
     "load_product",
     "open_catalog",
     "open_scene",
+    "read_runs",
+    "read_table",
     "resolve_snapshot",
     "run_job",
     "timeseries",

@@ -20,6 +20,9 @@ __all__ = [
     "open_catalog",
     "plan_prepared",
     "prepare_job",
+    "read_ledger",
+    "read_runs",
+    "read_table",
     "run_job",
     "search_scenes",
     "timeseries",
@@ -144,3 +147,49 @@ def timeseries(
                         "variable": df["variable"], "value": df["mean"],
                         "valid": df["count"] > 0, "cloud": df["cloud_count"] > 0})
     return out.sort_values(["datetime", "scene_id", "variable"]).reset_index(drop=True)
+
+
+def _output_location(out_dir: str | os.PathLike[str], storage: str | StorageProfile | None) -> Any:
+    from .config import load_storage_profile
+    from .storage import Location
+
+    profile = storage if isinstance(storage, StorageProfile) else load_storage_profile(storage)
+    return Location.of(out_dir, profile.resolved())
+
+
+def read_table(out_dir: str | os.PathLike[str], name: str = "stats", *,
+               version: int | None = None, storage: str | StorageProfile | None = None) -> Any:
+    """A job output table as pandas: the current rows of a versioned table (``stats``,
+    ``runs``, ``ledger``), or any version of it (time travel); Parquet tables as written."""
+    import io
+
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .writers import delta
+
+    loc = _output_location(out_dir, storage)
+    table = delta.read(loc, name, version=version)
+    if table is None:
+        keys = [k for k in loc.list(name) if k.endswith(".parquet")]
+        if not keys:
+            return pd.DataFrame()
+        table = pa.concat_tables([pq.read_table(io.BytesIO(loc.get(k))) for k in keys])
+    return table.to_pandas()
+
+
+def read_runs(out_dir: str | os.PathLike[str], *,
+              storage: str | StorageProfile | None = None) -> Any:
+    """The job's run history (``runs`` table), newest first."""
+    df = read_table(out_dir, "runs", storage=storage)
+    return df.sort_values("started_at", ascending=False).reset_index(drop=True) if len(df) else df
+
+
+def read_ledger(out_dir: str | os.PathLike[str], *, open_only: bool = True,
+                storage: str | StorageProfile | None = None) -> Any:
+    """The failure ledger (pairs that kept failing); ``open_only``: not resolved since."""
+    df = read_table(out_dir, "ledger", storage=storage)
+    if len(df) and open_only:
+        df = df[~df["resolved"]].reset_index(drop=True)
+    return df

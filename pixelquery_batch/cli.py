@@ -336,14 +336,20 @@ def plan_cmd(spec: Path, as_json: bool) -> None:
               help="Scheduler address (tcp://host:8786), or 'sync' to run in-process; "
               "default: the spec's cluster section (a LocalCluster unless it names an address).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
+@click.option("--retry-failed", is_flag=True,
+              help="Compute only the pairs recorded in the failure ledger (pqb runs --ledger).")
 @_handle_errors
-def run_cmd(spec: Path, cluster: str | None, as_json: bool) -> None:
-    """Run a job spec on Dask and write its outputs."""
+def run_cmd(spec: Path, cluster: str | None, as_json: bool, retry_failed: bool) -> None:
+    """Run a job spec on Dask: compute what the outputs do not hold yet, then publish.
+
+    A rerun computes nothing; after new scenes only their pairs; after a crash only what
+    was not finished."""
     from .api import run_job
 
     progress = _Progress(enabled=sys.stderr.isatty() and not as_json)
     try:
-        result = run_job(spec, cluster=cluster, progress=progress, on_start=_announce)
+        result = run_job(spec, cluster=cluster, progress=progress, on_start=_announce,
+                         retry_failed=retry_failed)
     finally:
         progress.close()
     m = result.manifest
@@ -357,20 +363,46 @@ def run_cmd(spec: Path, cluster: str | None, as_json: bool) -> None:
                    f"(snapshot {m['repository']['snapshot_id']})")
         if "execution" in m:
             ex = m["execution"]
-            click.echo(f"  per-field: {ex['rows']} rows from {ex['units_done']}/{ex['units']} tasks "
-                       f"on {ex['workers'] or 1} worker(s)")
+            click.echo(f"  per-field: {ex.get('pairs_computed', 0)} field-scene pairs computed, "
+                       f"{ex.get('pairs_reused', 0)} reused"
+                       + (f", {ex['pairs_failed']} failed" if ex.get("pairs_failed") else "")
+                       + (f" ({ex['units_done']}/{ex['units']} tasks on {ex['workers'] or 1} "
+                          "worker(s))" if ex.get("units") else " (nothing to compute)"))
         if "rollup" in m:
             click.echo(f"  rollup: {m['rollup']['units']} task(s), {m['rollup']['chunks_read']} chunks read")
         for name, path in m["outputs"].items():
             click.echo(f"  {name}: {path}")
         click.echo(f"  manifest: {result.manifest_path}")
         if m["failures"]:
-            click.echo(f"  {len(m['failures'])} field-scene failure(s) recorded in the manifest", err=True)
+            click.echo(f"  {m.get('failures_total', len(m['failures']))} field-scene failure(s): "
+                       f"see the ledger (pqb runs {m['output']['location'] if 'output' in m else 'OUT_DIR'}"
+                       " --ledger)", err=True)
         if m["warnings"]:
             click.echo(f"  {len(m['warnings'])} warning(s) in the manifest", err=True)
         _print_head(result.outputs.get("stats"))
     if m["failures"]:
         sys.exit(1)
+
+
+@main.command("runs")
+@click.argument("out_dir")
+@click.option("--storage", default=None, help="Storage profile for an s3:// OUT_DIR.")
+@click.option("--ledger", is_flag=True, help="List the failure ledger instead.")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines.")
+@_handle_errors
+def runs_cmd(out_dir: str, storage: str | None, ledger: bool, as_json: bool) -> None:
+    """Past runs of the job writing OUT_DIR (newest first), or its failure ledger."""
+    from .api import read_ledger, read_runs
+
+    df = (read_ledger if ledger else read_runs)(out_dir, storage=storage)
+    if as_json:
+        for row in df.to_dict(orient="records"):
+            click.echo(json.dumps(row, default=str))
+        return
+    if df.empty:
+        click.echo("no failure recorded" if ledger else f"no run recorded in {out_dir}")
+        return
+    click.echo(df.to_string(index=False))
 
 
 def _announce(summary: Any) -> None:
@@ -388,7 +420,12 @@ def _print_head(location: str | None, n: int = 8) -> None:
     import pyarrow.dataset as pads
 
     path = Path(location)
-    table = pads.dataset(path, format="csv" if path.suffix == ".csv" else "parquet").head(n)
+    if (path / "_delta_log").is_dir():
+        from deltalake import DeltaTable
+
+        table = DeltaTable(str(path)).to_pyarrow_dataset().head(n)
+    else:
+        table = pads.dataset(path, format="csv" if path.suffix == ".csv" else "parquet").head(n)
     df = table.to_pandas()
     keep = [c for c in ("field_id", "scene_id", "variable", "mean", "median", "std", "count",
                         "valid_fraction") if c in df.columns]

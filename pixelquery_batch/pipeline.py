@@ -358,8 +358,14 @@ def run_job(
     cluster: ClusterOptions | str | Any | None = None,
     progress: ProgressFn | None = None,
     on_start: Callable[[ExecutionSummary], None] | None = None,
+    retry_failed: bool = False,
 ) -> RunResult:
-    """Plan and run a job; write its tables and ``manifest.json`` atomically.
+    """Plan and run a job incrementally; publish its tables and ``manifest.json``.
+
+    Only the (field, scene) pairs the outputs do not hold yet (under the same result hash
+    and field geometry) are computed: a rerun computes nothing, a run after new scenes
+    computes only those, a run after a crash only what the crashed run did not finish
+    (see :mod:`pixelquery_batch.incremental`).
 
     Parameters
     ----------
@@ -373,13 +379,20 @@ def run_job(
         ``progress(stage, done, total)`` callback.
     on_start
         Called when the cluster is connected (scheduler address, dashboard link).
+    retry_failed
+        Compute only the pairs recorded in the failure ledger.
     """
+    import uuid
+
     from . import __version__
     from .executor import ClientStarter, ClusterOptions, ExecutionSummary
+    from .incremental import field_hashes, load_state
+    from .planner import restrict_plan
     from .writers import RunOutputs, json_bytes
 
     started = dt.datetime.now(dt.UTC)
     t_start = time.time()
+    run_id = started.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
     spec = load_job(spec)
     cluster = _cluster_options(spec, cluster)
     workers_hint = 1 if cluster == "sync" else 4
@@ -391,17 +404,23 @@ def run_job(
         cluster = ClientStarter(cluster)
     try:
         job = prepare_job(spec)
+        spec = job.spec
+        out = output_location(spec, job.ref.profile)
+        result_hash = spec.result_hash()
+        hashes = field_hashes(job.fields) if job.fields is not None else {}
+        state = (load_state(out, result_hash, hashes,
+                            need_days=spec.outputs.timeseries is not None)
+                 if job.fields is not None else None)
     except BaseException:
         if isinstance(cluster, ClientStarter):
             cluster.close()
         raise
-    spec = job.spec
     t_prepared = time.time()
-    out = output_location(spec, job.ref.profile)
     outputs: dict[str, str] = {}
     manifest: dict[str, Any] = {
         "pixelquery_batch": __version__,
-        "job": {"name": spec.name, "job_hash": spec.job_hash(),
+        "run_id": run_id,
+        "job": {"name": spec.name, "job_hash": spec.job_hash(), "result_hash": result_hash,
                 "spec_path": str(spec.source_path) if spec.source_path else None,
                 "spec": spec.model_dump(mode="json")},
         "started_at": started.isoformat(),
@@ -415,7 +434,6 @@ def run_job(
                      for sid in job.unmasked_scenes] if job.cloud else [],
     }
     summary = ExecutionSummary()
-    series = None
     io_before: dict[str, Any] = {}
     try:
         run_outputs = RunOutputs(out)
@@ -426,31 +444,55 @@ def run_job(
         raise
     try:
         # planned while the cluster starts (pure: no pixel is read)
-        field_plan = plan_prepared(job, workers=workers_hint) if job.fields is not None else None
+        field_plan = todo = None
+        if job.fields is not None:
+            field_plan = plan_prepared(job, workers=workers_hint)
+            todo = restrict_plan(field_plan, lambda f, s: state.is_done(f, s, retry_failed=retry_failed))
         t_planned = time.time()
-        ready_at = cluster.ready_at if isinstance(cluster, ClientStarter) else None
-        with _client_for(cluster) as client:
+        changed = (todo is not None and (todo.units or state.staged)) or _derived_stale(
+            out, spec, state, job)
+        ready_at = None
+        if not changed:  # nothing new: say so, start nothing
             if isinstance(cluster, ClientStarter):
-                ready_at = cluster.ready_at
-            io_before = _io_counters(client)
-            sink = output_sink(client, stage)
-            manifest["output"] = {"location": out.display(),
-                                  "written_by": "workers" if sink.direct else "client"}
-            if field_plan is not None:
-                summary, series = _run_fields(job, field_plan, client, sink, outputs, manifest,
-                                              progress, on_start)
-            elif on_start:
+                cluster.close()
+            if on_start:
                 on_start(summary)
-            if job.points is not None:
-                _run_points(job, client, stage, outputs, manifest, progress)
-            if spec.outputs.rollup is not None and "pixel" in spec.outputs.rollup.kinds:
-                _run_pixel_rollup(job, client, stage, outputs, manifest, progress)
-            if spec.outputs.rollup is not None and spec.outputs.rollup.composite is not None:
-                _run_composites(job, client, sink, outputs, manifest, progress)
-            if spec.outputs.rollup is not None and "field" in spec.outputs.rollup.kinds:
-                _run_field_rollup(job, series, stage, outputs)
-            manifest["storage"] = _io_delta(io_before, _io_counters(client))
-            final = run_outputs.publish(outputs)
+            final = _previous_outputs(out, spec)
+            manifest["plan"] = field_plan.summary() if field_plan is not None else None
+            manifest["execution"] = {"pairs_computed": 0,
+                                     "pairs_reused": field_plan.n_pairs if field_plan else 0,
+                                     "units": 0}
+            logger.info("nothing to compute", extra={"job": spec.name, "run_id": run_id})
+        else:
+            with _client_for(cluster) as client:
+                if isinstance(cluster, ClientStarter):
+                    ready_at = cluster.ready_at
+                io_before = _io_counters(client)
+                sink = output_sink(client, stage)
+                manifest["output"] = {"location": out.display(),
+                                      "written_by": "workers" if sink.direct else "client"}
+                series = None
+                if todo is not None:
+                    summary, series = _run_fields(job, field_plan, todo, state, client, sink,
+                                                  outputs, manifest, progress, on_start,
+                                                  run_id=run_id, hashes=hashes)
+                elif on_start:
+                    on_start(summary)
+                if job.points is not None:
+                    _run_points(job, client, stage, outputs, manifest, progress)
+                if spec.outputs.rollup is not None and "pixel" in spec.outputs.rollup.kinds:
+                    _run_pixel_rollup(job, client, stage, outputs, manifest, progress)
+                if spec.outputs.rollup is not None and spec.outputs.rollup.composite is not None:
+                    _run_composites(job, client, sink, outputs, manifest, progress)
+                if spec.outputs.rollup is not None and "field" in spec.outputs.rollup.kinds:
+                    _run_field_rollup(job, series, stage, outputs)
+                manifest["storage"] = _io_delta(io_before, _io_counters(client))
+                stats_done = outputs.pop("stats", None)
+                final = run_outputs.publish(outputs)
+                final.pop("stats_export", None)
+                if stats_done is not None:
+                    final["stats"] = stats_done
+                final = {**_previous_outputs(out, spec), **final}
     except BaseException:
         run_outputs.abort()
         if isinstance(cluster, ClientStarter):  # failed before the cluster was used
@@ -468,8 +510,80 @@ def run_job(
     manifest["finished_at"] = finished.isoformat()
     manifest["duration_s"] = round((finished - started).total_seconds(), 3)
     manifest["outputs"] = final
+    _record_run(out, manifest, state)
     out.put("manifest.json", json_bytes(manifest))
     return RunResult(out.display("manifest.json"), manifest, final, summary)
+
+
+def _derived_stale(out: Location, spec: Any, state: Any, job: PreparedJob) -> bool:
+    """Whether outputs other than the per-field rows must be (re)built although no pair is
+    missing: first run, another spec (job hash) than the last run, or an output missing."""
+    from .incremental import RUNS
+    from .writers import delta
+
+    runs = delta.read(out, RUNS, columns=["job_hash", "status", "snapshot_id"])
+    if runs is None or runs.num_rows == 0:
+        return True
+    last = runs.slice(runs.num_rows - 1).to_pylist()[0]
+    if last["job_hash"] != spec.job_hash() or last["status"] == "failed":
+        return True
+    if job.fields is None and last["snapshot_id"] != job.ref.snapshot_id:
+        return True  # points / rollups only: new data can only be seen by snapshot
+    return set(_previous_outputs(out, spec)) != set(_expected_outputs(spec))
+
+
+def _expected_outputs(spec: Any) -> list[str]:
+    o = spec.outputs
+    names = []
+    if spec.fields is not None and o.stats is not None:
+        names.append("stats")
+    if o.timeseries is not None:
+        names += ["timeseries"] + (["timeseries_wide"] if o.timeseries.wide else [])
+    if spec.points is not None:
+        names.append("points")
+    if o.rollup is not None:
+        if "pixel" in o.rollup.kinds:
+            names.append("rollup")
+        if "field" in o.rollup.kinds:
+            names.append("rollup_fields")
+        if o.rollup.composite is not None:
+            names.append("composites")
+    return names
+
+
+def _previous_outputs(out: Location, spec: Any) -> dict[str, str]:
+    """Where the job's outputs are (those a run without new work leaves as they are)."""
+    found = {}
+    for name in _expected_outputs(spec):
+        for key in (f"{name}.csv", f"{name}.geoparquet"):
+            if out.exists(key):
+                found[name] = out.display(key)
+                break
+        else:
+            if out.list(name):
+                found[name] = out.display(name)
+    return found
+
+
+def _record_run(out: Location, manifest: dict[str, Any], state: Any) -> None:
+    """Append the run to the ``runs`` table (one commit)."""
+    from .incremental import RUNS
+    from .writers import delta
+
+    ex = manifest.get("execution") or {}
+    failed = ex.get("pairs_failed", 0)
+    row = {
+        "run_id": manifest["run_id"], "job_name": manifest["job"]["name"],
+        "started_at": manifest["started_at"], "finished_at": manifest["finished_at"],
+        "duration_s": float(manifest["duration_s"]),
+        "snapshot_id": manifest["repository"]["snapshot_id"],
+        "job_hash": manifest["job"]["job_hash"], "result_hash": manifest["job"]["result_hash"],
+        "pairs_computed": int(ex.get("pairs_computed", 0)),
+        "pairs_reused": int(ex.get("pairs_reused", 0)), "pairs_failed": int(failed),
+        "status": "partial" if failed or manifest["failures"] else "ok",
+    }
+    delta.append(out, RUNS, pa.Table.from_pylist([row]),
+                 metadata={"run_id": manifest["run_id"]})
 
 
 def output_location(spec: Any, repo_profile: Any) -> Location:
@@ -553,55 +667,207 @@ def _execution_record(summary: ExecutionSummary) -> dict[str, Any]:
     }
 
 
-def _run_fields(job: PreparedJob, plan: Plan, client: Any, sink: OutputSink,
-                outputs: dict[str, str], manifest: dict[str, Any], progress: ProgressFn | None,
-                on_start: Callable[[ExecutionSummary], None] | None,
+def _run_fields(job: PreparedJob, full: Plan, plan: Plan, state: Any, client: Any,
+                sink: OutputSink, outputs: dict[str, str], manifest: dict[str, Any],
+                progress: ProgressFn | None, on_start: Callable[[ExecutionSummary], None] | None,
+                *, run_id: str, hashes: dict[str, str],
                 ) -> tuple[ExecutionSummary, pd.DataFrame | None]:
-    """Per-field statistics (and day rows -> time series); returns the long series."""
-    from .executor import execute
-    from .tasks import day_parts, result_schema
-    from .writers import TableWriter
+    """Per-field statistics and day rows of the pairs still to compute (``plan``; ``full``
+    is the whole job): units' rows staged durably as they complete, then published in one
+    commit per table; the time series rebuilt from every day row. Returns the long series."""
+    from .executor import ExecutionSummary, execute
+    from .incremental import (
+        DAYS,
+        STATS,
+        STATS_KEYS,
+        WorkArea,
+        dedupe,
+        publish,
+        with_run_columns,
+    )
+    from .tasks import result_schema
 
     spec = job.spec
     stage = sink.stage
     ts_spec = spec.outputs.timeseries
+    result_hash = spec.result_hash()
     ctx = job.context(daily=ts_spec is not None)
+    root = stage_root(stage)
+    work = WorkArea(root, result_hash)
+    units = {u.unit_id: u for u in plan.units}
     logger.info("plan ready", extra={"job": spec.name, "job_hash": ctx.job_hash,
                                      "snapshot_id": job.ref.snapshot_id, "tasks": len(plan.units),
-                                     "pairs": plan.n_pairs})
+                                     "pairs": plan.n_pairs, "pairs_total": full.n_pairs})
     schema = result_schema(ctx.stats)
-    writer = None
-    if spec.outputs.stats is not None:
-        writer = TableWriter(stage, "stats", schema, fmt=spec.outputs.stats.format,
-                             sort_by=("field_id", "scene_id", "variable"))
-    n_buckets = max(1, math.ceil(len(job.fields) / _FIELDS_PER_BUCKET))
+    computed: set[str] = set()
 
     def on_result(res: Any) -> None:
-        if writer is not None:
-            writer.write_part(res.unit_id, res.table)
-        if ts_spec is not None and res.day_table is not None:
-            for key, data in day_parts(res.day_table, res.unit_id, n_buckets):
-                stage.put(key, data)
+        table = with_run_columns(res.table.cast(schema), hashes=hashes,
+                                 result_hash=result_hash, run_id=run_id)
+        work.put("stats", res.unit_id, table)
+        computed.update(f"{f}\x1f{s}" for f, s in zip(res.table.column("field_id").to_pylist(),
+                                                       res.table.column("scene_id").to_pylist(),
+                                                       strict=True))
+        if res.day_table is not None and res.day_table.num_rows:
+            work.put("days", res.unit_id, _day_keys(
+                with_run_columns(res.day_table.cast(schema), hashes=hashes,
+                                 result_hash=result_hash, run_id=run_id), units[res.unit_id]))
 
-    series = None
-    try:
+    summary = ExecutionSummary()
+    if plan.units:
         summary = execute(plan, ctx, on_result=on_result, cluster=client, progress=progress,
                           on_start=on_start)
-        if writer is not None:
-            transform = _add_geometry(job.fields) if spec.outputs.stats.format == "geoparquet" else None
-            outputs["stats"] = writer.commit(transform)
-        if ts_spec is not None:
+    elif on_start:
+        on_start(summary)
+    # publish everything staged (this run's units and an interrupted run's) in one commit
+    # per table; pairs an interrupted run already published are dropped (same result hash
+    # and geometry: same values), so a replay never appends twice
+    replace_all = state.other_result_rows > 0 and not state.done
+    staged = dedupe(work.read("stats"), STATS_KEYS)
+    if staged is not None and state.done and not replace_all:
+        keys = [f"{f}\x1f{s}" for f, s in zip(staged.column("field_id").to_pylist(),
+                                               staged.column("scene_id").to_pylist(), strict=True)]
+        staged = staged.filter(pa.array([k not in state.done for k in keys], pa.bool_()))
+    meta = {"run_id": run_id, "snapshot_id": job.ref.snapshot_id, "job_hash": ctx.job_hash}
+    publish(root, STATS, staged, STATS_KEYS, replace_all=replace_all,
+            upsert=bool(state.stale_fields) or state.rebuild, metadata=meta)
+    series = None
+    if ts_spec is not None:
+        days = dedupe(work.read("days"), ["field_id", "day_key", "variable"])
+        publish(root, DAYS, days, ["field_id", "day_key", "variable"],
+                replace_all=replace_all, upsert=True, metadata=meta)
+        _stage_day_buckets(job, stage, hashes, result_hash)
+        try:
             series = _run_timeseries(job, client, sink, outputs, progress)
-    finally:
-        if writer is not None:
-            writer.abort()
-        if ts_spec is not None:
+        finally:
             stage.delete_prefix(".days")
-    manifest["plan"] = plan.summary()
-    manifest["execution"] = _execution_record(summary)
-    manifest["failures"].extend(summary.failures)
+    _record_failures(root, job, summary.failures, run_id, result_hash, computed,
+                     manifest)
+    work.clear()
+    if spec.outputs.stats is not None:
+        outputs["stats"] = _export_stats(job, root, stage, outputs)
+    n_failed = len({(f.get("field_id"), f.get("scene_id")) for f in summary.failures})
+    manifest["plan"] = full.summary()
+    manifest["execution"] = {**_execution_record(summary), "pairs_computed": len(computed),
+                             "pairs_reused": max(0, full.n_pairs - len(computed) - n_failed),
+                             "pairs_failed": n_failed, "pairs_resumed": len(state.staged)}
     manifest["warnings"].extend(summary.warnings)
     return summary, series
+
+
+def stage_root(stage: Location) -> Location:
+    """The output location a run's staging location belongs to."""
+    return Location(stage.url.rsplit("/", 1)[0], stage.profile)
+
+
+def _day_keys(table: pa.Table, unit: Any) -> pa.Table:
+    """Add ``day_key`` (local day | work grid) to a unit's day rows: the key under which a
+    later run replaces a field's day when a scene of that day arrives late."""
+    import hashlib
+
+    grid = hashlib.sha256(repr((unit.crs, unit.transform)).encode()).hexdigest()[:8]
+    day_of = {s.scene_id: s.day or s.datetime[:10] for s in unit.scenes}
+    keys = [f"{day_of.get(d.split('+')[0], d)}|{grid}" for d in table.column("scene_id").to_pylist()]
+    return table.append_column("day_key", pa.array(keys, pa.string()))
+
+
+def _stage_day_buckets(job: PreparedJob, stage: Location, hashes: dict[str, str],
+                       result_hash: str) -> None:
+    """Every current day row of the job's fields and scenes (from the days table), in
+    buckets of fields under ``.days/`` of the stage, for :func:`_run_timeseries`."""
+    import pyarrow.compute as pc
+
+    from .incremental import DAYS
+    from .tasks import field_bucket
+    from .writers import delta, parquet_bytes
+
+    days = delta.read(stage_root(stage), DAYS)
+    if days is None or days.num_rows == 0:
+        return
+    fids = days.column("field_id").to_pylist()
+    scenes = set(job.scenes.ids)
+    keep = [hashes.get(f) == h and r == result_hash and all(x in scenes for x in s.split("+"))
+            for f, h, r, s in zip(fids, days.column("field_hash").to_pylist(),
+                                  days.column("result_hash").to_pylist(),
+                                  days.column("scene_id").to_pylist(), strict=True)]
+    days = days.filter(pa.array(keep, pa.bool_()))
+    days = days.drop_columns([c for c in ("field_hash", "result_hash", "run_id", "day_key")
+                              if c in days.column_names])
+    n_buckets = max(1, math.ceil(len(hashes) / _FIELDS_PER_BUCKET))
+    buckets = pa.array([field_bucket(f, n_buckets) for f in days.column("field_id").to_pylist()])
+    for k in pc.unique(buckets).to_pylist():
+        part = days.filter(pc.equal(buckets, k))
+        stage.put(f".days/b={int(k):05d}/part-all.parquet", parquet_bytes(part))
+
+
+def _record_failures(out: Location, job: PreparedJob, failures: list[dict[str, Any]], run_id: str,
+                     result_hash: str, computed: set[str], manifest: dict[str, Any]) -> None:
+    """Failed pairs -> the ledger (one commit; pairs now computed marked resolved); full
+    tracebacks -> ``logs/<run_id>.log``, once per distinct error; the manifest keeps
+    short records."""
+    import hashlib
+
+    from .incremental import LEDGER
+    from .writers import delta
+
+    rows, seen, log = [], set(), []
+    for f in failures:
+        err = f.get("error", "")
+        rows.append({"result_hash": result_hash, "field_id": str(f.get("field_id") or ""),
+                     "scene_id": str(f.get("scene_id") or ""), "unit_id": f.get("unit_id", ""),
+                     "stage": "stats", "error_class": err.split(":", 1)[0],
+                     "message": err[:300], "attempts": 2, "run_id": run_id, "resolved": False})
+        digest = hashlib.sha256(err.encode()).hexdigest()[:12]
+        if digest not in seen and f.get("traceback"):
+            seen.add(digest)
+            log.append(f"--- error {digest} (first: field {f.get('field_id')!r}, scene "
+                       f"{f.get('scene_id')!r})\n{f['traceback']}")
+    open_rows = delta.read(out, LEDGER)
+    if open_rows is not None and open_rows.num_rows:
+        for r in open_rows.to_pylist():
+            if (not r["resolved"] and r["result_hash"] == result_hash
+                    and f"{r['field_id']}\x1f{r['scene_id']}" in computed):
+                rows.append({**r, "resolved": True, "run_id": run_id})
+    if rows:
+        delta.merge_rows(out, LEDGER, pa.Table.from_pylist(rows),
+                         ["result_hash", "field_id", "scene_id", "stage"],
+                         metadata={"run_id": run_id})
+    if log:
+        out.put(f"logs/{run_id}.log", "\n".join(log).encode())
+        manifest["failure_log"] = out.display(f"logs/{run_id}.log")
+    manifest["failures"].extend({k: v for k, v in f.items() if k != "traceback"}
+                                for f in failures[:1000])
+    manifest["failures_total"] = len(failures)
+
+
+def _export_stats(job: PreparedJob, root: Location, stage: Location, outputs: dict[str, str]) -> str:
+    """The stats output: the Delta table itself (``format: parquet``), or a CSV /
+    GeoParquet export of its current rows for the job's fields and scenes."""
+    from .incremental import STATS
+    from .writers import delta
+
+    fmt = job.spec.outputs.stats.format
+    if fmt == "parquet":
+        return root.display(STATS)
+    table = delta.read(root, STATS)
+    table = table.drop_columns([c for c in ("field_hash", "result_hash", "run_id")
+                                if c in table.column_names]).sort_by(
+        [("field_id", "ascending"), ("scene_id", "ascending"), ("variable", "ascending")])
+    if fmt == "csv":
+        import pyarrow.csv as pacsv
+
+        buf = pa.BufferOutputStream()
+        pacsv.write_csv(table, buf)
+        key = "stats.csv"
+    else:
+        import pyarrow.parquet as pq
+
+        buf = pa.BufferOutputStream()
+        pq.write_table(_add_geometry(job.fields)(table), buf, compression="zstd")
+        key = "stats.geoparquet"
+    stage.put(key, buf.getvalue().to_pybytes())
+    outputs["stats_export"] = key
+    return root.display(key)
 
 
 def _run_timeseries(job: PreparedJob, client: Any, sink: OutputSink, outputs: dict[str, str],

@@ -42,6 +42,7 @@ __all__ = [
     "plan_composites",
     "plan_job",
     "plan_rollup",
+    "restrict_plan",
     "work_grid",
 ]
 
@@ -729,3 +730,46 @@ def plan_composites(
             units.append(CompositeUnit(uid, region_id, shapely.to_wkb(target.geometry.iloc[k]), period,
                                        crs, grid.transform, grid.shape_yx, srcs, variable, method))
     return tuple(units)
+
+
+def restrict_plan(plan: Plan, done: Callable[[str, str], bool]) -> Plan:
+    """The part of ``plan`` still to compute, given ``done(field_id, scene_id)``.
+
+    Works day by day inside each unit (a field's day row merges the day's scenes, so a
+    new scene on a day recomputes the field's whole day): the days of a unit are grouped
+    by the set of fields they still need, and each group becomes a unit of those fields
+    and those days' scenes. Units with nothing left disappear. Pure; chunk counts are
+    recounted for units that lost fields.
+    """
+    units: list[WorkUnit] = []
+    chunks_read = 0
+    for unit in plan.units:
+        by_day: dict[str, list[SceneTask]] = {}
+        for s in unit.scenes:
+            by_day.setdefault(s.day or s.scene_id, []).append(s)
+        groups: dict[frozenset[str], list[SceneTask]] = {}
+        for day_scenes in by_day.values():
+            need = frozenset(f.field_id for f in unit.fields
+                             if any(not done(f.field_id, s.scene_id) for s in day_scenes))
+            if need:
+                groups.setdefault(need, []).extend(day_scenes)
+        for need, scenes in groups.items():
+            if len(need) == len(unit.fields) and len(scenes) == len(unit.scenes):
+                units.append(unit)
+                chunks_read += unit.chunks * len(scenes)
+                continue
+            ftasks = tuple(f for f in unit.fields if f.field_id in need)
+            n_chunks = unit.chunks
+            fkey = unit.fields_key
+            if len(ftasks) < len(unit.fields):
+                work = (unit.transform, unit.shape_yx)
+                clipped = [c for c in (_clip_window(f.window, unit.shape_yx) for f in ftasks)
+                           if c is not None]
+                n_chunks, _ = _count_chunks(work, _distinct_bands(scenes[0].bands), clipped)
+                fkey = _unit_id("fields", [(f.field_id, f.window, f.wkb) for f in ftasks])
+            uid = _unit_id(unit.unit_id, fkey, [s.scene_id for s in scenes])
+            units.append(dataclasses.replace(unit, unit_id=uid, scenes=tuple(scenes),
+                                             fields=ftasks, chunks=n_chunks, fields_key=fkey))
+            chunks_read += n_chunks * len(scenes)
+    n_pairs = sum(u.n_pairs for u in units)
+    return dataclasses.replace(plan, units=tuple(units), n_pairs=n_pairs, chunks_read=chunks_read)

@@ -319,6 +319,14 @@ class JobSpec(BaseModel):
             }
         )
 
+    def result_hash(self) -> str:
+        """Hash of what changes a (field, scene) row's values: repository, variables
+        (bands, index expressions), statistics, pixel rule, masks and resolution. Rows
+        computed under the same result hash (and the same field geometry) are reused by
+        later runs; the name, scene window, fields file, outputs and cluster do not
+        count."""
+        return _result_hash(self)
+
     def job_hash(self) -> str:
         """Content hash of the spec: 16 hex characters of a SHA-256.
 
@@ -331,6 +339,15 @@ class JobSpec(BaseModel):
         content["outputs"].pop("storage", None)
         canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def _result_hash(spec: Any) -> str:
+    content = spec.model_dump(mode="json", include={
+        "version", "bands", "indices", "stats", "pixels", "masks", "resolution"})
+    content["repository"] = spec.repository.path
+    content["variables"] = {n: e.text for n, e in spec.variables().items()}
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
 def _resolve_path(value: str, base: Path) -> str:

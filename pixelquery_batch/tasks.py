@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import os
 import time
 import traceback
 from collections.abc import Sequence
@@ -99,6 +100,10 @@ def warm_worker() -> None:
     from .kernels import segments  # noqa: F401
 
     gather.tune_allocator()
+
+
+#: Test hook (kill tests): seconds each per-field unit waits before it starts.
+_TEST_DELAY_S = float(os.environ.get("PIXELQUERY_TEST_UNIT_DELAY_S") or 0)
 
 
 @lru_cache(maxsize=256)
@@ -284,6 +289,8 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
     from .gather import field_pixels, tune_allocator
 
     tune_allocator()
+    if _TEST_DELAY_S:  # fault-injection hook of the kill tests: slow units down
+        time.sleep(_TEST_DELAY_S)
     started_at = time.time()
     t0 = time.perf_counter()
     reader = reader or _reader_for(ctx.repo)

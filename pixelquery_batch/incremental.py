@@ -1,0 +1,185 @@
+"""Incremental, resumable per-field runs over versioned output tables.
+
+State of a job's outputs (all under ``outputs.dir``, through the output layer):
+
+- ``stats/`` and ``_state/days/``: Delta tables of the per-(field, scene) rows and the
+  per-(field, day) rows the time series are built from. A row is *reused* by a later run
+  when it was computed under the same result hash (:meth:`JobSpec.result_hash`) and the
+  same field geometry (``field_hash``); everything else is recomputed.
+- ``ledger/``: Delta table of the pairs that kept failing (one row per failed field and
+  scene, short message; full tracebacks go to the log once per distinct error). A rerun
+  leaves them alone; ``pqb run --retry-failed`` retries only them.
+- ``runs/``: Delta table, one row per run (``pqb runs``).
+- ``.work/<result_hash>/``: the parts of the units completed by an unfinished run, one
+  Parquet object per unit with a stable name. A killed run leaves them; the next run
+  counts their pairs as done and publishes them with its own. Each publication is one
+  commit per table; staged pairs already in the table (published by a run that crashed
+  before cleaning up) are dropped, so a replay never appends twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .storage import Location
+from .writers import delta
+from .writers.tables import parquet_bytes
+
+__all__ = ["FieldState", "WorkArea", "field_hashes", "load_state"]
+
+STATS = "stats"
+DAYS = "_state/days"
+LEDGER = "ledger"
+RUNS = "runs"
+STATS_KEYS = ["field_id", "scene_id", "variable"]
+DAY_KEYS = ["field_id", "date", "variable"]
+
+
+def field_hashes(fields: Any) -> dict[str, str]:
+    """``field_id -> 16 hex`` of the field's geometry (WKB in its CRS, with the CRS)."""
+    import shapely
+
+    crs = fields.crs.to_wkt() if fields.crs is not None else ""
+    out = {}
+    for fid, wkb in zip(fields["field_id"].astype(str),
+                        shapely.to_wkb(fields.geometry.to_numpy(), output_dimension=2),
+                        strict=True):
+        out[fid] = hashlib.sha256(crs.encode() + b"\x1f" + wkb).hexdigest()[:16]
+    return out
+
+
+@dataclass(frozen=True)
+class WorkArea:
+    """Durable parts of the units of an unfinished run: ``.work/<result_hash>/<table>/``."""
+
+    out: Location
+    result_hash: str
+
+    @property
+    def prefix(self) -> str:
+        return f".work/{self.result_hash}"
+
+    def put(self, table: str, unit_id: str, data: pa.Table) -> None:
+        if data.num_rows:
+            self.out.put(f"{self.prefix}/{table}/part-{unit_id}.parquet", parquet_bytes(data))
+
+    def read(self, table: str) -> pa.Table | None:
+        keys = [k for k in self.out.list(f"{self.prefix}/{table}") if k.endswith(".parquet")]
+        if not keys:
+            return None
+        return pa.concat_tables([pq.read_table(io.BytesIO(self.out.get(k))) for k in keys],
+                                promote_options="default")
+
+    def clear(self) -> None:
+        self.out.delete_prefix(self.prefix)
+
+
+@dataclass
+class FieldState:
+    """What earlier runs left for this job (pairs as ``field_id\\x1fscene_id``)."""
+
+    done: set[str] = field(default_factory=set)  # in stats, same result & field hash
+    staged: set[str] = field(default_factory=set)  # in the work area (an unfinished run)
+    failed: set[str] = field(default_factory=set)  # in the ledger, this result hash
+    stale_fields: set[str] = field(default_factory=set)  # rows under another geometry
+    table_exists: bool = False
+    other_result_rows: int = 0  # rows computed under another result hash
+    runs: int = 0  # runs recorded so far
+    rebuild: bool = False  # rows exist but must all be recomputed (day rows missing)
+
+    def is_done(self, field_id: str, scene_id: str, *, retry_failed: bool = False) -> bool:
+        key = f"{field_id}\x1f{scene_id}"
+        if retry_failed:
+            return key not in self.failed
+        return key in self.done or key in self.staged or key in self.failed
+
+
+def _pairs(table: pa.Table | None) -> set[str]:
+    if table is None or table.num_rows == 0:
+        return set()
+    keys = pc.binary_join_element_wise(table.column("field_id").cast(pa.string()),
+                                       table.column("scene_id").cast(pa.string()), "\x1f")
+    return set(keys.to_pylist())
+
+
+def load_state(out: Location, result_hash: str, hashes: dict[str, str], *,
+               need_days: bool = False) -> FieldState:
+    """Read the job's reusable rows, staged parts and ledger (cheap: key columns only).
+
+    ``need_days``: the job builds time series, which need the day rows of every pair: when
+    an earlier run did not keep them, nothing is reused."""
+    state = FieldState()
+    rows = delta.read(out, STATS, columns=["field_id", "scene_id", "result_hash", "field_hash"])
+    if rows is not None:
+        state.table_exists = True
+        same = pc.equal(rows.column("result_hash"), result_hash) if "result_hash" in rows.column_names \
+            else pa.array([False] * rows.num_rows)
+        state.other_result_rows = rows.num_rows - pc.sum(same).as_py() if rows.num_rows else 0
+        rows = rows.filter(same)
+        fids = rows.column("field_id").to_pylist()
+        fh = rows.column("field_hash").to_pylist()
+        keep = [hashes.get(f) == h for f, h in zip(fids, fh, strict=True)]
+        state.stale_fields = {f for f, k in zip(fids, keep, strict=True) if not k}
+        state.done = _pairs(rows.filter(pa.array(keep, pa.bool_())))
+    staged = WorkArea(out, result_hash).read(STATS)
+    if staged is not None:
+        fh = staged.column("field_hash").to_pylist()
+        fids = staged.column("field_id").to_pylist()
+        keep = [hashes.get(f) == h for f, h in zip(fids, fh, strict=True)]
+        state.staged = _pairs(staged.filter(pa.array(keep, pa.bool_())))
+    ledger = delta.read(out, LEDGER, columns=["field_id", "scene_id", "result_hash", "resolved"])
+    if ledger is not None and ledger.num_rows:
+        open_rows = ledger.filter(pc.and_(pc.equal(ledger.column("result_hash"), result_hash),
+                                          pc.invert(ledger.column("resolved"))))
+        state.failed = _pairs(open_rows)
+    runs = delta.read(out, RUNS, columns=["run_id"])
+    state.runs = 0 if runs is None else runs.num_rows
+    if need_days and state.done and not delta.exists(out, DAYS):
+        state.done, state.staged, state.rebuild = set(), set(), True
+    return state
+
+
+def with_run_columns(table: pa.Table, *, hashes: dict[str, str], result_hash: str,
+                     run_id: str) -> pa.Table:
+    """Add ``field_hash``, ``result_hash`` and ``run_id`` to a unit's rows."""
+    fh = pa.array([hashes.get(f, "") for f in table.column("field_id").to_pylist()], pa.string())
+    n = table.num_rows
+    return (table.append_column("field_hash", fh)
+            .append_column("result_hash", pa.array([result_hash] * n, pa.string()))
+            .append_column("run_id", pa.array([run_id] * n, pa.string())))
+
+
+def publish(out: Location, name: str, rows: pa.Table | None, keys: list[str], *,
+            replace_all: bool, upsert: bool, metadata: dict[str, Any]) -> int:
+    """Commit a run's rows to table ``name`` in one commit: overwrite (rows of another
+    result hash), upsert on ``keys`` (rows being replaced exist) or append. Returns rows
+    written."""
+    if rows is None or rows.num_rows == 0:
+        return 0
+    rows = rows.sort_by([(k, "ascending") for k in keys])
+    if replace_all:
+        delta.overwrite(out, name, rows, metadata=metadata)
+    elif upsert:
+        delta.merge_rows(out, name, rows, keys, metadata=metadata)
+    else:
+        delta.append(out, name, rows, metadata=metadata)
+    return rows.num_rows
+
+
+def dedupe(table: pa.Table | None, keys: Iterable[str]) -> pa.Table | None:
+    """Last row per key (a unit re-run after a crash may have staged a pair twice)."""
+    if table is None or table.num_rows == 0:
+        return table
+    keys = list(keys)
+    idx = pa.array(range(table.num_rows), pa.int64())
+    t = table.append_column("__i", idx)
+    last = t.group_by(keys).aggregate([("__i", "max")]).column("__i_max")
+    return table.take(pc.sort_indices(last))

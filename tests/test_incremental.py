@@ -1,0 +1,216 @@
+"""Nightly operations: incremental and idempotent runs over versioned (Delta) outputs,
+resumption after a killed client, the failure ledger and the run history.
+
+Every comparison is against a from-scratch run over the same data (itself checked against
+rasterio + numpy elsewhere), never against numbers of the incremental run itself."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import geopandas as gpd
+import pandas as pd
+import pytest
+import yaml
+
+from pixelquery_batch import read_runs, read_table, run_job
+from pixelquery_batch.api import read_ledger
+from pixelquery_batch.catalog.ingest import ingest
+
+from .conftest import write_spec
+
+VALUES = ["field_id", "scene_id", "variable", "mean", "std", "min", "max", "median", "p10", "p90",
+          "count", "valid_fraction", "pixel_count", "nodata_count", "cloud_count"]
+TS = ["field_id", "variable", "period_start", "period_end", "mean", "count", "n_scenes", "filled"]
+
+
+def stats_of(out: Path) -> pd.DataFrame:
+    df = read_table(out, "stats")
+    return df[VALUES].sort_values(VALUES[:3]).reset_index(drop=True)
+
+
+def series_of(out: Path) -> pd.DataFrame:
+    df = read_table(out, "timeseries")
+    cols = [c for c in TS if c in df.columns]
+    return df[cols].sort_values(cols[:3]).reset_index(drop=True)
+
+
+def scene_dirs(sample) -> list[Path]:
+    return sorted({p.parent for p in sample.cog_paths})
+
+
+@pytest.fixture
+def archive(sample_small, tmp_path: Path):
+    """A COG archive of the first two scenes (day 1) and a function adding the third."""
+    cogs = tmp_path / "cogs"
+    dirs = scene_dirs(sample_small)
+    for d in dirs[:2]:
+        shutil.copytree(d, cogs / d.name)
+
+    def add_day2() -> None:
+        shutil.copytree(dirs[2], cogs / dirs[2].name)
+
+    return cogs, add_day2
+
+
+def nightly_spec(tmp_path: Path, repo: Path, fields: Path, out: str, **extra) -> Path:
+    return write_spec(tmp_path, repo=repo, fields=fields, out=out,
+                      outputs={"dir": str(tmp_path / out), "stats": {"format": "parquet"},
+                               "timeseries": {"period": "month", "aggregation": "mean"}},
+                      **extra)
+
+
+def test_rerun_computes_nothing_and_changes_nothing(sample_small, sample_repo, tmp_path: Path) -> None:
+    spec = nightly_spec(tmp_path, sample_repo, sample_small.fields_path, "out")
+    first = run_job(spec, cluster="sync")
+    ex = first.manifest["execution"]
+    assert ex["pairs_computed"] == first.manifest["plan"]["field_scene_pairs"] > 0
+    before = stats_of(tmp_path / "out")
+    versions_before = len(list((tmp_path / "out" / "stats" / "_delta_log").glob("*.json")))
+    t0 = time.perf_counter()
+    second = run_job(spec, cluster="sync")
+    assert time.perf_counter() - t0 < 10
+    assert second.manifest["execution"]["pairs_computed"] == 0
+    assert second.manifest["execution"]["pairs_reused"] == ex["pairs_computed"]
+    assert second.manifest["execution"]["units"] == 0
+    pd.testing.assert_frame_equal(stats_of(tmp_path / "out"), before)
+    assert len(list((tmp_path / "out" / "stats" / "_delta_log").glob("*.json"))) == versions_before
+    runs = read_runs(tmp_path / "out")
+    assert list(runs["pairs_computed"]) == [0, ex["pairs_computed"]]  # newest first
+    assert set(runs["status"]) == {"ok"}
+    # a cosmetic change (name, cluster, on_error) computes nothing either
+    spec2 = nightly_spec(tmp_path, sample_repo, sample_small.fields_path, "out", name="renamed",
+                         on_error="fail")
+    assert run_job(spec2, cluster="sync").manifest["execution"]["pairs_computed"] == 0
+
+
+def test_day1_then_day2_equals_one_run_over_both(archive, sample_small, tmp_path: Path) -> None:
+    cogs, add_day2 = archive
+    repo = tmp_path / "repo"
+    assert ingest(str(cogs), str(repo), product="sentinel2-l2a", pattern=sample_small.pattern).ok
+    spec = nightly_spec(tmp_path, repo, sample_small.fields_path, "nightly")
+    day1 = run_job(spec, cluster="sync")
+    n1 = day1.manifest["execution"]["pairs_computed"]
+    add_day2()
+    report = ingest(str(cogs), str(repo), product="sentinel2-l2a", pattern=sample_small.pattern)
+    assert report.counts()["ingested"] == 6 and report.counts()["unchanged"] == 12
+    day2 = run_job(spec, cluster="sync")
+    ex = day2.manifest["execution"]
+    assert 0 < ex["pairs_computed"] < n1  # only the new scene's pairs
+    assert ex["pairs_reused"] == n1
+    assert run_job(spec, cluster="sync").manifest["execution"]["pairs_computed"] == 0
+    once = nightly_spec(tmp_path, repo, sample_small.fields_path, "once", name="once")
+    run_job(once, cluster="sync")
+    pd.testing.assert_frame_equal(stats_of(tmp_path / "nightly"), stats_of(tmp_path / "once"),
+                                  check_exact=True)
+    pd.testing.assert_frame_equal(series_of(tmp_path / "nightly"), series_of(tmp_path / "once"),
+                                  check_exact=True)
+    # the rows carry the snapshot they were computed with
+    snaps = read_table(tmp_path / "nightly", "stats").groupby("scene_id")["snapshot_id"].nunique()
+    assert (snaps == 1).all()
+    assert read_table(tmp_path / "nightly", "stats")["snapshot_id"].nunique() == 2
+    # time travel: the first version holds day 1 only
+    v0 = read_table(tmp_path / "nightly", "stats", version=0)
+    assert len(v0) == len(read_table(tmp_path / "nightly", "stats")) - ex["pairs_computed"] * 3
+
+
+def test_spec_changes_recompute_exactly_what_they_affect(sample_small, sample_repo, tmp_path: Path) -> None:
+    fields = gpd.read_file(sample_small.fields_path)
+    path = tmp_path / "fields.geojson"
+    fields.to_file(path)
+    spec = nightly_spec(tmp_path, sample_repo, path, "out")
+    total = run_job(spec, cluster="sync").manifest["execution"]["pairs_computed"]
+    n_scenes = 3
+    # one field's geometry changes, one field is added: only their pairs
+    moved = fields.copy()
+    moved.loc[0, "geometry"] = moved.geometry.iloc[0].buffer(-0.0001)
+    extra = moved.iloc[[1]].copy()
+    extra["id"] = "NEW"
+    pd.concat([moved, extra]).to_file(path)
+    ex = run_job(spec, cluster="sync").manifest["execution"]
+    assert ex["pairs_computed"] == 2 * n_scenes
+    fresh = nightly_spec(tmp_path, sample_repo, path, "fresh", name="fresh")
+    run_job(fresh, cluster="sync")
+    pd.testing.assert_frame_equal(stats_of(tmp_path / "out"), stats_of(tmp_path / "fresh"),
+                                  check_exact=True)
+    # another statistic list changes every row: everything is recomputed, the table
+    # holds the new rows only (the old ones stay readable in its history)
+    stats2 = nightly_spec(tmp_path, sample_repo, path, "out",
+                          stats=["mean", "median", "count", "valid_fraction"])
+    ex = run_job(stats2, cluster="sync").manifest["execution"]
+    assert ex["pairs_computed"] == total + n_scenes
+    assert "std" not in read_table(tmp_path / "out", "stats").dropna(axis=1, how="all").columns
+
+
+def test_failures_go_to_the_ledger_and_retry_failed_retries_only_them(archive, sample_small,
+                                                                      tmp_path: Path) -> None:
+    cogs, add_day2 = archive
+    add_day2()
+    repo = tmp_path / "repo"
+    assert ingest(str(cogs), str(repo), product="sentinel2-l2a", pattern=sample_small.pattern).ok
+    victim = sorted(cogs.glob("*/B04.tif"))[1]
+    hidden = victim.with_suffix(".hidden")
+    os.rename(victim, hidden)  # a rename keeps the file's identity: renamed back, it reads again
+    spec = nightly_spec(tmp_path, repo, sample_small.fields_path, "out")
+    failed = run_job(spec, cluster="sync")
+    n_failed = failed.manifest["execution"]["pairs_failed"]
+    assert n_failed > 0
+    ledger = read_ledger(tmp_path / "out")
+    assert len(ledger) == n_failed and set(ledger["scene_id"]) == {victim.parent.name}
+    assert ledger["message"].str.contains("B04").all()
+    log = Path(failed.manifest["failure_log"]).read_text()
+    assert log.count("Traceback") == 1  # once per distinct error, not per pair
+    assert "traceback" not in str(failed.manifest["failures"][0])
+    # a plain rerun leaves known failures alone
+    assert run_job(spec, cluster="sync").manifest["execution"]["pairs_computed"] == 0
+    os.rename(hidden, victim)
+    retried = run_job(spec, cluster="sync", retry_failed=True)
+    assert retried.manifest["execution"]["pairs_computed"] == n_failed
+    assert read_ledger(tmp_path / "out").empty
+    once = nightly_spec(tmp_path, repo, sample_small.fields_path, "once", name="once")
+    run_job(once, cluster="sync")
+    pd.testing.assert_frame_equal(stats_of(tmp_path / "out"), stats_of(tmp_path / "once"),
+                                  check_exact=True)
+    runs = read_runs(tmp_path / "out")
+    assert list(runs["status"])[::-1] == ["partial", "ok", "ok"]
+
+
+def test_sigkill_of_the_client_then_rerun_resumes(sample_small, sample_repo, tmp_path: Path) -> None:
+    """Kill -9 the `pqb run` process once some units are staged; the rerun computes only
+    the rest; no row is lost or duplicated; nothing half-written is visible meanwhile."""
+    spec = nightly_spec(tmp_path, sample_repo, sample_small.fields_path, "out",
+                        cluster={"n_workers": 1, "threads_per_worker": 1, "processes": False,
+                                 "dashboard": False})
+    doc = yaml.safe_load(spec.read_text())
+    work = tmp_path / "out" / ".work"
+    env = {**os.environ, "PIXELQUERY_TEST_UNIT_DELAY_S": "0.4"}  # slow units down: time to kill
+    proc = subprocess.Popen([sys.executable, "-m", "pixelquery_batch.cli", "run", str(spec)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(work.rglob("part-*.parquet")):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    staged = list(work.rglob("stats/part-*.parquet"))
+    assert staged, "the run was killed before any unit finished"
+    assert not (tmp_path / "out" / "stats").exists()  # nothing published half-way
+    result = run_job(spec, cluster="sync")
+    ex = result.manifest["execution"]
+    assert ex["pairs_resumed"] > 0
+    assert ex["pairs_computed"] < result.manifest["plan"]["field_scene_pairs"]
+    fresh = nightly_spec(tmp_path, sample_repo, sample_small.fields_path, "fresh", name="fresh")
+    run_job(fresh, cluster="sync")
+    got = stats_of(tmp_path / "out")
+    assert not got.duplicated(VALUES[:3]).any()
+    pd.testing.assert_frame_equal(got, stats_of(tmp_path / "fresh"), check_exact=True)
+    pd.testing.assert_frame_equal(series_of(tmp_path / "out"), series_of(tmp_path / "fresh"),
+                                  check_exact=True)
+    assert not work.exists() or not list(work.rglob("*.parquet"))
+    assert doc["name"] == "test-job"
