@@ -61,7 +61,6 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import pickle
@@ -78,6 +77,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_common import (  # sibling module of this script
     GB,
     MB,
+    _worker_peak_rss,
     cogs_by_scene,
     data_files,
     resident_fraction,
@@ -85,6 +85,7 @@ from _bench_common import (  # sibling module of this script
     say_context,
     setup_data,
     warm_page_cache,
+    write_result,
 )
 
 STATS = ("mean", "std", "min", "max", "median", "p25", "p75", "count")
@@ -209,21 +210,6 @@ def _noop(i: int) -> int:
     return i
 
 
-def _peak_rss() -> int:
-    """Kernel RSS high-water mark (``VmHWM``) of the calling process, 0 if unknown.
-
-    A copy of ``_bench_common._worker_peak_rss`` defined here: ``client.run`` sends
-    functions of ``__main__`` by value, the workers cannot import ``_bench_common``."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024  # kB
-    except OSError:
-        pass
-    return 0
-
-
 def _cpu(pids: dict[str, int]) -> dict[str, float]:
     """User + system CPU seconds of each process (0 for one that is gone)."""
     import psutil
@@ -292,7 +278,10 @@ def run_config(cfg: Config, *, spec: Path, args: argparse.Namespace, logs: Path)
     say("")
     say(f"## {cfg.label} (workers x threads){'  [oversubscribed: more threads than cores]' if cfg.slots > args.cores else ''}")
     t0 = time.perf_counter()
-    with separate_cluster(workers=cfg.workers, threads=cfg.threads,
+    # the workers import _bench_common (for client.run) from this directory
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH", "")])}
+    with separate_cluster(workers=cfg.workers, threads=cfg.threads, env=env,
                           memory_limit=args.memory_limit, timeout_s=180,
                           log_path=logs / f"cluster-{cfg.workers}x{cfg.threads}.log") as cl:
         cfg.start_s = time.perf_counter() - t0
@@ -326,9 +315,9 @@ def run_config(cfg: Config, *, spec: Path, args: argparse.Namespace, logs: Path)
                 say(f"  [{rep + 1}] no-op: {n['tasks']} tasks in {n['total_s']:.2f} s (submit "
                     f"{n['submit_s']:.2f} s) = {n['ms_per_task']:.3f} ms per task; scheduler CPU "
                     f"{n['scheduler_cpu_ms_per_task']:.3f} ms per task")
-            hwm = client.run(_peak_rss)
+            hwm = client.run(_worker_peak_rss)
             cfg.peak_rss_workers = [int(v) for _, v in sorted(hwm.items())]
-            cfg.peak_rss_scheduler = int(client.run_on_scheduler(_peak_rss))
+            cfg.peak_rss_scheduler = int(client.run_on_scheduler(_worker_peak_rss))
             say(f"  peak RSS (VmHWM) per worker: "
                 f"{', '.join(f'{v / MB:.0f}' for v in cfg.peak_rss_workers)} MB; scheduler "
                 f"{cfg.peak_rss_scheduler / MB:.0f} MB")
@@ -739,9 +728,7 @@ def main(argv: list[str] | None = None) -> int:
                        for c in cfgs},
               "result_bytes_per_pair": result_bytes_per_pair,
               "extrapolation": x, "extrapolation_markdown": table_md}
-    json_out.parent.mkdir(parents=True, exist_ok=True)
-    json_out.write_text(json.dumps(result, indent=1, default=str))
-    say(f"all numbers: {json_out}")
+    write_result(json_out, result)
     return 0
 
 
