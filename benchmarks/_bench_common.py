@@ -295,6 +295,13 @@ def _worker_rss() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
+def write_result(path: Path, result: dict[str, Any]) -> None:
+    """Write a benchmark's numbers as JSON and say where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1, default=str))
+    say(f"all numbers: {path}")
+
+
 def _worker_peak_rss() -> int:
     """Kernel high-water mark of this process's RSS (``VmHWM``; 0 where unavailable).
 

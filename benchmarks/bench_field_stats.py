@@ -103,6 +103,7 @@ from _bench_common import (  # sibling modules of this script
     status,
     warm_page_cache,
     working_dir,
+    write_result,
 )
 from _field_stats_peers import (
     STATS,
@@ -796,9 +797,7 @@ def main(argv: list[str] | None = None) -> int:
             "densities": {str(n): s for n, s in summaries.items()},
             "targets": [r.record() for r in rows],
         }
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=1, default=str))
-        say(f"all numbers: {json_out}")
+        write_result(json_out, result)
     return 0
 
 

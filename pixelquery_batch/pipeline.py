@@ -397,7 +397,7 @@ def run_job(
     cluster = _cluster_options(spec, cluster)
     workers_hint = 1 if cluster == "sync" else 4
     if isinstance(cluster, ClusterOptions):  # start it while the job is prepared and planned
-        workers_hint = (4 if cluster.address else
+        workers_hint = (0 if cluster.address else  # asked once connected
                         cluster.slurm.jobs * cluster.slurm.cores if cluster.slurm else
                         cluster.kubernetes.n_workers * 2 if cluster.kubernetes else
                         cluster.n_workers * cluster.threads)
@@ -415,6 +415,14 @@ def run_job(
         if isinstance(cluster, ClientStarter):
             cluster.close()
         raise
+    if isinstance(cluster, ClientStarter) and not workers_hint:
+        # an existing cluster: plan for the threads it has (connecting is quick; a
+        # cluster that cannot be reached fails here, before any planning)
+        try:
+            workers_hint = sum(cluster.client().nthreads().values()) or 4
+        except BaseException:
+            cluster.close()
+            raise
     t_prepared = time.time()
     outputs: dict[str, str] = {}
     manifest: dict[str, Any] = {
