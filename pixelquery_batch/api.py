@@ -157,10 +157,12 @@ def _output_location(out_dir: str | os.PathLike[str], storage: str | StorageProf
     return Location.of(out_dir, profile.resolved())
 
 
-def read_table(out_dir: str | os.PathLike[str], name: str = "stats", *,
+def read_table(out_dir: str | os.PathLike[str], name: str | None = "stats", *,
                version: int | None = None, storage: str | StorageProfile | None = None) -> Any:
     """A job output table as pandas: the current rows of a versioned table (``stats``,
-    ``runs``, ``ledger``), or any version of it (time travel); Parquet tables as written."""
+    ``runs``, ``ledger``), or any version of it (time travel); Parquet tables as written.
+
+    ``name=None``: ``out_dir`` is the table's own location (``RunResult.outputs[...]``)."""
     import io
 
     import pandas as pd
@@ -169,6 +171,9 @@ def read_table(out_dir: str | os.PathLike[str], name: str = "stats", *,
 
     from .writers import delta
 
+    if name is None:
+        text = os.fspath(out_dir).rstrip("/")
+        out_dir, _, name = text.rpartition("/")
     loc = _output_location(out_dir, storage)
     table = delta.read(loc, name, version=version)
     if table is None:

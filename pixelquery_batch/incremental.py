@@ -19,6 +19,7 @@ State of a job's outputs (all under ``outputs.dir``, through the output layer):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 from collections.abc import Iterable
@@ -80,6 +81,9 @@ class WorkArea:
 
     def clear(self) -> None:
         self.out.delete_prefix(self.prefix)
+        if self.out.is_local:  # no empty .work/ left behind
+            with contextlib.suppress(OSError):  # other jobs' parts, or already gone
+                (self.out.local_path / ".work").rmdir()
 
 
 @dataclass

@@ -24,6 +24,7 @@ from rasterio.warp import reproject
 from rasterio.windows import Window
 from shapely.geometry import box, mapping
 
+from pixelquery_batch import read_table
 from pixelquery_batch.catalog.ingest import ingest
 from pixelquery_batch.catalog.store import resolve_snapshot
 from pixelquery_batch.errors import SpecError
@@ -150,7 +151,7 @@ def _run(tmp_path: Path, archive, *, rule: str = "centre", **overrides):
                          "stats": ["mean", "median", "p90", "min", "max", "count"],
                          "pixels": rule, **overrides})
     result = run_job(spec, cluster="sync")
-    return result, pq.read_table(result.outputs["stats"]).to_pandas()
+    return result, read_table(result.outputs["stats"], None)
 
 
 # --------------------------------------------------------------------------- tests
@@ -285,7 +286,7 @@ def test_baselines_keep_a_constant_reflectance_series_continuous(tmp_path: Path)
     spec = write_spec(tmp_path, repo=repo, fields=fields,
                       scenes={"start": "2022-01-01", "end": "2022-03-01"},
                       bands=["red"], stats=["mean", "count"], masks={"nodata": True, "cloud": None})
-    df = pq.read_table(run_job(spec, cluster="sync").outputs["stats"]).to_pandas()
+    df = read_table(run_job(spec, cluster="sync").outputs["stats"], None)
     for fid in ("A", "B"):
         for var in ("ndvi", "red"):
             a = df[(df.field_id == fid) & (df.scene_id == first.scene_id) & (df.variable == var)].iloc[0]
@@ -366,7 +367,7 @@ def test_landsat_c2_l2_end_to_end(tmp_path: Path) -> None:
     gpd.GeoDataFrame({"id": ["L1"]}, geometry=[geom], crs="EPSG:32633").to_crs(
         "EPSG:4326").to_file(fields, driver="GeoJSON")
     spec = write_spec(tmp_path, repo=repo, fields=fields, bands=[], stats=["mean", "median", "count"])
-    df = pq.read_table(run_job(spec, cluster="sync").outputs["stats"]).to_pandas()
+    df = read_table(run_job(spec, cluster="sync").outputs["stats"], None)
     row = df[df.variable == "ndvi"].iloc[0]
     with rasterio.open(files["SR_B4"]) as a, rasterio.open(files["SR_B5"]) as b, \
             rasterio.open(files["QA_PIXEL"]) as q:

@@ -8,6 +8,7 @@ import geopandas as gpd
 import pytest
 from shapely.geometry import LineString, MultiPolygon, Polygon, box
 
+from pixelquery_batch import read_table
 from pixelquery_batch.api import run_job
 from pixelquery_batch.errors import InputDataError
 from pixelquery_batch.fields import load_fields
@@ -77,12 +78,11 @@ def test_sub_pixel_field_gives_count_zero_and_a_warning(tmp_path: Path, sample_s
     spec = write_spec(tmp_path, repo=sample_repo, fields=path)
     result = run_job(spec, cluster="sync")
     assert any(w["field_id"] == "tiny" and "no pixel" in w["warning"] for w in result.manifest["warnings"])
-    import pyarrow.parquet as pq
 
-    df = pq.read_table(result.outputs["stats"]).to_pandas()
+    df = read_table(result.outputs["stats"], None)
     assert (df["count"] == 0).all()
     assert (df["pixel_count"] == 0).all()
     # with all_touched the same field gets its one pixel
     spec = write_spec(tmp_path, repo=sample_repo, fields=path, pixels="all_touched")
-    df = pq.read_table(run_job(spec, cluster="sync").outputs["stats"]).to_pandas()
+    df = read_table(run_job(spec, cluster="sync").outputs["stats"], None)
     assert (df["pixel_count"] == 1).all()

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import rasterio
 from pyproj import CRS
 from rasterio.features import geometry_mask
 from shapely.geometry import box, mapping
 
+from pixelquery_batch import read_table
 from pixelquery_batch.catalog.ingest import ingest
 from pixelquery_batch.catalog.reader import open_scene
 from pixelquery_batch.catalog.stac import catalog_to_item_collection
@@ -102,7 +102,7 @@ def test_copied_striped_raster_statistics_equal_rasterio(tmp_path: Path) -> None
     spec = write_spec(tmp_path, repo=repo, fields=fields, bands=["slope"], indices={},
                       scenes={"start": "2024-01-01", "end": "2024-12-31"},
                       stats=["mean", "count"], masks={"nodata": True, "cloud": None})
-    df = pq.read_table(run_job(spec, cluster="sync").outputs["stats"]).to_pandas()
+    df = read_table(run_job(spec, cluster="sync").outputs["stats"], None)
     geom_native = gpd.GeoSeries([geom], crs=crs).iloc[0]
     mask = geometry_mask([mapping(geom_native)], out_shape=data.shape, transform=transform, invert=True)
     vals = data[mask & (data != nodata)].astype(np.float64)
@@ -134,7 +134,7 @@ def test_wkt_only_crs_ingests_and_fields_are_reprojected_to_it(tmp_path: Path, f
     spec = write_spec(tmp_path, repo=repo, fields=fields, bands=["elev"], indices={},
                       scenes={"start": "2024-01-01", "end": "2024-12-31"},
                       stats=["mean", "count"], masks={"nodata": True, "cloud": None})
-    row = pq.read_table(run_job(spec, cluster="sync").outputs["stats"]).to_pandas().iloc[0]
+    row = read_table(run_job(spec, cluster="sync").outputs["stats"], None).iloc[0]
     mask = geometry_mask([mapping(geom)], out_shape=data.shape, transform=transform, invert=True)
     vals = data[mask & (data != nodata)].astype(np.float64)
     # the lon/lat round trip may move a vertex by a hair: counts can differ only on the edge

@@ -15,9 +15,9 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 
+from pixelquery_batch import read_table
 from pixelquery_batch.api import run_job
 from pixelquery_batch.errors import TaskError
 
@@ -28,7 +28,8 @@ STATS = ["mean", "std", "min", "max", "median", "p10", "p90", "count", "valid_fr
 
 
 def read_stats(path: Path) -> pd.DataFrame:
-    df = pq.read_table(path).to_pandas()
+    """The current rows of a stats table (Delta), without the id of the run that wrote them."""
+    df = read_table(path, None).drop(columns=["run_id"])
     return df.sort_values(["field_id", "scene_id", "variable"]).reset_index(drop=True)
 
 
@@ -158,14 +159,19 @@ def test_failing_unit_surfaces_ids(sample_small, sample_repo, tmp_path) -> None:
     before = read_stats(result.outputs["stats"])
     manifest_before = Path(result.manifest_path).read_text()
     spec = write_spec(tmp_path, repo=tmp_path / "repo", fields=sample_small.fields_path, on_error="fail")
+    # known failures are in the ledger: a plain rerun leaves them alone, --retry-failed
+    # computes them again, and with on_error: fail the first one stops the run
+    assert run_job(spec, cluster="sync").manifest["execution"]["pairs_computed"] == 0
+    manifest_before = Path(result.manifest_path).read_text()
     with pytest.raises(TaskError) as err:
-        run_job(spec, cluster="sync")
+        run_job(spec, cluster="sync", retry_failed=True)
     assert err.value.scene_id == victim.parent.name
     assert err.value.field_id
-    # the failed run changed nothing: same table, same manifest, no staging left behind
+    # the failed run changed nothing published: same table, same manifest, no run staging
+    # left behind (only .work: units it finished, reused by the next run)
     pd.testing.assert_frame_equal(read_stats(result.outputs["stats"]), before)
     assert Path(result.manifest_path).read_text() == manifest_before
-    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".staging")]
 
 
 def test_local_cluster_matches_sync(sync_run, sample_small, sample_repo, tmp_path) -> None:

@@ -11,6 +11,7 @@ import pytest
 import rasterio
 
 import pixelquery_batch as pqb
+from pixelquery_batch import read_table
 from pixelquery_batch.catalog.ingest import ingest
 
 from .conftest import write_spec
@@ -61,11 +62,10 @@ def test_ingest_open_and_run_on_s3(s3_env, sample_small, tmp_path: Path) -> None
     assert ingest(str(sample_small.cog_dir), str(local_repo)).ok
     spec = write_spec(tmp_path, repo=local_repo, fields=sample_small.fields_path, out="localout")
     local = pqb.run_job(spec, cluster="sync")
-    import pyarrow.parquet as pq
 
     cols = ["field_id", "scene_id", "variable", "mean", "median", "count", "cloud_count"]
-    a = pq.read_table(on_s3.outputs["stats"]).to_pandas()[cols].sort_values(cols[:3]).reset_index(drop=True)
-    b = pq.read_table(local.outputs["stats"]).to_pandas()[cols].sort_values(cols[:3]).reset_index(drop=True)
+    a = read_table(on_s3.outputs["stats"], None)[cols].sort_values(cols[:3]).reset_index(drop=True)
+    b = read_table(local.outputs["stats"], None)[cols].sort_values(cols[:3]).reset_index(drop=True)
     import pandas as pd
 
     pd.testing.assert_frame_equal(a, b)

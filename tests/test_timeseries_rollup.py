@@ -10,12 +10,12 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 import rasterio
 from rasterio.features import geometry_mask
 from shapely.geometry import Point, box, mapping
 
+from pixelquery_batch import read_table
 from pixelquery_batch.api import run_job
 from pixelquery_batch.catalog.ingest import ingest
 from pixelquery_batch.errors import InputDataError, SpecError
@@ -36,7 +36,7 @@ SCALE, OFFSET = 1e-4, -0.1  # the hand-made 2025 tiles below (processing baselin
 
 
 def table(path: Path) -> pd.DataFrame:
-    return pq.read_table(path).to_pandas()
+    return read_table(path, None)
 
 
 # --------------------------------------------------------------------------- field time series
