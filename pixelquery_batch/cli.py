@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,14 @@ def _handle_errors[F: Callable[..., Any]](func: F) -> F:
             return func(*args, **kwargs)
         except PixelQueryError as exc:
             click.echo(f"error: {exc}", err=True)
+            sys.exit(exit_code_for(exc))
+        except KeyboardInterrupt:
+            click.echo("interrupted: the next run resumes from the finished units", err=True)
+            sys.exit(130)
+        except Exception as exc:  # a bug, not bad input: say so, keep the traceback in the log
+            logging.getLogger("pixelquery_batch").debug("unexpected error", exc_info=True)
+            click.echo(f"internal error: {type(exc).__name__}: {exc} (a bug: please report it; "
+                       "--log-level DEBUG shows the traceback)", err=True)
             sys.exit(exit_code_for(exc))
 
     return wrapper  # type: ignore[return-value]
@@ -318,6 +327,13 @@ def plan_cmd(spec: Path, as_json: bool) -> None:
         click.echo(f"  decoded bytes (est.):  {summary['bytes_decoded_estimate'] / 1e6:.1f} MB")
         for w in summary["warnings"]:
             click.echo(f"  warning: {w}")
+        inc = summary.get("incremental")
+        if inc:
+            click.echo(f"  to compute now:        {inc['pairs_to_compute']} pair(s) in {inc['tasks']} "
+                       f"task(s) ({inc['pairs_in_outputs']} in the outputs, "
+                       f"{inc['pairs_staged_by_an_unfinished_run']} staged by an unfinished run, "
+                       f"{inc['pairs_in_failure_ledger']} in the failure ledger)")
+            click.echo(f"  why:                   {inc['reason']}")
     if "points" in summary:
         p = summary["points"]
         click.echo(f"  points:                {p['fields']} ({p['fields_matched']} in some scene), "

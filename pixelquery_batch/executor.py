@@ -328,13 +328,15 @@ def _execute_on(client: Any, units: list[WorkUnit], ctx: JobContext, summary: Ex
                                            "dashboard": summary.dashboard_link})
     if on_start:
         on_start(summary)
-    [ctx_future] = client.scatter([ctx], broadcast=True, hash=False)
+    # the context (~1 KB) travels inside each task rather than scattered: scattered data
+    # cannot be recomputed, so a worker dying while holding the only replica would fail
+    # every unit with "already forgotten"; in the task it survives any worker
     by_key: dict[str, WorkUnit] = {}
     futures = []
     for unit in units:
         key = f"pqb-unit-{ctx.job_hash}-{unit.unit_id}"
         by_key[key] = unit
-        futures.append(client.submit(run_unit, unit, ctx_future, key=key, retries=retries, pure=False))
+        futures.append(client.submit(run_unit, unit, ctx, key=key, retries=retries, pure=False))
     done = 0
     try:
         for fut in as_completed(futures):
@@ -364,7 +366,8 @@ def execute_rollup(
     ``merge_rollup_results`` tasks), so the client only receives the final, small map
     and never any pixel.
     """
-    from .tasks import RollupResult, merge_rollup_results, run_rollup_unit
+    from .tasks import RollupResult, merge_rollup_results
+    from .tasks import run_rollup_unit_guarded as run_rollup_unit
 
     if not units:
         return RollupResult({}, {}, units=0)
@@ -381,8 +384,7 @@ def execute_rollup(
     from distributed import as_completed
 
     client = cluster
-    [rctx_future] = client.scatter([rctx], broadcast=True, hash=False)
-    futures = [client.submit(run_rollup_unit, u, rctx_future, retries=retries, pure=False,
+    futures = [client.submit(run_rollup_unit, u, rctx, retries=retries, pure=False,
                              key=f"pqb-rollup-{rctx.job.job_hash}-{u.unit_id}") for u in units]
     level = list(futures)
     while len(level) > 1:
@@ -409,7 +411,7 @@ def execute_map(fn: Callable[..., Any], units: list[Any], *args: Any, cluster: s
                 progress: ProgressFn | None = None, stage: str = "units", retries: int = 1,
                 key_prefix: str = "pqb") -> list[Any]:
     """Run ``fn(unit, *args)`` for every unit (in-process or on the client's cluster) and
-    return the results in unit order; shared arguments are sent to the workers once."""
+    return the results in unit order (shared arguments travel inside each task)."""
     if progress:
         progress(stage, 0, len(units))
     if cluster == "sync":
@@ -422,7 +424,7 @@ def execute_map(fn: Callable[..., Any], units: list[Any], *args: Any, cluster: s
     from distributed import as_completed
 
     client = cluster
-    shared = client.scatter(list(args), broadcast=True, hash=False) if args else []
+    shared = list(args)  # small (contexts, sinks): inside each task, see _execute_on
     futures = [client.submit(fn, u, *shared, retries=retries, pure=False,
                              key=f"{key_prefix}-{getattr(u, 'unit_id', i)}")
                for i, u in enumerate(units)]

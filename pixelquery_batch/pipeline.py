@@ -278,7 +278,9 @@ def plan_summary(job: PreparedJob) -> dict[str, Any]:
 
     out: dict[str, Any] = {"job": job.spec.name, "snapshot_id": job.ref.snapshot_id}
     if job.fields is not None:
-        out.update(plan_prepared(job).summary())
+        full = plan_prepared(job)
+        out.update(full.summary())
+        out["incremental"] = _incremental_summary(job, full)
     if job.points is not None:
         out["points"] = plan_job(job.scenes, job.points, bands=job.bands,
                                  optional_bands=job.optional_bands, rule="point",
@@ -290,6 +292,40 @@ def plan_summary(job: PreparedJob) -> dict[str, Any]:
                                     optional_bands=job.optional_bands, period_of=period_of,
                                     resolution=job.spec.resolution).summary()
     return out
+
+
+def _incremental_summary(job: PreparedJob, full: Plan) -> dict[str, Any]:
+    """What ``pqb run`` would compute given what the outputs hold, and why."""
+    from .incremental import STATS, field_hashes, load_state
+    from .planner import restrict_plan
+    from .writers import delta
+
+    spec = job.spec
+    out = output_location(spec, job.ref.profile)
+    result_hash = spec.result_hash()
+    state = load_state(out, result_hash, field_hashes(job.fields),
+                       need_days=spec.outputs.timeseries is not None)
+    todo = restrict_plan(full, lambda f, s: state.is_done(f, s))
+    if not state.table_exists:
+        reason = "first run: no stats table in the output location yet"
+    elif state.other_result_rows and not state.done:
+        prev = delta.read(out, STATS, columns=["result_hash"])
+        old = sorted(set(prev.column("result_hash").to_pylist())) if prev is not None else []
+        reason = (f"the spec changes what the results mean (result hash {', '.join(old)} -> "
+                  f"{result_hash}: repository, bands/indices, statistics, pixel rule, masks or "
+                  "resolution): every pair is recomputed and the table overwritten")
+    elif state.rebuild:
+        reason = "time series requested but no day rows stored: every pair is recomputed"
+    elif todo.n_pairs == 0:
+        reason = "nothing new: every pair is in the outputs (or in the failure ledger)"
+    else:
+        reason = (f"{todo.n_pairs} pair(s) missing from the outputs: new scenes or fields"
+                  + (f"; {len(state.stale_fields)} field(s) with a changed geometry"
+                     if state.stale_fields else ""))
+    return {"pairs_to_compute": todo.n_pairs, "tasks": len(todo.units),
+            "pairs_in_outputs": len(state.done), "pairs_staged_by_an_unfinished_run":
+            len(state.staged), "pairs_in_failure_ledger": len(state.failed),
+            "fields_with_changed_geometry": sorted(state.stale_fields)[:50], "reason": reason}
 
 
 def validate_job(spec_path: str | os.PathLike[str]) -> list[str]:
@@ -746,7 +782,7 @@ def _run_fields(job: PreparedJob, full: Plan, plan: Plan, state: Any, client: An
                 replace_all=replace_all, upsert=True, metadata=meta)
         _stage_day_buckets(job, stage, hashes, result_hash)
         try:
-            series = _run_timeseries(job, client, sink, outputs, progress)
+            series = _run_timeseries(job, client, sink, outputs, progress, manifest)
         finally:
             stage.delete_prefix(".days")
     _record_failures(root, job, summary.failures, run_id, result_hash, computed,
@@ -823,8 +859,9 @@ def _record_failures(out: Location, job: PreparedJob, failures: list[dict[str, A
         err = f.get("error", "")
         rows.append({"result_hash": result_hash, "field_id": str(f.get("field_id") or ""),
                      "scene_id": str(f.get("scene_id") or ""), "unit_id": f.get("unit_id", ""),
-                     "stage": "stats", "error_class": err.split(":", 1)[0],
-                     "message": err[:300], "attempts": 2, "run_id": run_id, "resolved": False})
+                     "stage": f.get("stage", "stats"), "error_class": err.split(":", 1)[0],
+                     "message": err[:300], "attempts": int(f.get("attempts", 2)),
+                     "run_id": run_id, "resolved": False})
         digest = hashlib.sha256(err.encode()).hexdigest()[:12]
         if digest not in seen and f.get("traceback"):
             seen.add(digest)
@@ -845,7 +882,7 @@ def _record_failures(out: Location, job: PreparedJob, failures: list[dict[str, A
         manifest["failure_log"] = out.display(f"logs/{run_id}.log")
     manifest["failures"].extend({k: v for k, v in f.items() if k != "traceback"}
                                 for f in failures[:1000])
-    manifest["failures_total"] = len(failures)
+    manifest["failures_total"] = manifest.get("failures_total", 0) + len(failures)
 
 
 def _export_stats(job: PreparedJob, root: Location, stage: Location, outputs: dict[str, str]) -> str:
@@ -879,13 +916,14 @@ def _export_stats(job: PreparedJob, root: Location, stage: Location, outputs: di
 
 
 def _run_timeseries(job: PreparedJob, client: Any, sink: OutputSink, outputs: dict[str, str],
-                    progress: ProgressFn | None) -> pd.DataFrame:
+                    progress: ProgressFn | None, manifest: dict[str, Any]) -> pd.DataFrame:
     """Composite the day rows into per-field series, one task per bucket of fields (on the
     cluster: the client never holds every day row); returns the long series."""
     import pyarrow.csv as pacsv
 
     from .executor import execute_map
-    from .tasks import SeriesBucket, SeriesContext, composite_bucket
+    from .tasks import SeriesBucket, SeriesContext
+    from .tasks import composite_bucket_guarded as composite_bucket
     from .writers import read_parquet_prefix
 
     stage = sink.stage
@@ -898,6 +936,7 @@ def _run_timeseries(job: PreparedJob, client: Any, sink: OutputSink, outputs: di
         variables=tuple(ts.variables) if ts.variables else None,
         scene_times=tuple(str(t) for t in job.scenes.table.column("datetime").to_pylist()),
         wide=ts.wide, snapshot_id=job.ref.snapshot_id, job_hash=job.spec.job_hash(),
+        on_error=job.spec.on_error,
     )
     keys = stage.list(".days")
     names = sorted({k.rsplit("/", 1)[0] for k in keys})
@@ -908,6 +947,7 @@ def _run_timeseries(job: PreparedJob, client: Any, sink: OutputSink, outputs: di
                           progress=progress, stage="timeseries",
                           key_prefix=f"pqb-series-{sctx.job_hash}")
     _write_returned(stage, results)
+    _stage_failures(job, stage, results, manifest)
     tables = ["timeseries"] + (["timeseries_wide"] if ts.wide else [])
     long = None
     for name in tables:
@@ -929,6 +969,15 @@ def _run_timeseries(job: PreparedJob, client: Any, sink: OutputSink, outputs: di
                     pa.Table.from_pandas(_empty_series(), preserve_index=False)))
             outputs[name] = name
     return long
+
+
+def _stage_failures(job: PreparedJob, stage: Location, results: list[Any],
+                    manifest: dict[str, Any]) -> None:
+    """Failure records of a stage's units (``on_error: skip``) -> the ledger."""
+    failures = [r["failure"] for r in results if isinstance(r, dict) and "failure" in r]
+    if failures:
+        _record_failures(stage_root(stage), job, failures, manifest["run_id"],
+                         job.spec.result_hash(), set(), manifest)
 
 
 def _write_returned(stage: Location, results: list[dict[str, Any]]) -> None:
@@ -1058,7 +1107,9 @@ def _run_pixel_rollup(job: PreparedJob, client: Any, stage: Location, outputs: d
     manifest["rollup"] = {"plan": plan.summary(), "units": result.units,
                           "chunks_read": result.chunks_read,
                           "unit_s_total": round(result.duration_s, 3)}
-    manifest["failures"].extend(result.failures)
+    if result.failures:
+        _record_failures(stage_root(stage), job, [{"stage": "rollup", **f} for f in result.failures],
+                         manifest["run_id"], job.spec.result_hash(), set(), manifest)
 
 
 def _composite_units(job: PreparedJob) -> tuple[Any, ...]:
@@ -1079,15 +1130,16 @@ def _run_composites(job: PreparedJob, client: Any, sink: OutputSink, outputs: di
     """Composite rasters per region and period: COGs written by the workers (or sent back
     to the client, see :func:`output_sink`) into ``composites/`` of the run's stage."""
     from .executor import execute_map
-    from .tasks import run_composite_unit
+    from .tasks import run_composite_unit_guarded as run_composite_unit
 
     units = _composite_units(job)
     results = execute_map(run_composite_unit, list(units), job.context(), sink,
                           cluster=client, progress=progress, stage="composites",
                           key_prefix=f"pqb-composite-{job.spec.job_hash()}")
     _write_returned(sink.stage, results)
+    _stage_failures(job, sink.stage, results, manifest)
     outputs["composites"] = "composites"
-    manifest["composites"] = results
+    manifest["composites"] = [r for r in results if "failure" not in r]
 
 
 def _run_field_rollup(job: PreparedJob, long: pd.DataFrame | None, stage: Location,

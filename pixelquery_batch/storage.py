@@ -357,6 +357,19 @@ class Location:
         except (FileNotFoundError, obstore.exceptions.NotFoundError):
             return []
 
+    def list_dirs(self, prefix: str = "") -> list[str]:
+        """Names of the directories (common prefixes) directly under ``prefix``."""
+        if self.is_local:
+            base = self.local_path / prefix
+            return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+        pfx = prefix.strip("/")
+
+        def run() -> list[str]:
+            res = obstore.list_with_delimiter(self.store(), prefix=pfx or None)
+            return [p.rstrip("/").rsplit("/", 1)[-1] for p in res["common_prefixes"]]
+
+        return sorted(with_retries("list", self.display(prefix), run))
+
     def delete(self, keys: Iterable[str]) -> None:
         """Delete objects (missing ones are ignored)."""
         keys = list(keys)

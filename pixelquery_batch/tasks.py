@@ -34,7 +34,7 @@ __all__ = ["JobContext", "UnitResult", "read_bands", "result_schema", "run_unit"
 
 @dataclass(frozen=True, slots=True)
 class JobContext:
-    """Everything units share (sent to each worker once)."""
+    """Everything units share (small: it travels inside each task)."""
 
     repo: RepoRef
     job_hash: str
@@ -522,6 +522,62 @@ class _RegionPart:
     window: tuple[int, int, int, int]
 
 
+def guarded(fn: Any, stage: str, on_error: str, failed: Any) -> Any:
+    """``fn`` under the job's failure policy, the same for every stage: an exception
+    escaping a unit becomes, under ``on_error: fail``, a :class:`TaskError` naming the
+    unit and stage; under ``skip``, ``failed(record)`` (the stage's empty result carrying
+    the failure record) after one more try. Use as ``guarded(run, "rollup", ...)(unit, ...)``."""
+    def run(unit: Any, *args: Any) -> Any:
+        uid = getattr(unit, "unit_id", "?")
+        for attempt in (1, 2):
+            try:
+                return fn(unit, *args)
+            except TaskError:
+                raise
+            except Exception as exc:
+                if on_error == "fail":
+                    raise TaskError(f"{stage} unit {uid} failed: {type(exc).__name__}: {exc}",
+                                    unit_id=uid, stage=stage) from exc
+                if attempt == 2:
+                    return failed({"unit_id": uid, "stage": stage, "attempts": attempt,
+                                   "scene_id": "+".join(s.scene_id for s in getattr(unit, "scenes", ())),
+                                   "field_id": _unit_subject(unit),
+                                   "error": f"{type(exc).__name__}: {exc}",
+                                   "traceback": "".join(traceback.format_exception(exc))[-2000:]})
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    return run
+
+
+def _unit_subject(unit: Any) -> str:
+    """What a unit is about, for failure records: its region or bucket."""
+    for name in ("region_id", "key"):
+        value = getattr(unit, name, None)
+        if value:
+            return str(value)
+    regions = getattr(unit, "regions", None)
+    return ",".join(r.region_id for r in regions)[:200] if regions else ""
+
+
+def run_rollup_unit_guarded(unit: Any, rctx: RollupContext) -> RollupResult:
+    """:func:`run_rollup_unit` under the job's failure policy."""
+    return guarded(run_rollup_unit, "rollup", rctx.job.on_error,
+                   lambda rec: RollupResult({}, {}, 0, 0.0, 1, [rec]))(unit, rctx)
+
+
+def run_composite_unit_guarded(unit: Any, ctx: JobContext, sink: OutputSink) -> dict[str, Any]:
+    """:func:`run_composite_unit` under the job's failure policy."""
+    return guarded(run_composite_unit, "composites", ctx.on_error,
+                   lambda rec: {"region_id": unit.region_id, "period_start": unit.period_start,
+                                "failure": rec, "files": []})(unit, ctx, sink)
+
+
+def composite_bucket_guarded(bucket: Any, sctx: Any, sink: OutputSink) -> dict[str, Any]:
+    """:func:`composite_bucket` under the job's failure policy."""
+    return guarded(composite_bucket, "timeseries", sctx.on_error,
+                   lambda rec: {"rows": 0, "files": [], "failure": rec})(bucket, sctx, sink)
+
+
 def run_rollup_unit(unit: Any, rctx: RollupContext, reader: ChunkReader | None = None) -> RollupResult:
     """Partials of every region part of one block, per period and variable.
 
@@ -687,6 +743,7 @@ class SeriesContext:
     wide: bool
     snapshot_id: str
     job_hash: str
+    on_error: str = "skip"
 
 
 def field_bucket(field_id: str, n_buckets: int) -> int:

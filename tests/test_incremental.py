@@ -213,4 +213,140 @@ def test_sigkill_of_the_client_then_rerun_resumes(sample_small, sample_repo, tmp
     pd.testing.assert_frame_equal(series_of(tmp_path / "out"), series_of(tmp_path / "fresh"),
                                   check_exact=True)
     assert not work.exists() or not list(work.rglob("*.parquet"))
+    # what the killed run staged for its other outputs is gone too (its process is dead)
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith((".staging", ".old"))]
     assert doc["name"] == "test-job"
+
+
+def test_one_failure_policy_for_every_stage(archive, sample_small, tmp_path: Path) -> None:
+    """A COG missing at run time: under on_error: skip the stats pairs, the rollup days and
+    the composites that need it are skipped and land in the ledger, the rest is
+    published (run status partial); under on_error: fail the first failure stops the run
+    with an error naming its unit and stage, and nothing is published."""
+    from pixelquery_batch.errors import TaskError
+
+    cogs, add_day2 = archive
+    add_day2()
+    repo = tmp_path / "repo"
+    assert ingest(str(cogs), str(repo), product="sentinel2-l2a", pattern=sample_small.pattern).ok
+    victim = sorted(cogs.glob("*/B04.tif"))[1]
+    os.rename(victim, victim.with_suffix(".hidden"))
+    outputs = {"dir": str(tmp_path / "out"), "stats": {"format": "parquet"},
+               "timeseries": {"period": "month", "aggregation": "mean"},
+               "rollup": {"regions": {"path": str(sample_small.regions_path)}, "period": "month",
+                          "kinds": ["pixel"], "stats": ["mean", "count"],
+                          "composite": {"crs": "EPSG:3035", "resolution": 40, "method": "median"}}}
+    spec = write_spec(tmp_path, repo=repo, fields=sample_small.fields_path, outputs=outputs)
+    result = run_job(spec, cluster="sync")
+    ledger = read_ledger(tmp_path / "out")
+    assert set(ledger["stage"]) == {"stats", "rollup", "composites"}
+    assert ledger["message"].str.contains("B04").all()
+    assert read_runs(tmp_path / "out")["status"].iloc[0] == "partial"
+    assert len(read_table(tmp_path / "out", "timeseries")) > 0
+    assert len(read_table(tmp_path / "out", "rollup")) > 0
+    published = sorted(p.name for p in (tmp_path / "out" / "composites").iterdir())
+    failed_composites = ledger[ledger["stage"] == "composites"]
+    assert len(published) == len(result.manifest["composites"]) > 0
+    assert len(failed_composites) > 0
+    assert result.manifest["failures_total"] >= len(ledger)
+    strict = write_spec(tmp_path, repo=repo, fields=sample_small.fields_path, name="strict",
+                        on_error="fail", outputs={**outputs, "dir": str(tmp_path / "strict")})
+    with pytest.raises(TaskError, match=r"B04\.tif"):
+        run_job(strict, cluster="sync")
+    assert not (tmp_path / "strict" / "manifest.json").exists()
+    # with the file back, a clean run has exactly the skipped composites more
+    os.rename(victim.with_suffix(".hidden"), victim)
+    clean = write_spec(tmp_path, repo=repo, fields=sample_small.fields_path, name="clean",
+                       outputs={**outputs, "dir": str(tmp_path / "clean")})
+    run_job(clean, cluster="sync")
+    assert len(list((tmp_path / "clean" / "composites").iterdir())) == len(published) + len(failed_composites)
+
+
+def test_a_killed_worker_is_replaced_and_the_output_is_identical(sample_small, sample_repo,
+                                                                  tmp_path: Path) -> None:
+    """SIGKILL a worker process mid-run: its nanny restarts it, Dask reschedules its
+    units, the run completes with the same rows as a synchronous run."""
+    import threading
+
+    from distributed import Client
+
+    from pixelquery_batch.testing.cluster import separate_cluster
+
+    env = {**os.environ, "PIXELQUERY_TEST_UNIT_DELAY_S": "0.5"}
+    spec = nightly_spec(tmp_path, sample_repo, sample_small.fields_path, "out")
+    with separate_cluster(workers=2, env=env, log_path=tmp_path / "cluster.log") as cluster, \
+            Client(cluster.address) as client:
+        pids = client.run(os.getpid)
+        box: dict[str, object] = {}
+        runner = threading.Thread(target=lambda: box.update(r=run_job(spec, cluster=cluster.address)))
+        runner.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(client.processing().values()):
+            time.sleep(0.05)
+        busy = [w for w, tasks in client.processing().items() if tasks]
+        os.kill(pids[busy[0]], signal.SIGKILL)
+        runner.join(timeout=180)
+        assert not runner.is_alive()
+        assert f"Worker process {pids[busy[0]]} was killed by signal 9" in cluster.logs()
+    result = box["r"]
+    assert result.ok, result.manifest["failures"][:2]
+    fresh = nightly_spec(tmp_path, sample_repo, sample_small.fields_path, "fresh", name="fresh")
+    run_job(fresh, cluster="sync")
+    pd.testing.assert_frame_equal(stats_of(tmp_path / "out"), stats_of(tmp_path / "fresh"),
+                                  check_exact=True)
+    pd.testing.assert_frame_equal(series_of(tmp_path / "out"), series_of(tmp_path / "fresh"),
+                                  check_exact=True)
+
+
+def test_ingest_during_a_run_does_not_change_what_the_run_reads(archive, sample_small,
+                                                                tmp_path: Path) -> None:
+    """The run reads the snapshot it resolved at its start; scenes ingested meanwhile are
+    computed by the next run."""
+    import json
+
+    from pixelquery_batch import open_catalog
+
+    cogs, add_day2 = archive
+    repo = tmp_path / "repo"
+    assert ingest(str(cogs), str(repo), product="sentinel2-l2a", pattern=sample_small.pattern).ok
+    pinned = open_catalog(repo)
+    spec = nightly_spec(tmp_path, repo, sample_small.fields_path, "out",
+                        cluster={"n_workers": 1, "threads_per_worker": 1, "processes": False,
+                                 "dashboard": False})
+    env = {**os.environ, "PIXELQUERY_TEST_UNIT_DELAY_S": "1.5"}
+    proc = subprocess.Popen([sys.executable, "-m", "pixelquery_batch.cli", "run", str(spec)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    work = tmp_path / "out" / ".work"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not work.exists():
+        time.sleep(0.05)
+    add_day2()  # ingested while the run computes
+    assert ingest(str(cogs), str(repo), product="sentinel2-l2a", pattern=sample_small.pattern).ok
+    assert proc.poll() is None, "the run ended before the ingest: the test proves nothing"
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["repository"]["snapshot_id"] == pinned.snapshot_id
+    assert set(read_table(tmp_path / "out", "stats")["scene_id"]) == set(pinned.ids)
+    nxt = run_job(spec, cluster="sync")
+    assert nxt.manifest["repository"]["snapshot_id"] != pinned.snapshot_id
+    assert set(read_table(tmp_path / "out", "stats")["scene_id"]) == set(open_catalog(repo).ids)
+
+
+def test_pqb_plan_says_what_a_run_would_recompute(sample_small, sample_repo, tmp_path: Path) -> None:
+    from pixelquery_batch.pipeline import plan_summary, prepare_job
+
+    spec = nightly_spec(tmp_path, sample_repo, sample_small.fields_path, "out")
+    before = plan_summary(prepare_job(spec))["incremental"]
+    assert before["pairs_to_compute"] == plan_summary(prepare_job(spec))["field_scene_pairs"]
+    assert before["reason"].startswith("first run")
+    run_job(spec, cluster="sync")
+    after = plan_summary(prepare_job(spec))["incremental"]
+    assert after["pairs_to_compute"] == 0 and after["reason"].startswith("nothing new")
+    changed = nightly_spec(tmp_path, sample_repo, sample_small.fields_path, "out",
+                           stats=["mean", "count", "valid_fraction"])
+    inc = plan_summary(prepare_job(changed))["incremental"]
+    assert inc["pairs_to_compute"] == before["pairs_to_compute"]
+    assert "changes what the results mean" in inc["reason"]
+    out = subprocess.run([sys.executable, "-m", "pixelquery_batch.cli", "plan", str(changed)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "every pair is recomputed" in out.stdout

@@ -9,7 +9,11 @@ the previous one, so a run that fails half-way changes nothing that was publishe
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
+import socket
+import time
 import uuid
 from collections.abc import Callable
 
@@ -18,6 +22,19 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from ..storage import Location
+
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
 
 __all__ = ["RunOutputs", "TableWriter", "parquet_bytes", "read_parquet_prefix"]
 
@@ -125,10 +142,38 @@ class RunOutputs:
     run's. On a local disk each output is swapped by renames; on S3 by server-side copies.
     """
 
+    #: Staging prefixes of runs older than this are leftovers of killed runs: removed.
+    STALE_S = 24 * 3600
+
     def __init__(self, out: Location) -> None:
         self.out = out
-        self.stage_key = f".staging-run-{uuid.uuid4().hex[:8]}"
+        now = time.time()
+        self.stage_key = f".staging-run-{int(now)}-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.stage = out.child(self.stage_key)
+        self.removed = self.clean_stale(now)
+
+    def clean_stale(self, now: float) -> list[str]:
+        """Remove the staging prefixes (and swapped-out ``.old-*`` directories) that killed
+        runs left behind; returns them. A run's prefix is stale when the process that made
+        it is gone (same host), or when it started more than :attr:`STALE_S` ago."""
+        removed = []
+        for name in self.out.list_dirs():
+            if name.startswith(".old-"):
+                stale = True
+            elif name.startswith(".staging-run-"):
+                parts = name.split("-")  # .staging-run-<start>-<host>-<pid>-<rand>
+                try:
+                    started, host, pid = int(parts[2]), parts[3], int(parts[4])
+                except (IndexError, ValueError):
+                    stale = True  # an older layout
+                else:
+                    stale = now - started > self.STALE_S or (host == _HOST and not _alive(pid))
+            else:
+                continue
+            if stale:
+                self.out.delete_prefix(name)
+                removed.append(name)
+        return removed
 
     def publish(self, staged: dict[str, str]) -> dict[str, str]:
         """Move the staged outputs (name -> key in the stage) into the output location;
