@@ -17,7 +17,6 @@ from pathlib import Path
 import geopandas as gpd
 import pandas as pd
 import pytest
-import yaml
 
 from pixelquery_batch import read_runs, read_table, run_job
 from pixelquery_batch.api import read_ledger
@@ -39,6 +38,17 @@ def series_of(out: Path) -> pd.DataFrame:
     df = read_table(out, "timeseries")
     cols = [c for c in TS if c in df.columns]
     return df[cols].sort_values(cols[:3]).reset_index(drop=True)
+
+
+def assert_same_as_fresh_run(tmp_path: Path, repo: Path, fields: Path, out: str, **extra) -> None:
+    """A from-scratch run of the same job into ``fresh-<out>`` gives exactly the rows (and
+    the time series) the incremental runs left in ``out``."""
+    fresh = nightly_spec(tmp_path, repo, fields, f"fresh-{out}", name=f"fresh-{out}", **extra)
+    run_job(fresh, cluster="sync")
+    pd.testing.assert_frame_equal(stats_of(tmp_path / out), stats_of(tmp_path / f"fresh-{out}"),
+                                  check_exact=True)
+    pd.testing.assert_frame_equal(series_of(tmp_path / out), series_of(tmp_path / f"fresh-{out}"),
+                                  check_exact=True)
 
 
 def scene_dirs(sample) -> list[Path]:
@@ -105,12 +115,7 @@ def test_day1_then_day2_equals_one_run_over_both(archive, sample_small, tmp_path
     assert 0 < ex["pairs_computed"] < n1  # only the new scene's pairs
     assert ex["pairs_reused"] == n1
     assert run_job(spec, cluster="sync").manifest["execution"]["pairs_computed"] == 0
-    once = nightly_spec(tmp_path, repo, sample_small.fields_path, "once", name="once")
-    run_job(once, cluster="sync")
-    pd.testing.assert_frame_equal(stats_of(tmp_path / "nightly"), stats_of(tmp_path / "once"),
-                                  check_exact=True)
-    pd.testing.assert_frame_equal(series_of(tmp_path / "nightly"), series_of(tmp_path / "once"),
-                                  check_exact=True)
+    assert_same_as_fresh_run(tmp_path, repo, sample_small.fields_path, "nightly")
     # the rows carry the snapshot they were computed with
     snaps = read_table(tmp_path / "nightly", "stats").groupby("scene_id")["snapshot_id"].nunique()
     assert (snaps == 1).all()
@@ -135,10 +140,7 @@ def test_spec_changes_recompute_exactly_what_they_affect(sample_small, sample_re
     pd.concat([moved, extra]).to_file(path)
     ex = run_job(spec, cluster="sync").manifest["execution"]
     assert ex["pairs_computed"] == 2 * n_scenes
-    fresh = nightly_spec(tmp_path, sample_repo, path, "fresh", name="fresh")
-    run_job(fresh, cluster="sync")
-    pd.testing.assert_frame_equal(stats_of(tmp_path / "out"), stats_of(tmp_path / "fresh"),
-                                  check_exact=True)
+    assert_same_as_fresh_run(tmp_path, sample_repo, path, "out")
     # another statistic list changes every row: everything is recomputed, the table
     # holds the new rows only (the old ones stay readable in its history)
     stats2 = nightly_spec(tmp_path, sample_repo, path, "out",
@@ -173,10 +175,7 @@ def test_failures_go_to_the_ledger_and_retry_failed_retries_only_them(archive, s
     retried = run_job(spec, cluster="sync", retry_failed=True)
     assert retried.manifest["execution"]["pairs_computed"] == n_failed
     assert read_ledger(tmp_path / "out").empty
-    once = nightly_spec(tmp_path, repo, sample_small.fields_path, "once", name="once")
-    run_job(once, cluster="sync")
-    pd.testing.assert_frame_equal(stats_of(tmp_path / "out"), stats_of(tmp_path / "once"),
-                                  check_exact=True)
+    assert_same_as_fresh_run(tmp_path, repo, sample_small.fields_path, "out")
     runs = read_runs(tmp_path / "out")
     assert list(runs["status"])[::-1] == ["partial", "ok", "ok"]
 
@@ -187,7 +186,6 @@ def test_sigkill_of_the_client_then_rerun_resumes(sample_small, sample_repo, tmp
     spec = nightly_spec(tmp_path, sample_repo, sample_small.fields_path, "out",
                         cluster={"n_workers": 1, "threads_per_worker": 1, "processes": False,
                                  "dashboard": False})
-    doc = yaml.safe_load(spec.read_text())
     work = tmp_path / "out" / ".work"
     env = {**os.environ, "PIXELQUERY_TEST_UNIT_DELAY_S": "0.4"}  # slow units down: time to kill
     proc = subprocess.Popen([sys.executable, "-m", "pixelquery_batch.cli", "run", str(spec)],
@@ -205,17 +203,11 @@ def test_sigkill_of_the_client_then_rerun_resumes(sample_small, sample_repo, tmp
     ex = result.manifest["execution"]
     assert ex["pairs_resumed"] > 0
     assert ex["pairs_computed"] < result.manifest["plan"]["field_scene_pairs"]
-    fresh = nightly_spec(tmp_path, sample_repo, sample_small.fields_path, "fresh", name="fresh")
-    run_job(fresh, cluster="sync")
-    got = stats_of(tmp_path / "out")
-    assert not got.duplicated(VALUES[:3]).any()
-    pd.testing.assert_frame_equal(got, stats_of(tmp_path / "fresh"), check_exact=True)
-    pd.testing.assert_frame_equal(series_of(tmp_path / "out"), series_of(tmp_path / "fresh"),
-                                  check_exact=True)
+    assert not stats_of(tmp_path / "out").duplicated(VALUES[:3]).any()
+    assert_same_as_fresh_run(tmp_path, sample_repo, sample_small.fields_path, "out")
     assert not work.exists() or not list(work.rglob("*.parquet"))
     # what the killed run staged for its other outputs is gone too (its process is dead)
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith((".staging", ".old"))]
-    assert doc["name"] == "test-job"
 
 
 def test_one_failure_policy_for_every_stage(archive, sample_small, tmp_path: Path) -> None:
@@ -290,12 +282,7 @@ def test_a_killed_worker_is_replaced_and_the_output_is_identical(sample_small, s
         assert f"Worker process {pids[busy[0]]} was killed by signal 9" in cluster.logs()
     result = box["r"]
     assert result.ok, result.manifest["failures"][:2]
-    fresh = nightly_spec(tmp_path, sample_repo, sample_small.fields_path, "fresh", name="fresh")
-    run_job(fresh, cluster="sync")
-    pd.testing.assert_frame_equal(stats_of(tmp_path / "out"), stats_of(tmp_path / "fresh"),
-                                  check_exact=True)
-    pd.testing.assert_frame_equal(series_of(tmp_path / "out"), series_of(tmp_path / "fresh"),
-                                  check_exact=True)
+    assert_same_as_fresh_run(tmp_path, sample_repo, sample_small.fields_path, "out")
 
 
 def test_ingest_during_a_run_does_not_change_what_the_run_reads(archive, sample_small,
