@@ -54,3 +54,29 @@ def setup_logging(level: str = "WARNING", fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+    quiet_own_task_errors()
+
+
+class _OwnTaskErrors(logging.Filter):
+    """Drops Dask's "Compute Failed" worker record for our own errors (the failure policy
+    reports them once, on the client, naming the unit, scene and file); a worker's record
+    for anything else (a bug) stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Compute Failed"):
+            return True
+        exc_text = str(record.args[3]) if isinstance(record.args, tuple) and len(record.args) > 3 else ""
+        return not any(name in exc_text for name in _OWN_ERRORS)
+
+
+_OWN_ERRORS = ("TaskError(", "StorageError(", "InputDataError(", "OutputError(")
+_FILTER = _OwnTaskErrors()
+
+
+def quiet_own_task_errors() -> None:
+    """Install :class:`_OwnTaskErrors` on ``distributed.worker`` in this process (the
+    client's, and every worker's at connect)."""
+    log = logging.getLogger("distributed.worker")
+    if _FILTER not in log.filters:
+        log.addFilter(_FILTER)
+

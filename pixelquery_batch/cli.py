@@ -390,9 +390,16 @@ def run_cmd(spec: Path, cluster: str | None, as_json: bool, retry_failed: bool) 
             click.echo(f"  {name}: {path}")
         click.echo(f"  manifest: {result.manifest_path}")
         if m["failures"]:
-            click.echo(f"  {m.get('failures_total', len(m['failures']))} field-scene failure(s): "
+            click.echo(f"  {m.get('failures_total', len(m['failures']))} failure(s): "
                        f"see the ledger (pqb runs {m['output']['location'] if 'output' in m else 'OUT_DIR'}"
                        " --ledger)", err=True)
+            seen: dict[str, list[str]] = {}
+            for f in m["failures"]:
+                seen.setdefault(f.get("error", ""), []).append(str(f.get("scene_id") or ""))
+            for error, scenes in list(seen.items())[:5]:
+                where = ", ".join(sorted(set(s for s in scenes if s))[:3])
+                click.echo(f"    {len(scenes)} x {error[:300]}" + (f" [scene {where}]" if where else ""),
+                           err=True)
         if m["warnings"]:
             click.echo(f"  {len(m['warnings'])} warning(s) in the manifest", err=True)
         _print_head(result.outputs.get("stats"))

@@ -61,6 +61,12 @@ def load_fields(
                 gdf = gpd.read_file(p, layer=layer) if layer else gpd.read_file(p)
     except Exception as exc:
         raise InputDataError(f"cannot read fields file {p}: {exc}", path=str(p)) from exc
+    if not isinstance(gdf, gpd.GeoDataFrame) or gdf.geometry.name not in gdf.columns:
+        raise InputDataError(
+            f"{p}: no geometry column (read {len(gdf)} rows with columns "
+            f"{', '.join(map(str, gdf.columns[:10]))})",
+            hint="fields must be polygons: GeoJSON, GeoPackage, Shapefile, GeoParquet or "
+            "FlatGeobuf", path=str(p))
     return prepare_fields(gdf, id_column=id_column, fix_invalid=fix_invalid, source=str(p))
 
 

@@ -209,6 +209,18 @@ def prepare_job(spec: str | os.PathLike[str] | Any, *, check_only: bool = False)
     scenes = ref.catalog().search(start=sc.start, end=sc.end, product=sc.product,
                                   max_cloud=sc.max_cloud, scene_ids=sc.ids)
     problems: list[str] = []
+    if sc.ids:
+        unknown = sorted(set(sc.ids) - set(scenes.ids))
+        if unknown:
+            in_catalog = set(ref.catalog().search(scene_ids=tuple(unknown)).ids)
+            missing = [i for i in unknown if i not in in_catalog]
+            if missing:
+                problems.append(f"scenes.ids: {', '.join(missing[:10])} not in the catalog at "
+                                f"snapshot {ref.snapshot_id} (see `pqb scenes`)")
+            filtered = [i for i in unknown if i in in_catalog]
+            if filtered:
+                problems.append(f"scenes.ids: {', '.join(filtered[:10])} outside the spec's "
+                                "time window / product / cloud filter")
     if len(scenes) == 0:
         problems.append(f"scenes: no scene between {sc.start} and {sc.end}"
                         + (f" of product {sc.product}" if sc.product else "")

@@ -469,9 +469,23 @@ class _LineMap:
             self.walk(value_node, (*path, key))
 
 
+class _SpecLoader(yaml.SafeLoader):
+    """The safe loader, except that a date-shaped scalar that is no real date (2021-13-45)
+    stays a string, so validation reports it with its file, line and key."""
+
+    def construct_yaml_timestamp(self, node: yaml.Node) -> Any:
+        try:
+            return super().construct_yaml_timestamp(node)
+        except ValueError:
+            return self.construct_scalar(node)
+
+
+_SpecLoader.add_constructor("tag:yaml.org,2002:timestamp", _SpecLoader.construct_yaml_timestamp)
+
+
 def _load_yaml(text: str, file: str) -> tuple[Any, _LineMap]:
     """Safe-load ``text``, keeping the line of every key path."""
-    loader = yaml.SafeLoader(text)
+    loader = _SpecLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:

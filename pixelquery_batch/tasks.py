@@ -97,9 +97,11 @@ def warm_worker() -> None:
     import zarr  # noqa: F401
 
     from . import gather, rasterize  # noqa: F401
+    from ._logging import quiet_own_task_errors
     from .kernels import segments  # noqa: F401
 
     gather.tune_allocator()
+    quiet_own_task_errors()
 
 
 #: Test hook (kill tests): seconds each per-field unit waits before it starts.
