@@ -853,6 +853,19 @@ def _rewrite(cogs: Path, scene: str) -> Path:
     return victim
 
 
+def _corrupt(cogs: Path, scene: str) -> Path:
+    """Bytes of a tile changed in place, size and modification time kept: the reference's
+    checksum still matches, so only decoding can tell."""
+    victim = cogs / scene / "B04.tif"
+    st = victim.stat()
+    data = bytearray(victim.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 64] = bytes(b ^ 0x5A for b in data[mid:mid + 64])
+    victim.write_bytes(bytes(data))
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    return victim
+
+
 #: What a failing pair says: the file, what went wrong, what to do.
 READ_FAILED = r"reading \d+ chunk\(s\) of @VICTIM@ failed: "
 RUNTIME_CASES = [
@@ -998,3 +1011,23 @@ def test_cli_ingest_lists_refused_files(flavour_dir: Path, cog_repo: Path, tmp_p
     assert "1 ingested" in out.stdout
     ids, hist = repo_state(cog_repo)
     assert sorted(ids) == sorted([*before_ids, GOOD_SCENE]) and hist[1:] == before_history
+
+
+def test_a_corrupt_chunk_is_reported_naming_the_file_not_read_as_garbage(archive: dict[str, Any],
+                                                                       tmp_path: Path) -> None:
+    scene = archive["scenes"][2]
+    victim = _corrupt(archive["cogs"], scene)
+    before = outputs_state(archive["out"])
+    spec = tmp_path / "all.yaml"
+    spec.write_text(spec_text(repo=archive["repo"], fields=archive["fields"], out=archive["out"]))
+    result = run_job(spec, cluster="sync")
+    failed = result.manifest["failures"]
+    assert failed and {f["scene_id"] for f in failed} == {scene}
+    assert all(re.search(pattern(r"chunk \(\d+, \d+\) of @VICTIM@ cannot be decoded", victim=victim),
+                         f["error"]) for f in failed)
+    # the pairs whose chunks are intact were computed; no row of the corrupt chunk exists
+    stats = read_table(archive["out"], "stats")
+    bad_fields = {f["field_id"] for f in failed}
+    assert not stats[(stats["scene_id"] == scene) & stats["field_id"].isin(bad_fields)].size
+    old = stats[stats["scene_id"] == archive["scenes"][0]].sort_values(STATS_KEYS)
+    pd.testing.assert_frame_equal(old.reset_index(drop=True), before["stats"])

@@ -23,7 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 import imagecodecs
 import numpy as np
 
-from ..errors import StorageError
+from ..errors import InputDataError, StorageError
 from .models import BandInfo
 
 __all__ = [
@@ -317,10 +317,20 @@ class IcechunkChunkReader:
                 out[k] = fill
                 continue
             self.bytes_read += len(raw)
-            if plan.decompress is not None:
-                plan.decompress(raw, out=flat[k].view(np.uint8))
-            else:
-                flat[k].view(np.uint8)[:] = np.frombuffer(raw, np.uint8, count=nbytes)
+            try:
+                if plan.decompress is not None:
+                    got = plan.decompress(raw, out=flat[k].view(np.uint8))
+                    if got is not None and len(got) != nbytes:
+                        raise ValueError(f"decoded {len(got)} bytes, expected {nbytes}")
+                else:
+                    flat[k].view(np.uint8)[:] = np.frombuffer(raw, np.uint8, count=nbytes)
+            except Exception as exc:
+                src = _display_source(band.source)
+                raise InputDataError(
+                    f"chunk {chunks[k]} of {src} cannot be decoded ({type(exc).__name__}: "
+                    f"{_short(exc)})",
+                    hint="the file is corrupt, or was changed in place since ingest: "
+                    "repair or re-ingest it", path=src, key=keys[k]) from None
             if plan.predictor:
                 imagecodecs.delta_decode(out[k], axis=-1, out=out[k])
         self._count(len(chunks))
