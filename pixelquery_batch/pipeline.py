@@ -544,7 +544,8 @@ def run_job(
                     _run_field_rollup(job, series, stage, outputs)
                 manifest["storage"] = _io_delta(io_before, _io_counters(client))
                 stats_done = outputs.pop("stats", None)
-                final = run_outputs.publish(outputs)
+                tables = _publish_tables(out, stage, outputs, manifest)
+                final = {**run_outputs.publish(outputs), **tables}
                 final.pop("stats_export", None)
                 if stats_done is not None:
                     final["stats"] = stats_done
@@ -569,6 +570,32 @@ def run_job(
     _record_run(out, manifest, state)
     out.put("manifest.json", json_bytes(manifest))
     return RunResult(out.display("manifest.json"), manifest, final, summary)
+
+
+#: Derived tables kept as Delta tables (rebuilt by a run that changed anything: one
+#: overwrite commit each, earlier versions readable); CSV stays a plain file.
+_DELTA_OUTPUTS = ("timeseries", "timeseries_wide", "points", "rollup", "rollup_fields")
+
+
+def _publish_tables(out: Location, stage: Location, outputs: dict[str, str],
+                    manifest: dict[str, Any]) -> dict[str, str]:
+    """Commit the staged derived tables (Parquet parts under ``stage/<name>/``) to their
+    Delta tables; removes them from ``outputs`` and returns their locations."""
+    from .writers import delta, read_parquet_prefix
+
+    done = {}
+    for name in [n for n in _DELTA_OUTPUTS if n in outputs and outputs[n] == n]:
+        table = read_parquet_prefix(stage, name)
+        if table is None:
+            continue
+        if out.list(name) and not out.list(f"{name}/_delta_log"):
+            out.delete_prefix(name)  # a plain Parquet directory of an older version
+        delta.overwrite(out, name, table, metadata={"run_id": manifest["run_id"],
+                                                    "snapshot_id": manifest["repository"]["snapshot_id"]})
+        stage.delete_prefix(name)
+        outputs.pop(name)
+        done[name] = out.display(name)
+    return done
 
 
 def _derived_stale(out: Location, spec: Any, state: Any, job: PreparedJob) -> bool:

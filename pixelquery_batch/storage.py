@@ -66,13 +66,15 @@ DEFAULT_RETRY = RetryPolicy(
     attempts=int(os.environ.get("PIXELQUERY_STORAGE_ATTEMPTS", "6")),
 )
 
-_TRANSIENT_MARKERS = (
-    "timed out", "timeout", "connection reset", "connection closed", "broken pipe",
-    "error sending request", "connection refused", "incomplete message", "unexpected eof",
-    "slowdown", "slow down", "throttl", "too many requests", "server error", "service unavailable",
-    "internal error", "internalerror", "bad gateway", "gateway", " 500", " 502", " 503", " 504",
-    "status: 5", "http 5", "hyper::error", "dispatch task is gone", "body error",
-)
+_TRANSIENT = re.compile(
+    r"timed out|timeout|connection (reset|closed|refused|aborted)|broken pipe|error sending "
+    r"request|incomplete message|unexpected eof|slow ?down|throttl|too many requests|server "
+    r"error|service unavailable|internal ?error|bad gateway|gateway|\b5\d\d\b|hyper::error|"
+    r"dispatch task is gone|body error")
+_PERMANENT = re.compile(
+    r"\b(400|401|403|404|405|409|412)\b|forbidden|access ?denied|not ?found|nosuchkey|"
+    r"nosuchbucket|invalidaccesskeyid|signaturedoesnotmatch")
+_URL = re.compile(r"\w+://\S+")
 _PERMANENT_TYPES: tuple[type[BaseException], ...] = (
     FileNotFoundError, PermissionError,
     obstore.exceptions.NotFoundError, obstore.exceptions.PermissionDeniedError,
@@ -105,12 +107,10 @@ def is_transient(exc: BaseException) -> bool:
         return False
     if isinstance(exc, TimeoutError | ConnectionError):
         return True
-    text = str(exc).lower()
-    if any(s in text for s in ("403", "forbidden", "access denied", "accessdenied", "404",
-                               "not found", "nosuchkey", "nosuchbucket", "invalidaccesskeyid",
-                               "signaturedoesnotmatch")):
+    text = _URL.sub("", str(exc)).lower()  # URLs hold ports and keys that look like codes
+    if _PERMANENT.search(text):
         return False
-    return any(marker in text for marker in _TRANSIENT_MARKERS)
+    return bool(_TRANSIENT.search(text))
 
 
 @dataclass

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import rasterio
 from rasterio.enums import Resampling
@@ -311,7 +310,7 @@ def test_pixel_rollup_reads_every_band_whatever_its_tile_size(tmp_path: Path, s2
                                           "period": "month", "kinds": ["pixel"],
                                           "stats": ["mean", "min", "max", "count"]}})
     result = run_job(spec, cluster="sync")
-    df = pq.read_table(result.outputs["rollup"]).to_pandas()
+    df = read_table(result.outputs["rollup"], None)
     row = df[(df.region_id == "R1") & (df.variable == "ndmi")].iloc[0]
     scene = s2_archive["scenes"][1]
     with rasterio.open(scene.files["B04"]) as src:

@@ -11,9 +11,9 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 
+from pixelquery_batch import read_table
 from pixelquery_batch.catalog.ingest import ingest
 from pixelquery_batch.sample import generate_sample
 
@@ -39,6 +39,10 @@ def pqb(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_every_example_spec_validates(workspace: Path) -> None:
+    # the nightly workflow's own repository (its test builds it day by day)
+    if not (workspace / "nightly" / "warehouse").exists():
+        assert ingest(str(workspace / "demo" / "sample" / "cogs"), str(workspace / "nightly" / "warehouse"),
+                      pattern="{scene}/{band}.tif").ok
     for spec in sorted((workspace / "jobs").glob("*.yaml")):
         pqb("validate", str(spec))
 
@@ -46,8 +50,8 @@ def test_every_example_spec_validates(workspace: Path) -> None:
 def test_field_timeseries_example(workspace: Path) -> None:
     pqb("run", str(workspace / "jobs" / "field-timeseries.yaml"), "--cluster", "sync")
     out = workspace / "demo" / "out" / "field-timeseries"
-    ts = pq.read_table(out / "timeseries").to_pandas()
-    wide = pq.read_table(out / "timeseries_wide").to_pandas()
+    ts = read_table(out, "timeseries")
+    wide = read_table(out, "timeseries_wide")
     assert len(wide) == ts.groupby(["field_id", "variable"]).ngroups
     # weekly max_ndvi: each observed week carries the stats of the scene with the highest
     # field NDVI that week, recomputed here from rasterio reads
@@ -84,15 +88,15 @@ def test_field_timeseries_example(workspace: Path) -> None:
     # filled gaps are flagged, never counted
     assert (ts.loc[ts.filled, "count"] == 0).all()
     assert ts.filled.any()
-    points = pq.read_table(out / "points").to_pandas()
+    points = read_table(out, "points")
     assert set(points.point_id) <= {"P1", "P2", "P3"}
 
 
 def test_regional_rollup_example(workspace: Path) -> None:
     pqb("run", str(workspace / "jobs" / "regional-ndvi-rollup.yaml"))  # the spec's LocalCluster
     out = workspace / "demo" / "out" / "regional-ndvi-rollup"
-    rollup = pq.read_table(out / "rollup").to_pandas()
-    fields_rollup = pq.read_table(out / "rollup_fields").to_pandas()
+    rollup = read_table(out, "rollup")
+    fields_rollup = read_table(out, "rollup_fields")
     regions = gpd.read_file(workspace / "demo" / "sample" / "regions.geojson")
     assert set(rollup.region_id) == set(regions["id"]) == set(fields_rollup.region_id)
     cogs = cogs_by_date(workspace / "demo" / "sample" / "cogs")
@@ -103,3 +107,44 @@ def test_regional_rollup_example(workspace: Path) -> None:
             assert row["count"] == len(vals)
             assert row["mean"] == pytest.approx(vals.mean(), rel=1e-12)
             assert abs(row["median"] - np.quantile(vals, 0.5, method="inverted_cdf")) <= row["quantile_error_bound"]
+
+
+def test_documented_nightly_workflow(workspace: Path, tmp_path: Path) -> None:
+    """The README's nightly workflow, command by command: day 1 -> run -> day 2 -> run ->
+    rerun gives exactly the outputs of one run over all data, the rerun computes nothing,
+    and the history is visible from the CLI."""
+    import json
+
+    root = tmp_path / "ws"
+    shutil.copytree(workspace / "jobs", root / "jobs")
+    (root / "demo").symlink_to(workspace / "demo")
+    cogs = root / "demo" / "sample" / "cogs"
+    pattern = ["--product", "sentinel2-l2a", "--pattern", "{scene}/{band}.tif"]
+    spec = str(root / "jobs" / "nightly-incremental.yaml")
+    years = sorted({p.name.split("_")[2][:4] for p in cogs.iterdir()})
+    assert len(years) == 2  # scenes on both sides of the new year
+    pqb("ingest", f"{cogs}/*_{years[0]}*/*.tif", "--repo", str(root / "nightly" / "warehouse"), *pattern)
+    pqb("run", spec)
+    pqb("ingest", str(cogs), "--repo", str(root / "nightly" / "warehouse"), *pattern)
+    day2 = json.loads(pqb("run", spec, "--json").stdout)
+    again = json.loads(pqb("run", spec, "--json").stdout)
+    assert 0 < day2["execution"]["pairs_computed"] < day2["plan"]["field_scene_pairs"]
+    assert again["execution"]["pairs_computed"] == 0
+    history = pqb("runs", str(root / "nightly" / "out"), "--json").stdout.splitlines()
+    assert [json.loads(r)["pairs_computed"] for r in history] == [
+        0, day2["execution"]["pairs_computed"],
+        day2["plan"]["field_scene_pairs"] - day2["execution"]["pairs_computed"]]
+    # one run over all the data, elsewhere
+    once = root / "jobs" / "once.yaml"
+    once.write_text((root / "jobs" / "nightly-incremental.yaml").read_text()
+                    .replace("../nightly/out", "../once/out").replace("name: nightly-incremental",
+                                                                      "name: once"))
+    pqb("run", str(once))
+    for table, keys in (("stats", ["field_id", "scene_id", "variable"]),
+                        ("timeseries", ["field_id", "variable", "period_start"])):
+        a = read_table(root / "nightly" / "out", table).drop(columns=["run_id", "snapshot_id",
+                                                                       "job_hash"], errors="ignore")
+        b = read_table(root / "once" / "out", table).drop(columns=["run_id", "snapshot_id",
+                                                                    "job_hash"], errors="ignore")
+        pd.testing.assert_frame_equal(a.sort_values(keys).reset_index(drop=True),
+                                      b.sort_values(keys).reset_index(drop=True), check_exact=True)
