@@ -426,6 +426,21 @@ def runs_cmd(out_dir: str, storage: str | None, ledger: bool, as_json: bool) -> 
         click.echo("no failure recorded" if ledger else f"no run recorded in {out_dir}")
         return
     click.echo(df.to_string(index=False))
+    if not ledger:
+        click.echo(f"report of the last run: {out_dir.rstrip('/')}/report.html")
+
+
+@main.command("report")
+@click.argument("out_dir")
+@click.option("--storage", default=None, help="Storage profile for an s3:// OUT_DIR.")
+@_handle_errors
+def report_cmd(out_dir: str, storage: str | None) -> None:
+    """Rebuild OUT_DIR/report.html from the outputs (self-contained: open it anywhere)."""
+    from .config import load_storage_profile
+    from .report import write_report
+    from .storage import Location
+
+    click.echo(write_report(Location.of(out_dir, load_storage_profile(storage).resolved())))
 
 
 def _announce(summary: Any) -> None:

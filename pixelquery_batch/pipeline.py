@@ -550,6 +550,9 @@ def run_job(
                 if stats_done is not None:
                     final["stats"] = stats_done
                 final = {**_previous_outputs(out, spec), **final}
+                dirs = out.list_dirs()
+                final.update({k: out.display(k) for k in ("png", "cog")
+                              if getattr(spec.outputs, k) is not None and k in dirs})
     except BaseException:
         run_outputs.abort()
         if isinstance(cluster, ClientStarter):  # failed before the cluster was used
@@ -566,9 +569,17 @@ def run_job(
     }
     manifest["finished_at"] = finished.isoformat()
     manifest["duration_s"] = round((finished - started).total_seconds(), 3)
+    final["report"] = out.display("report.html")
     manifest["outputs"] = final
     _record_run(out, manifest, state)
     out.put("manifest.json", json_bytes(manifest))
+    try:
+        from .report import write_report
+
+        write_report(out)
+    except Exception:  # the report summarises the outputs: it never fails the run
+        logger.warning("could not write report.html", exc_info=True)
+        final.pop("report", None)
     return RunResult(out.display("manifest.json"), manifest, final, summary)
 
 
@@ -777,6 +788,15 @@ def _run_fields(job: PreparedJob, full: Plan, plan: Plan, state: Any, client: An
     ctx = job.context(daily=ts_spec is not None)
     root = stage_root(stage)
     work = WorkArea(root, result_hash)
+    render_at = root.child(work.prefix, "render")
+    if spec.outputs.png is not None or spec.outputs.cog is not None:
+        from .render import safe_names
+        from .tasks import RenderSpec
+
+        renames = safe_names(job.fields["field_id"].astype(str))
+        ctx = dataclasses.replace(ctx, render=RenderSpec(
+            spec.outputs.png, spec.outputs.cog, tuple(sorted(renames.items())),
+            OutputSink(render_at, direct=sink.direct)))
     units = {u.unit_id: u for u in plan.units}
     logger.info("plan ready", extra={"job": spec.name, "job_hash": ctx.job_hash,
                                      "snapshot_id": job.ref.snapshot_id, "tasks": len(plan.units),
@@ -788,6 +808,8 @@ def _run_fields(job: PreparedJob, full: Plan, plan: Plan, state: Any, client: An
         table = with_run_columns(res.table.cast(schema), hashes=hashes,
                                  result_hash=result_hash, run_id=run_id)
         work.put("stats", res.unit_id, table)
+        for key, data in res.files:  # renders of workers that cannot reach the outputs
+            render_at.put(key, data)
         computed.update(f"{f}\x1f{s}" for f, s in zip(res.table.column("field_id").to_pylist(),
                                                        res.table.column("scene_id").to_pylist(),
                                                        strict=True))
@@ -826,6 +848,9 @@ def _run_fields(job: PreparedJob, full: Plan, plan: Plan, state: Any, client: An
             stage.delete_prefix(".days")
     _record_failures(root, job, summary.failures, run_id, result_hash, computed,
                      manifest)
+    if ctx.render is not None:
+        manifest["renders"] = _publish_renders(job, root, render_at, dict(ctx.render.renames),
+                                               result_hash)
     work.clear()
     if spec.outputs.stats is not None:
         outputs["stats"] = _export_stats(job, root, stage, outputs)
@@ -836,6 +861,67 @@ def _run_fields(job: PreparedJob, full: Plan, plan: Plan, state: Any, client: An
                              "pairs_failed": n_failed, "pairs_resumed": len(state.staged)}
     manifest["warnings"].extend(summary.warnings)
     return summary, series
+
+
+def _publish_renders(job: PreparedJob, root: Location, staged: Location,
+                     renames: dict[str, str], result_hash: str) -> dict[str, int]:
+    """Publish the staged per-field pictures and clips as ``png|cog/<name>/<date>_<var>``
+    (each an atomic put, so the pictures of earlier runs stay), keeping per field (and
+    period) only the chosen scenes for ``scenes: latest | best``: choices are made on the
+    whole stats table, so a later run may replace an earlier run's picture."""
+    import pandas as pd
+
+    from .incremental import STATS
+    from .writers import delta
+
+    out = {}
+    names = {v: k for k, v in renames.items()}  # file name -> field id
+    for kind, cfg in (("png", job.spec.outputs.png), ("cog", job.spec.outputs.cog)):
+        if cfg is None:
+            continue
+        variables = ([cfg.variable] if kind == "png" else list(cfg.variables))
+        keys = staged.list(kind)
+        chosen = None
+        if cfg.scenes != "all":
+            stats = delta.read(root, STATS, columns=["field_id", "scene_id", "datetime", "variable",
+                                                     "valid_fraction", "result_hash"])
+            df = stats.to_pandas() if stats is not None else pd.DataFrame()
+            var = "red" if variables[0] == "truecolor" else variables[0]
+            df = df[(df["result_hash"] == result_hash) & (df["variable"] == var)
+                    & (df["valid_fraction"] > 0)]
+            df = df.sort_values(["field_id", "datetime", "scene_id"])
+            if cfg.scenes == "latest":
+                pick = df.groupby("field_id").tail(1)
+            else:
+                _, period_of = _period_lookup(job, cfg.period)
+                df = df.assign(period=[period_of(str(t)[:10]) for t in df["datetime"]])
+                pick = df.sort_values(["valid_fraction", "datetime"]).groupby(
+                    ["field_id", "period"]).tail(1)
+            chosen = set(zip(pick["field_id"], pick["scene_id"], strict=True))
+            # earlier pictures no longer chosen go (same field, another scene of the period)
+            keep_dates = {(f, str(t)[:10]) for f, t in zip(pick["field_id"], pick["datetime"],
+                                                          strict=True)}
+            stale = [k for k in root.list(kind) if k.count("/") == 2 and not k.endswith(".csv")
+                     and (names.get(k.split("/")[1], k.split("/")[1]),
+                          k.split("/")[2][:10]) not in keep_dates]
+            root.delete(stale)
+        n = 0
+        for key in keys:
+            _, name, base = key.split("/")
+            date, rest = base[:10], base[11:]  # <date>_<scene>_<variable>.<ext>
+            suffix = next(f"_{v}.{'png' if kind == 'png' else 'tif'}" for v in variables
+                          if rest.endswith(f"_{v}.{'png' if kind == 'png' else 'tif'}"))
+            scene_id = rest[: -len(suffix)]
+            fid = names.get(name, name)
+            if chosen is not None and (fid, scene_id) not in chosen:
+                continue
+            root.put(f"{kind}/{name}/{date}{suffix}", staged.get(key))
+            n += 1
+        if renames:
+            lines = "field_id,name\n" + "".join(f'"{k}",{v}\n' for k, v in sorted(renames.items()))
+            root.put(f"{kind}/ids.csv", lines.encode())
+        out[f"{kind}_written"] = n
+    return out
 
 
 def stage_root(stage: Location) -> Location:

@@ -247,8 +247,29 @@ class JobSpec(BaseModel):
             raise _error("outputs.rollup.kinds has 'field': it rolls up the per-field time "
                          "series, so outputs.timeseries is needed too")
         names = set(self.bands) | set(self.indices)
+        if out.png is not None:
+            if out.png.variable == "truecolor":
+                missing = sorted({"red", "green", "blue"} - set(self.bands))
+                if missing:
+                    raise _error(f"outputs.png.variable truecolor needs the bands red, green and "
+                                 f"blue in `bands` (missing: {missing})")
+            elif out.png.variable not in names:
+                raise _error(f"outputs.png.variable {out.png.variable!r} is not defined "
+                             f"(bands/indices: {sorted(names)}, or truecolor)")
+            if out.png.colormap not in _COLORMAPS:
+                try:
+                    import matplotlib as mpl
+                except ImportError:
+                    raise _error(f"outputs.png.colormap {out.png.colormap!r}: unknown (built in: "
+                                 f"{', '.join(_COLORMAPS)}; other names need matplotlib)") from None
+                if out.png.colormap not in mpl.colormaps:
+                    raise _error(f"outputs.png.colormap {out.png.colormap!r}: not a matplotlib "
+                                 "colormap") from None
+        if (out.png is not None or out.cog is not None) and self.fields is None:
+            raise _error("outputs.png / outputs.cog need field polygons (`fields`)")
         for where, chosen in (("outputs.timeseries.variables", out.timeseries and out.timeseries.variables),
-                              ("outputs.rollup.variables", out.rollup and out.rollup.variables)):
+                              ("outputs.rollup.variables", out.rollup and out.rollup.variables),
+                              ("outputs.cog.variables", out.cog and out.cog.variables)):
             unknown = sorted(set(chosen or ()) - names)
             if unknown:
                 raise _error(f"{where}: variable(s) {unknown} are not defined "
@@ -339,6 +360,9 @@ class JobSpec(BaseModel):
         content["outputs"].pop("storage", None)
         canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+_COLORMAPS = ("rdylgn", "viridis", "inferno", "greys")
 
 
 def _result_hash(spec: Any) -> str:

@@ -297,6 +297,57 @@ class StatsOutput(BaseModel):
     )
 
 
+class PngOutput(BaseModel):
+    """Per-field PNG pictures of a variable, rendered by the workers from the pixels the
+    statistics read (no second read): ``png/<field_id>/<date>_<variable>.png``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    variable: str = Field(
+        description="An index or band of the job, or `truecolor` (red, green, blue bands).")
+    scenes: Literal["all", "latest", "best"] = Field(
+        default="all",
+        description="`all` scenes, the `latest` per field, or the `best` (least masked) per "
+        "field and `period`.")
+    period: str = Field(default="month", description="Period for `scenes: best`.")
+    colormap: str = Field(
+        default="rdylgn",
+        description="`rdylgn`, `viridis`, `inferno`, `greys` (any matplotlib name when "
+        "matplotlib is installed).")
+    vmin: float | None = Field(default=None, description="Value at the low end of the colormap.")
+    vmax: float | None = Field(default=None, description="Value at the high end of the colormap.")
+    stretch: tuple[float, float] | None = Field(
+        default=None,
+        description="Percentile stretch per picture, e.g. `[2, 98]` (instead of vmin/vmax).")
+    min_size: int = Field(
+        default=0, ge=0, le=4096,
+        description="Upscale (nearest) so the longer side has at least this many pixels.")
+    legend: bool = Field(default=False, description="Append a colormap strip under the picture.")
+
+    @model_validator(mode="after")
+    def _range(self) -> PngOutput:
+        if self.stretch is None and (self.vmin is None) != (self.vmax is None):
+            raise _error("png: give both vmin and vmax, or a stretch")
+        if self.stretch is not None and not 0 <= self.stretch[0] < self.stretch[1] <= 100:
+            raise _error(f"png.stretch: {list(self.stretch)} must be two percentiles, low < high")
+        if self.vmin is not None and self.vmax is not None and self.vmin >= self.vmax:
+            raise _error(f"png: vmin {self.vmin} must be below vmax {self.vmax}")
+        _check_period_text(self.period)
+        return self
+
+
+class CogOutput(BaseModel):
+    """Per-field Cloud-Optimized GeoTIFF clips: ``cog/<field_id>/<date>_<variable>.tif``,
+    the field's pixel window, NaN outside the polygon and where masked."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    variables: tuple[str, ...] = Field(min_length=1, description="Indices and/or bands.")
+    scenes: Literal["all", "latest", "best"] = Field(
+        default="all", description="As for `png`.")
+    period: str = Field(default="month", description="Period for `scenes: best`.")
+
+
 def _check_period_text(value: str) -> str:
     from .kernels.timeseries import parse_period
 
@@ -458,6 +509,10 @@ class OutputsSpec(BaseModel):
     rollup: RollupOutput | None = Field(
         default=None, description="Region rollups per period (`outputs.dir/rollup/`)."
     )
+    png: PngOutput | None = Field(
+        default=None, description="Per-field PNG pictures (`outputs.dir/png/`).")
+    cog: CogOutput | None = Field(
+        default=None, description="Per-field COG clips (`outputs.dir/cog/`).")
 
 
 class SlurmClusterSpec(BaseModel):

@@ -47,9 +47,73 @@ class JobContext:
     cloud_bits: tuple[int, ...] | None = None
     on_error: str = "skip"
     daily: bool = False  # also return day rows (time series)
+    render: RenderSpec | None = None  # per-field PNG / COG outputs
 
     def __repr__(self) -> str:  # keep credentials out of logs
         return f"JobContext(job_hash={self.job_hash!r}, repo={self.repo!r})"
+
+
+@dataclass(frozen=True)
+class RenderSpec:
+    """What units render per field and scene, and where the bytes go (the run's work
+    area: the client picks and publishes them, see ``pipeline._publish_renders``)."""
+
+    png: Any = None  # spec_models.PngOutput
+    cog: Any = None  # spec_models.CogOutput
+    renames: tuple[tuple[str, str], ...] = ()  # field ids unusable as file names -> names
+    sink: OutputSink | None = None  # -> .work/<result hash>/render/
+
+    def __repr__(self) -> str:
+        return f"RenderSpec(png={self.png is not None}, cog={self.cog is not None})"
+
+    @property
+    def variables(self) -> frozenset[str]:
+        names: set[str] = set(self.cog.variables) if self.cog is not None else set()
+        if self.png is not None:
+            names |= ({"red", "green", "blue"} if self.png.variable == "truecolor"
+                      else {self.png.variable})
+        return frozenset(names)
+
+
+def render_key(kind: str, name: str, scene: SceneTask, variable: str) -> str:
+    """``png/<name>/<date>_<scene>_<variable>.png`` (candidates; the published file drops
+    the scene id)."""
+    ext = "png" if kind == "png" else "tif"
+    return f"{kind}/{name}/{scene.datetime[:10]}_{scene.scene_id}_{variable}.{ext}"
+
+
+def _render_group(spec: RenderSpec, pix: Any, grp: Any, ids: Sequence[str], scene: SceneTask,
+                  values: dict[str, np.ndarray], crs: str, transform: Sequence[float],
+                  files: list[tuple[str, bytes]]) -> None:
+    """PNG pictures and COG clips of the group's fields for one scene."""
+    from .render import field_raster, png_bytes, window_transform
+    from .writers.raster import cog_bytes
+
+    names = dict(spec.renames)
+    starts = grp.segments.starts
+    rows = pix.rows[grp.p0:grp.p1]
+    cols = pix.cols[grp.p0:grp.p1]
+    for k in range(grp.f1 - grp.f0):
+        a, b = int(starts[k]), int(starts[k + 1])
+        if a == b:
+            continue
+        fid = ids[grp.f0 + k]
+        name = names.get(fid, fid)
+        r, c = rows[a:b], cols[a:b]
+        if spec.png is not None:
+            var = spec.png.variable
+            layers = [field_raster(r, c, values[v][a:b])[0] for v in
+                      (("red", "green", "blue") if var == "truecolor" else (var,))]
+            if np.isfinite(layers[0]).any():
+                data = png_bytes(layers, spec.png)
+                files += spec.sink.deliver(render_key("png", name, scene, var), data)
+        if spec.cog is not None:
+            for var in spec.cog.variables:
+                arr, r0, c0 = field_raster(r, c, values[var][a:b])
+                data = cog_bytes(arr, crs=crs, transform=window_transform(transform, r0, c0),
+                                 name=f"{fid}/{scene.scene_id}/{var}",
+                                 tags={"field_id": fid, "scene_id": scene.scene_id, "variable": var})
+                files += spec.sink.deliver(render_key("cog", name, scene, var), data)
 
 
 @dataclass
@@ -64,6 +128,7 @@ class UnitResult:
     warnings: list[dict[str, Any]] = field(default_factory=list)
     day_table: pa.Table | None = None
     started_at: float = 0.0  # wall clock (time.time()) when the unit started on its worker
+    files: list[tuple[str, bytes]] = field(default_factory=list)  # renders sent back
 
 
 def stat_columns(stats: Sequence[str]) -> list[str]:
@@ -323,6 +388,8 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
     exprs = [(vname, _expression(vname, text)) for vname, text in ctx.variables]
     work = (unit.transform, unit.shape_yx)
     ids = list(pix.field_ids)
+    render_vars = ctx.render.variables if ctx.render is not None else frozenset()
+    files: list[tuple[str, bytes]] = []
 
     groups = pix.groups()
     days: dict[str, list[SceneTask]] = {}
@@ -349,10 +416,13 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
                 for g, grp in enumerate(groups):
                     env, cloud = _group_env(grp, bands, tiles, pix, ctx)
                     gw = None if pix.weights is None else pix.weights[grp.p0:grp.p1]
+                    to_render: dict[str, np.ndarray] = {}
                     for vname, expr in exprs:
                         values = _evaluate(expr, env, grp.p1 - grp.p0)
                         if masked:
                             values[cloud] = np.nan
+                        if render_vars and vname in render_vars:
+                            to_render[vname] = values
                         rows.add_group(grp, ids, scene.scene_id, when, vname, values, cloud,
                                        masked, weights=gw)
                         if day_rows is not None:
@@ -362,6 +432,9 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
                     if day_rows is not None:
                         prev_c = merged_cloud.get(g)
                         merged_cloud[g] = cloud if prev_c is None else prev_c | cloud
+                    if to_render:
+                        _render_group(ctx.render, pix, grp, ids, scene, to_render, unit.crs,
+                                      unit.transform, files)
                 done.append(scene)
             except TaskError:
                 raise
@@ -382,7 +455,7 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
     return UnitResult(unit.unit_id, rows.table(), reader.chunks_read - before,
                       time.perf_counter() - t0, failures, warnings,
                       day_table=day_rows.table() if day_rows is not None else None,
-                      started_at=started_at)
+                      started_at=started_at, files=files)
 
 
 def _decode_bands(reader: ChunkReader, scene: SceneTask, bands: dict[str, BandInfo],
