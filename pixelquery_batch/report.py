@@ -195,24 +195,11 @@ def build_report(out: Location, *, max_thumbnails: int = 24, sample_fields: int 
             parts.append(_histogram_svg(rows["mean"].to_numpy(dtype=float), str(var)))
         parts.append("</div>")
     if len(series):
-        parts.append("<h2>Time series (sample of fields)</h2><div class=\"grid\">")
         ids = sorted(series["field_id"].unique())[:sample_fields]
-        for var, rows in series[series["field_id"].isin(ids)].groupby("variable"):
-            lines = {}
-            for fid, r in rows.groupby("field_id"):
-                r = r.sort_values("period_start")
-                lines[str(fid)] = (_days(r["period_start"]), r["mean"].to_numpy(dtype=float))
-            parts.append(_lines_svg(lines, f"{var}: mean per period"))
-        parts.append("</div>")
+        parts.append("<h2>Time series (sample of fields)</h2>"
+                     + _lines_by(series[series["field_id"].isin(ids)], "field_id", "mean per period"))
     if len(rollup):
-        parts.append("<h2>Regions</h2><div class=\"grid\">")
-        for var, rows in rollup.groupby("variable"):
-            lines = {}
-            for rid, r in rows.groupby("region_id"):
-                r = r.sort_values("period_start")
-                lines[str(rid)] = (_days(r["period_start"]), r["mean"].to_numpy(dtype=float))
-            parts.append(_lines_svg(lines, f"{var}: regional mean"))
-        parts.append("</div>")
+        parts.append("<h2>Regions</h2>" + _lines_by(rollup, "region_id", "regional mean"))
     if len(stats):
         var = "ndvi" if "ndvi" in set(stats["variable"]) else sorted(stats["variable"].unique())[0]
         latest = (stats[(stats["variable"] == var) & (stats["count"] > 0)]
@@ -233,6 +220,18 @@ def build_report(out: Location, *, max_thumbnails: int = 24, sample_fields: int 
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{_e(job.get('name', 'job'))} report</title><style>{_CSS}</style></head>"
             f"<body>{''.join(parts)}</body></html>")
+
+
+def _lines_by(df: Any, key: str, what: str) -> str:
+    """One chart per variable, one line per ``key`` (field or region) over the periods."""
+    charts = []
+    for var, rows in df.groupby("variable"):
+        lines = {}
+        for ident, r in rows.groupby(key):
+            r = r.sort_values("period_start")
+            lines[str(ident)] = (_days(r["period_start"]), r["mean"].to_numpy(dtype=float))
+        charts.append(_lines_svg(lines, f"{var}: {what}"))
+    return '<div class="grid">' + "".join(charts) + "</div>"
 
 
 def _days(dates: Any) -> np.ndarray:
