@@ -876,6 +876,7 @@ def _publish_renders(job: PreparedJob, root: Location, staged: Location,
 
     out = {}
     names = {v: k for k, v in renames.items()}  # file name -> field id
+    staged_prefix = staged.url[len(root.url) + 1:]
     for kind, cfg in (("png", job.spec.outputs.png), ("cog", job.spec.outputs.cog)):
         if cfg is None:
             continue
@@ -915,7 +916,8 @@ def _publish_renders(job: PreparedJob, root: Location, staged: Location,
             fid = names.get(name, name)
             if chosen is not None and (fid, scene_id) not in chosen:
                 continue
-            root.put(f"{kind}/{name}/{date}{suffix}", staged.get(key))
+            # a rename on a local disk, a server-side copy on S3 (never read back)
+            root.place(f"{staged_prefix}/{key}", f"{kind}/{name}/{date}{suffix}")
             n += 1
         if renames:
             lines = "field_id,name\n" + "".join(f'"{k}",{v}\n' for k, v in sorted(renames.items()))

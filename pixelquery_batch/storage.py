@@ -14,6 +14,7 @@ with the task payload, so a worker needs no credentials of its own.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import os
@@ -204,6 +205,7 @@ def profile_key(profile: StorageProfile) -> str:
 
 
 _STORES: dict[tuple[str, str], Any] = {}
+_MADE_DIRS: set[str] = set()  # local directories known to exist (puts skip the mkdir)
 _STORES_LOCK = threading.Lock()
 
 
@@ -315,6 +317,9 @@ class Location:
 
     def put(self, key: str, data: bytes | memoryview) -> None:
         """Write one object; readers see the old object or the whole new one."""
+        if self.is_local:  # a temporary file and a rename: ~3x faster than the store's put
+            self._put_local(key, data)
+            return
         try:
             with_retries("put", self.display(key), lambda: obstore.put(self.store(), key, data))
         except StorageError:
@@ -322,6 +327,29 @@ class Location:
         except Exception as exc:
             raise OutputError(f"cannot write {self.display(key)}: {exc}",
                               path=self.display(key)) from exc
+
+    def _put_local(self, key: str, data: bytes | memoryview) -> None:
+        path = self.local_path / key
+        tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+        try:
+            parent = str(path.parent)
+            if parent not in _MADE_DIRS:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                _MADE_DIRS.add(parent)
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+            except FileNotFoundError:  # the directory went away since: make it again
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            _COUNTERS.count("put", failed=True)
+            raise OutputError(f"cannot write {path}: {exc}", path=str(path)) from exc
+        _COUNTERS.count("put")
 
     def get(self, key: str) -> bytes:
         """Read one object (:class:`FileNotFoundError` when it does not exist)."""
@@ -420,6 +448,15 @@ class Location:
             return
         with_retries("copy", self.display(dst), lambda: obstore.copy(self.store(), src, dst))
         self.delete([src])
+
+
+    def place(self, src: str, dst: str) -> None:
+        """Put object ``src`` at ``dst``: a rename locally, a server-side copy on S3 (the
+        source is left for a prefix delete: one batched request instead of one each)."""
+        if self.is_local:
+            self.move(src, dst)
+        else:
+            with_retries("copy", self.display(dst), lambda: obstore.copy(self.store(), src, dst))
 
 
 def _swap_dir(new: Path, final: Path) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,14 @@ from pixelquery_batch import read_table
 from pixelquery_batch.catalog.ingest import ingest
 from pixelquery_batch.sample import generate_sample
 
-from .reference import cogs_by_date, field_scene_values, reference_stats, region_pixels, scene_date
+from .reference import (
+    cogs_by_date,
+    field_scene_values,
+    reference_stats,
+    region_pixels,
+    scene_date,
+    scene_variable,
+)
 
 JOBS = Path(__file__).resolve().parents[1] / "jobs"
 
@@ -88,8 +96,28 @@ def test_field_timeseries_example(workspace: Path) -> None:
     # filled gaps are flagged, never counted
     assert (ts.loc[ts.filled, "count"] == 0).all()
     assert ts.filled.any()
+    # the point series: P1 and P2 lie in the scenes, P3 far away; each value is the pixel's
+    # value read with rasterio (nodata and clouds: not valid)
     points = read_table(out, "points")
-    assert set(points.point_id) <= {"P1", "P2", "P3"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["points"]["plan"]["fields_outside_every_scene"] == ["P3"]
+    pts = gpd.read_file(workspace / "jobs" / "points.geojson").set_index("id")
+    assert set(points.point_id) == {"P1", "P2"}
+    assert len(points) == 2 * len(cogs) * 2  # points x scenes x (ndvi, evi)
+    for pid in ("P1", "P2"):
+        for scene_id, cog in cogs.items():
+            for var in ("ndvi", "evi"):
+                values, crs, transform = scene_variable(cog, var)
+                x, y = gpd.GeoSeries([pts.geometry[pid]], crs=pts.crs).to_crs(crs).iloc[0].coords[0]
+                col, row = ~transform * (x, y)
+                want = values[int(row), int(col)]
+                got = points[(points.point_id == pid) & (points.scene_id == scene_id)
+                             & (points.variable == var)]
+                assert len(got) == 1
+                if np.isfinite(want):
+                    assert got["valid"].iloc[0] and got["value"].iloc[0] == pytest.approx(want, abs=1e-12)
+                else:
+                    assert not got["valid"].iloc[0]
 
 
 def test_regional_rollup_example(workspace: Path) -> None:
