@@ -295,6 +295,26 @@ def _worker_rss() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
+def ndvi_job(name: str, *, repo: str, fields: str, outputs: dict[str, Any],
+             stats: tuple[str, ...]) -> dict[str, Any]:
+    """The benchmarks' per-field NDVI job (centre rule, nodata mask, no cloud mask) as a
+    spec mapping, without a cluster section."""
+    return {
+        "version": 1,
+        "name": name,
+        "repository": {"path": repo},
+        "scenes": {"start": "1900-01-01", "end": "2999-12-31"},
+        "fields": {"path": fields, "id": "id"},
+        "bands": [],
+        "indices": {"ndvi": "builtin"},
+        "stats": list(stats),
+        "pixels": "centre",
+        "masks": {"nodata": True, "cloud": None},
+        "outputs": outputs,
+        "on_error": "skip",
+    }
+
+
 def write_result(path: Path, result: dict[str, Any]) -> None:
     """Write a benchmark's numbers as JSON and say where."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -71,6 +71,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_common import (  # sibling modules of this script
     SCALE,
     cogs_by_scene,
+    ndvi_job,
     reflectance_offset,
     say,
     say_context,
@@ -105,21 +106,8 @@ def write_spec(path: Path, *, repo: str, fields: str, out_dir: Path, png: bool,
     outputs: dict[str, Any] = {"dir": str(out_dir), "stats": {"format": "parquet"}}
     if png:
         outputs["png"] = dict(PNG_CFG)
-    spec = {
-        "version": 1,
-        "name": path.stem,
-        "repository": {"path": repo},
-        "scenes": {"start": "1900-01-01", "end": "2999-12-31"},
-        "fields": {"path": fields, "id": "id"},
-        "bands": [],
-        "indices": {"ndvi": "builtin"},
-        "stats": list(STATS),
-        "pixels": "centre",
-        "masks": {"nodata": True, "cloud": None},
-        "outputs": outputs,
-        "cluster": {"n_workers": 1, "threads_per_worker": threads, "processes": False},
-        "on_error": "skip",
-    }
+    spec = ndvi_job(path.stem, repo=repo, fields=fields, outputs=outputs, stats=STATS)
+    spec["cluster"] = {"n_workers": 1, "threads_per_worker": threads, "processes": False}
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
 

@@ -80,6 +80,7 @@ from _bench_common import (  # sibling module of this script
     _worker_peak_rss,
     cogs_by_scene,
     data_files,
+    ndvi_job,
     resident_fraction,
     say,
     say_context,
@@ -105,20 +106,8 @@ def write_spec(path: Path, *, repo: str, fields: str, out_dir: Path) -> Path:
     given to ``run_job``."""
     import yaml
 
-    spec = {
-        "version": 1,
-        "name": path.stem,
-        "repository": {"path": repo},
-        "scenes": {"start": "1900-01-01", "end": "2999-12-31"},
-        "fields": {"path": fields, "id": "id"},
-        "bands": [],
-        "indices": {"ndvi": "builtin"},
-        "stats": list(STATS),
-        "pixels": "centre",
-        "masks": {"nodata": True, "cloud": None},
-        "outputs": {"dir": str(out_dir), "stats": {"format": "parquet"}},
-        "on_error": "skip",
-    }
+    spec = ndvi_job(path.stem, repo=repo, fields=fields, stats=STATS,
+                    outputs={"dir": str(out_dir), "stats": {"format": "parquet"}})
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
