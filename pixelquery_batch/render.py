@@ -105,6 +105,43 @@ def _to_byte(values: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
     return np.clip(np.nan_to_num(scaled, nan=0.0) * 255 + 0.5, 0, 255).astype(np.uint8)
 
 
+def colour_pixels(values: np.ndarray, spec: Any) -> np.ndarray:
+    """``(n, 4)`` RGBA of flat pixel values for a fixed ``vmin``/``vmax`` (all fields of a
+    unit's pixel group in one pass); transparent where not finite."""
+    values = values.astype(np.float32)  # as stored in the clips: same colours as png_bytes
+    valid = np.isfinite(values)
+    rgba = np.zeros((len(values), 4), dtype=np.uint8)
+    rgba[:, :3] = colormap_lut(spec.colormap)[_to_byte(values, float(spec.vmin), float(spec.vmax))]
+    rgba[~valid, :3] = 0
+    rgba[:, 3] = valid * np.uint8(255)
+    return rgba
+
+
+def png_from_pixels(rgba: np.ndarray, rows: np.ndarray, cols: np.ndarray, spec: Any) -> bytes:
+    """The PNG of one field from its coloured pixels (see :func:`colour_pixels`)."""
+    import imagecodecs
+
+    r0, c0 = int(rows.min()), int(cols.min())
+    img = np.zeros((int(rows.max()) - r0 + 1, int(cols.max()) - c0 + 1, 4), dtype=np.uint8)
+    img[rows - r0, cols - c0] = rgba
+    return bytes(imagecodecs.png_encode(_finish(img, spec)))
+
+
+def _finish(img: np.ndarray, spec: Any, *, colormap: bool = True) -> np.ndarray:
+    """Upscale to ``min_size`` and add the legend strip."""
+    h, w = img.shape[:2]
+    if spec.min_size and max(h, w) < spec.min_size:
+        k = math.ceil(spec.min_size / max(h, w))
+        img = np.repeat(np.repeat(img, k, axis=0), k, axis=1)
+    if spec.legend and colormap:
+        width = img.shape[1]
+        strip = np.zeros((max(4, img.shape[0] // 10), width, 4), dtype=np.uint8)
+        strip[..., :3] = colormap_lut(spec.colormap)[np.linspace(0, 255, width).round().astype(int)]
+        strip[..., 3] = 255
+        img = np.concatenate([img, strip])
+    return img
+
+
 def png_bytes(layers: Sequence[np.ndarray], spec: Any) -> bytes:
     """An RGBA PNG of one field: ``layers`` is one ``(h, w)`` array (colormap) or three
     (red, green, blue: true colour), NaN where nothing is drawn (transparent)."""
@@ -125,13 +162,4 @@ def png_bytes(layers: Sequence[np.ndarray], spec: Any) -> bytes:
             img[..., k] = _to_byte(layers[k], vmin, vmax)
     img[..., 3] = np.where(valid, 255, 0)
     img[~valid, :3] = 0
-    if spec.min_size and max(h, w) < spec.min_size:
-        k = math.ceil(spec.min_size / max(h, w))
-        img = np.repeat(np.repeat(img, k, axis=0), k, axis=1)
-    if spec.legend and len(layers) == 1:
-        width = img.shape[1]
-        strip = np.zeros((max(4, img.shape[0] // 10), width, 4), dtype=np.uint8)
-        strip[..., :3] = colormap_lut(spec.colormap)[np.linspace(0, 255, width).round().astype(int)]
-        strip[..., 3] = 255
-        img = np.concatenate([img, strip])
-    return bytes(imagecodecs.png_encode(img))
+    return bytes(imagecodecs.png_encode(_finish(img, spec, colormap=len(layers) == 1)))

@@ -86,13 +86,18 @@ def _render_group(spec: RenderSpec, pix: Any, grp: Any, ids: Sequence[str], scen
                   values: dict[str, np.ndarray], crs: str, transform: Sequence[float],
                   files: list[tuple[str, bytes]]) -> None:
     """PNG pictures and COG clips of the group's fields for one scene."""
-    from .render import field_raster, png_bytes, window_transform
+    from .render import colour_pixels, field_raster, png_bytes, png_from_pixels, window_transform
     from .writers.raster import cog_bytes
 
     names = dict(spec.renames)
     starts = grp.segments.starts
     rows = pix.rows[grp.p0:grp.p1]
     cols = pix.cols[grp.p0:grp.p1]
+    png = spec.png
+    # fixed range, one variable: colour every field's pixels in one vectorised pass
+    fast = (png is not None and png.variable != "truecolor" and png.vmin is not None
+            and png.stretch is None)
+    rgba = colour_pixels(values[png.variable], png) if fast else None
     for k in range(grp.f1 - grp.f0):
         a, b = int(starts[k]), int(starts[k + 1])
         if a == b:
@@ -100,12 +105,15 @@ def _render_group(spec: RenderSpec, pix: Any, grp: Any, ids: Sequence[str], scen
         fid = ids[grp.f0 + k]
         name = names.get(fid, fid)
         r, c = rows[a:b], cols[a:b]
-        if spec.png is not None:
-            var = spec.png.variable
-            layers = [field_raster(r, c, values[v][a:b])[0] for v in
-                      (("red", "green", "blue") if var == "truecolor" else (var,))]
-            if np.isfinite(layers[0]).any():
-                data = png_bytes(layers, spec.png)
+        if png is not None:
+            var = png.variable
+            if rgba is not None:
+                data = png_from_pixels(rgba[a:b], r, c, png) if rgba[a:b, 3].any() else None
+            else:
+                layers = [field_raster(r, c, values[v][a:b])[0] for v in
+                          (("red", "green", "blue") if var == "truecolor" else (var,))]
+                data = png_bytes(layers, png) if np.isfinite(layers[0]).any() else None
+            if data is not None:
                 files += spec.sink.deliver(render_key("png", name, scene, var), data)
         if spec.cog is not None:
             for var in spec.cog.variables:

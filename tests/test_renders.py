@@ -159,3 +159,25 @@ def test_best_scene_per_period_and_true_colour(sample_small, sample_repo, tmp_pa
             assert (tmp_path / "out" / "png" / fid / f"{best.datetime:%Y-%m-%d}_truecolor.png").exists()
         img = imagecodecs.png_decode(files[0].read_bytes())
         assert max(img.shape[:2]) >= 64 and img.shape[2] == 4
+
+
+def test_vectorised_and_per_field_colouring_give_the_same_picture() -> None:
+    """The engine colours a group's pixels in one pass when the range is fixed: the
+    picture must be the one the per-field path draws (float32 values, same rounding)."""
+    from types import SimpleNamespace
+
+    from pixelquery_batch.render import colour_pixels, field_raster, png_bytes, png_from_pixels
+
+    rng = np.random.default_rng(5)
+    rows = np.repeat(np.arange(40), 30) + 100
+    cols = np.tile(np.arange(30), 40) - 7  # a field over the raster's western edge
+    values = rng.uniform(-1.2, 1.2, rows.size)
+    values[rng.random(rows.size) < 0.1] = np.nan
+    # values right at the colour steps, where float32 and float64 round differently
+    k = rng.integers(1, 255, 600)
+    values[:600] = (k - 0.5) / 255 * 2 - 1 + rng.uniform(-3e-8, 3e-8, 600)
+    spec = SimpleNamespace(colormap="viridis", vmin=-1.0, vmax=1.0, stretch=None, min_size=64,
+                           legend=True)
+    a = imagecodecs.png_decode(png_from_pixels(colour_pixels(values, spec), rows, cols, spec))
+    b = imagecodecs.png_decode(png_bytes([field_raster(rows, cols, values)[0]], spec))
+    np.testing.assert_array_equal(a, b)
