@@ -11,6 +11,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import os
+import threading
 import time
 import traceback
 from collections.abc import Sequence
@@ -82,12 +83,27 @@ def render_key(kind: str, name: str, scene: SceneTask, variable: str) -> str:
     return f"{kind}/{name}/{scene.datetime[:10]}_{scene.scene_id}_{variable}.{ext}"
 
 
+_WRITER: Any = None
+_WRITER_LOCK = threading.Lock()
+
+
+def _writer() -> Any:
+    """A small per-process thread pool for picture writes (creating many small files is
+    slow on some file systems; open/write release the GIL, so writes overlap the work)."""
+    global _WRITER
+    with _WRITER_LOCK:
+        if _WRITER is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _WRITER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pqb-render-write")
+    return _WRITER
+
+
 def _render_group(spec: RenderSpec, pix: Any, grp: Any, ids: Sequence[str], scene: SceneTask,
                   values: dict[str, np.ndarray], crs: str, transform: Sequence[float],
                   files: list[tuple[str, bytes]]) -> None:
     """PNG pictures and COG clips of the group's fields for one scene."""
-    from .render import colour_pixels, field_raster, png_bytes, png_from_pixels, window_transform
-    from .writers.raster import cog_bytes
+    from .render import colour_pixels
 
     names = dict(spec.renames)
     starts = grp.segments.starts
@@ -98,6 +114,23 @@ def _render_group(spec: RenderSpec, pix: Any, grp: Any, ids: Sequence[str], scen
     fast = (png is not None and png.variable != "truecolor" and png.vmin is not None
             and png.stretch is None)
     rgba = colour_pixels(values[png.variable], png) if fast else None
+    writes: list[Any] = []
+    try:
+        _render_fields(spec, grp, ids, names, starts, rows, cols, png, rgba, values, scene, crs,
+                       transform, files, writes)
+    finally:
+        for w in writes:  # every write done (or its error raised) before the unit goes on
+            w.result()
+
+
+def _render_fields(spec: RenderSpec, grp: Any, ids: Sequence[str], names: dict[str, str],
+                   starts: np.ndarray, rows: np.ndarray, cols: np.ndarray, png: Any,
+                   rgba: np.ndarray | None, values: dict[str, np.ndarray], scene: SceneTask,
+                   crs: str, transform: Sequence[float], files: list[tuple[str, bytes]],
+                   writes: list[Any]) -> None:
+    from .render import field_raster, png_bytes, png_from_pixels, window_transform
+    from .writers.raster import cog_bytes
+
     for k in range(grp.f1 - grp.f0):
         a, b = int(starts[k]), int(starts[k + 1])
         if a == b:
@@ -114,7 +147,11 @@ def _render_group(spec: RenderSpec, pix: Any, grp: Any, ids: Sequence[str], scen
                           (("red", "green", "blue") if var == "truecolor" else (var,))]
                 data = png_bytes(layers, png) if np.isfinite(layers[0]).any() else None
             if data is not None:
-                files += spec.sink.deliver(render_key("png", name, scene, var), data)
+                key = render_key("png", name, scene, var)
+                if spec.sink.direct:  # file creation is the cost: overlap it (no GIL held)
+                    writes.append(_writer().submit(spec.sink.stage.put, key, data))
+                else:
+                    files += spec.sink.deliver(key, data)
         if spec.cog is not None:
             for var in spec.cog.variables:
                 arr, r0, c0 = field_raster(r, c, values[var][a:b])
