@@ -42,6 +42,7 @@ __all__ = [
     "io_counters",
     "is_transient",
     "profile_key",
+    "s3_store_options",
     "with_retries",
 ]
 
@@ -209,24 +210,31 @@ _MADE_DIRS: set[str] = set()  # local directories known to exist (puts skip the 
 _STORES_LOCK = threading.Lock()
 
 
-def _s3_store(bucket: str, prefix: str, profile: StorageProfile) -> Any:
+def s3_store_options(profile: StorageProfile) -> dict[str, Any]:
+    """``S3Store`` keyword arguments of a storage profile (endpoint, region, addressing,
+    plain HTTP, credentials); the callers add their client and retry settings."""
     s3 = profile.s3.resolved()
     kwargs: dict[str, Any] = {
         "region": s3.region,
         "virtual_hosted_style_request": not s3.force_path_style,
-        "client_options": {"allow_http": s3.allow_http, "timeout": "120s",
-                           "connect_timeout": "10s"},
-        # retries are ours (counted, named errors): the client's own are switched off
-        "retry_config": {"max_retries": 0, "retry_timeout": dt.timedelta(0)},
+        "client_options": {"allow_http": s3.allow_http},
     }
-    if prefix:
-        kwargs["prefix"] = prefix
     if s3.endpoint_url:
         kwargs["endpoint"] = s3.endpoint_url
     if s3.anonymous:
         kwargs["skip_signature"] = True
     else:
         kwargs.update(s3.static_keys())
+    return kwargs
+
+
+def _s3_store(bucket: str, prefix: str, profile: StorageProfile) -> Any:
+    kwargs = s3_store_options(profile)
+    kwargs["client_options"].update(timeout="120s", connect_timeout="10s")
+    # retries are ours (counted, named errors): the client's own are switched off
+    kwargs["retry_config"] = {"max_retries": 0, "retry_timeout": dt.timedelta(0)}
+    if prefix:
+        kwargs["prefix"] = prefix
     return S3Store(bucket, **kwargs)
 
 

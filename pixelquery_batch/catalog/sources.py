@@ -23,6 +23,7 @@ from obstore.store import LocalStore, S3Store
 
 from ..config import StorageProfile
 from ..errors import ConfigError, InputDataError, StorageError
+from ..storage import profile_key, s3_store_options
 
 __all__ = [
     "SourceFile",
@@ -93,26 +94,11 @@ def object_store_for(url: str, profile: StorageProfile | None = None) -> Any:
     """An obstore store for the root of ``url`` (cached per root and profile)."""
     root, _ = split_url(url)
     profile = profile or StorageProfile()
-    key = (root, profile.model_dump_json())
+    key = (root, profile_key(profile))  # secrets hashed in: two key pairs, two stores
     store = _STORES.get(key)
     if store is not None:
         return store
-    if root == "file:///":
-        store = LocalStore("/")
-    else:
-        s3 = profile.s3.resolved()
-        kwargs: dict[str, Any] = {
-            "region": s3.region,
-            "virtual_hosted_style_request": not s3.force_path_style,
-            "client_options": {"allow_http": s3.allow_http},
-        }
-        if s3.endpoint_url:
-            kwargs["endpoint"] = s3.endpoint_url
-        if s3.anonymous:
-            kwargs["skip_signature"] = True
-        else:
-            kwargs.update(s3.static_keys())
-        store = S3Store(root[5:], **kwargs)
+    store = LocalStore("/") if root == "file:///" else S3Store(root[5:], **s3_store_options(profile))
     _STORES[key] = store
     return store
 
