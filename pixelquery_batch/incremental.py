@@ -96,7 +96,6 @@ class FieldState:
     stale_fields: set[str] = field(default_factory=set)  # rows under another geometry
     table_exists: bool = False
     other_result_rows: int = 0  # rows computed under another result hash
-    runs: int = 0  # runs recorded so far
     rebuild: bool = False  # rows exist but must all be recomputed (day rows missing)
 
     def is_done(self, field_id: str, scene_id: str, *, retry_failed: bool = False) -> bool:
@@ -144,8 +143,6 @@ def load_state(out: Location, result_hash: str, hashes: dict[str, str], *,
         open_rows = ledger.filter(pc.and_(pc.equal(ledger.column("result_hash"), result_hash),
                                           pc.invert(ledger.column("resolved"))))
         state.failed = _pairs(open_rows)
-    runs = delta.read(out, RUNS, columns=["run_id"])
-    state.runs = 0 if runs is None else runs.num_rows
     if need_days and state.done and not delta.exists(out, DAYS):
         state.done, state.staged, state.rebuild = set(), set(), True
     return state

@@ -571,7 +571,7 @@ def run_job(
     manifest["duration_s"] = round((finished - started).total_seconds(), 3)
     final["report"] = out.display("report.html")
     manifest["outputs"] = final
-    _record_run(out, manifest, state)
+    _record_run(out, manifest)
     out.put("manifest.json", json_bytes(manifest))
     try:
         from .report import write_report
@@ -595,11 +595,12 @@ def _publish_tables(out: Location, stage: Location, outputs: dict[str, str],
     from .writers import delta, read_parquet_prefix
 
     done = {}
+    dirs = set(out.list_dirs())
     for name in [n for n in _DELTA_OUTPUTS if n in outputs and outputs[n] == n]:
         table = read_parquet_prefix(stage, name)
         if table is None:
             continue
-        if out.list(name) and not out.list(f"{name}/_delta_log"):
+        if name in dirs and "_delta_log" not in out.list_dirs(name):
             out.delete_prefix(name)  # a plain Parquet directory of an older version
         delta.overwrite(out, name, table, metadata={"run_id": manifest["run_id"],
                                                     "snapshot_id": manifest["repository"]["snapshot_id"]})
@@ -648,18 +649,19 @@ def _expected_outputs(spec: Any) -> list[str]:
 def _previous_outputs(out: Location, spec: Any) -> dict[str, str]:
     """Where the job's outputs are (those a run without new work leaves as they are)."""
     found = {}
+    dirs = set(out.list_dirs())  # one listing, not every object of every table
     for name in _expected_outputs(spec):
         for key in (f"{name}.csv", f"{name}.geoparquet"):
             if out.exists(key):
                 found[name] = out.display(key)
                 break
         else:
-            if out.list(name):
+            if name in dirs:
                 found[name] = out.display(name)
     return found
 
 
-def _record_run(out: Location, manifest: dict[str, Any], state: Any) -> None:
+def _record_run(out: Location, manifest: dict[str, Any]) -> None:
     """Append the run to the ``runs`` table (one commit)."""
     from .incremental import RUNS
     from .writers import delta

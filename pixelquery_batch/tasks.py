@@ -877,18 +877,6 @@ def field_bucket(field_id: str, n_buckets: int) -> int:
     return zlib.crc32(field_id.encode()) % max(1, n_buckets)
 
 
-def day_parts(table: pa.Table, part_id: str, n_buckets: int) -> list[tuple[str, bytes]]:
-    """A unit's day rows as one Parquet part per field bucket: ``(key, bytes)`` with keys
-    ``.days/b=K/part-<unit>.parquet`` (written to the run's staging location)."""
-    from .writers.tables import parquet_bytes
-
-    if table.num_rows == 0:
-        return []
-    buckets = np.array([field_bucket(f, n_buckets) for f in table.column("field_id").to_pylist()])
-    return [(f".days/b={int(k):05d}/part-{part_id}.parquet",
-             parquet_bytes(table.filter(pa.array(buckets == k)))) for k in np.unique(buckets)]
-
-
 @dataclass(frozen=True)
 class SeriesBucket:
     """One bucket of fields to composite: its day parts under ``key`` of the staging

@@ -1,10 +1,9 @@
 """Versioned output tables: Delta Lake through ``deltalake`` (delta-rs), local or ``s3://``.
 
 Every write is one atomic commit: a reader sees the table before or after it, never half
-of it, and every version stays readable (``pqb runs`` lists them; DuckDB, polars, pandas
-and Spark read the tables as they are). Appends carry an *application transaction*
-(``app_id`` -> version), so replaying the publication of a run after a crash does not
-append its rows twice.
+of it, and every version stays readable (DuckDB, polars, pandas and Spark read the tables
+as they are). A replayed publication does not append twice because the caller drops the
+rows already in the table (:mod:`pixelquery_batch.incremental`).
 """
 
 from __future__ import annotations
@@ -16,8 +15,7 @@ import pyarrow as pa
 from ..errors import OutputError
 from ..storage import Location
 
-__all__ = ["append", "exists", "merge_rows", "overwrite", "read", "storage_options",
-           "table_uri", "transaction_version", "versions"]
+__all__ = ["append", "exists", "merge_rows", "overwrite", "read", "storage_options", "table_uri"]
 
 
 def table_uri(loc: Location, name: str) -> str:
@@ -75,28 +73,20 @@ def read(loc: Location, name: str, *, columns: list[str] | None = None,
     return table.to_pyarrow_table(columns=cols)
 
 
-def transaction_version(loc: Location, name: str, app_id: str) -> int | None:
-    """The last version committed under application transaction ``app_id``."""
-    table = _table(loc, name)
-    return None if table is None else table.transaction_version(app_id)
+def _commit(metadata: dict[str, Any] | None) -> Any:
+    from deltalake import CommitProperties
 
-
-def _commit(app_id: str | None, version: int | None, metadata: dict[str, Any] | None) -> Any:
-    from deltalake import CommitProperties, Transaction
-
-    txns = [Transaction(app_id=app_id, version=version)] if app_id is not None else None
-    return CommitProperties(custom_metadata={k: str(v) for k, v in (metadata or {}).items()},
-                            app_transactions=txns)
+    return CommitProperties(custom_metadata={k: str(v) for k, v in (metadata or {}).items()})
 
 
 def _write(loc: Location, name: str, data: pa.Table, mode: str, *,
-           app_id: str | None, version: int | None, metadata: dict[str, Any] | None) -> None:
+           metadata: dict[str, Any] | None) -> None:
     from deltalake import write_deltalake
 
     try:
         write_deltalake(table_uri(loc, name), data, mode=mode, schema_mode="merge" if mode == "append"
                         else "overwrite", storage_options=storage_options(loc),
-                        commit_properties=_commit(app_id, version, metadata))
+                        commit_properties=_commit(metadata))
     except Exception as exc:
         raise OutputError(f"cannot write table {loc.display(name)}: {_head(exc)}",
                           path=loc.display(name)) from None
@@ -106,44 +96,31 @@ def _head(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
-def append(loc: Location, name: str, data: pa.Table, *, app_id: str | None = None,
-           version: int | None = None, metadata: dict[str, Any] | None = None) -> bool:
-    """Append ``data`` in one commit. With ``app_id``/``version``, nothing is written when
-    that transaction version was committed already (a replay); returns whether it wrote."""
-    if app_id is not None and version is not None:
-        done = transaction_version(loc, name, app_id)
-        if done is not None and done >= version:
-            return False
-    _write(loc, name, data, "append", app_id=app_id, version=version, metadata=metadata)
-    return True
+def append(loc: Location, name: str, data: pa.Table, *,
+           metadata: dict[str, Any] | None = None) -> None:
+    """Append ``data`` in one commit."""
+    _write(loc, name, data, "append", metadata=metadata)
 
 
-def overwrite(loc: Location, name: str, data: pa.Table, *, app_id: str | None = None,
-              version: int | None = None, metadata: dict[str, Any] | None = None) -> None:
+def overwrite(loc: Location, name: str, data: pa.Table, *,
+              metadata: dict[str, Any] | None = None) -> None:
     """Replace the table's rows (and schema) with ``data`` in one commit (the previous
     versions stay readable)."""
-    _write(loc, name, data, "overwrite", app_id=app_id, version=version, metadata=metadata)
+    _write(loc, name, data, "overwrite", metadata=metadata)
 
 
 def merge_rows(loc: Location, name: str, data: pa.Table, keys: list[str], *,
-               app_id: str | None = None, version: int | None = None,
                metadata: dict[str, Any] | None = None) -> None:
     """Upsert ``data`` on ``keys`` in one commit: matching rows replaced, others inserted."""
     table = _table(loc, name)
     if table is None:
-        _write(loc, name, data, "append", app_id=app_id, version=version, metadata=metadata)
+        _write(loc, name, data, "append", metadata=metadata)
         return
     predicate = " AND ".join(f"t.{k} = s.{k}" for k in keys)
     try:
         (table.merge(data, predicate=predicate, source_alias="s", target_alias="t",
-                     commit_properties=_commit(app_id, version, metadata))
+                     commit_properties=_commit(metadata))
          .when_matched_update_all().when_not_matched_insert_all().execute())
     except Exception as exc:
         raise OutputError(f"cannot update table {loc.display(name)}: {_head(exc)}",
                           path=loc.display(name)) from None
-
-
-def versions(loc: Location, name: str) -> list[dict[str, Any]]:
-    """The table's commits, newest first (version, timestamp, operation, metadata)."""
-    table = _table(loc, name)
-    return [] if table is None else list(table.history())
