@@ -289,8 +289,11 @@ class TreeSampler(BackgroundSampler):
         return alive
 
 
-def run_engine(spec: Path, *, python: str, log_path: Path) -> PeerRun:
+def run_engine(spec: Path, *, python: str, log_path: Path, cpus: set[int] | None = None) -> PeerRun:
     """``pqb run SPEC --json`` as a subprocess; wall, tree CPU, worker RSS, manifest numbers.
+
+    ``cpus``: the cores the process tree may run on (``sched_setaffinity``, inherited by
+    every thread and worker process): ``{0}`` makes a 1-worker run a 1-core run.
 
     Wall: ``perf_counter`` from just before ``Popen`` to after ``wait`` (interpreter start,
     imports, LocalCluster start and close included). CPU: the change of
@@ -308,7 +311,8 @@ def run_engine(spec: Path, *, python: str, log_path: Path) -> PeerRun:
     with open(log_path, "wb") as log:
         t0 = time.perf_counter()
         proc = subprocess.Popen([python, "-m", "pixelquery_batch.cli", "run", str(spec), "--json"],
-                                stdout=subprocess.PIPE, stderr=log)
+                                stdout=subprocess.PIPE, stderr=log,
+                                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
         with TreeSampler(proc.pid) as sampler:
             out, _ = proc.communicate()
         wall_s = time.perf_counter() - t0

@@ -61,6 +61,13 @@ processes) <= 1.5x the floor's. Cost per field-scene pair must not grow with the
 of fields (CPU and execution-phase wall per pair each <= 1.1x the previous density's);
 measured read amplification <= 1.2 at every density; 1 -> 2 workers execution-phase
 speedup >= 1.8x; peak RSS per worker <= 1 GB; >= 100 pairs per task at 20,000 fields.
+
+Scaling is measured per core: a run with W workers (threads) on a machine with more
+cores is pinned to W cores (``sched_setaffinity``, inherited by every thread and worker
+process), so the 1-worker run cannot borrow the second core for its I/O threads, chunk
+prefetch, scheduler and client; unpinned (``--unpinned``), a 1-worker run already keeps
+~1.3 cores busy and 2 cores can give it at most ~1.5x. The 2-worker run on a 2-core
+machine is not restricted. Each engine line says how many cores it ran on.
 When neither 2,000 nor 20,000 is among ``--fields`` (a smoke run), the smallest and the
 second-smallest density stand in for them, labelled as such.
 
@@ -270,7 +277,11 @@ def run_repeat(d: Density, rep: int, *, args: argparse.Namespace, workers: list[
     for w in workers:
         out = ddir / f"w{w}_out"
         shutil.rmtree(out, ignore_errors=True)
-        run = run_engine(d.specs[w], python=sys.executable, log_path=ddir / f"w{w}_r{rep}.log")
+        cores = sorted(os.sched_getaffinity(0))
+        cpus = set(cores[:w]) if not args.unpinned and w < len(cores) else None
+        run = run_engine(d.specs[w], python=sys.executable, log_path=ddir / f"w{w}_r{rep}.log",
+                         cpus=cpus)
+        run.extra["cores"] = len(cpus) if cpus else len(cores)
         run.extra["dask_workers"] = run.extra["workers"]
         run.extra["workers"] = w  # threads (or processes) the spec asked for
         run.table = read_engine_table(run.extra["stats_path"])
@@ -300,7 +311,9 @@ def say_engine_run(r: PeerRun, rep: int) -> None:
     x = r.extra
     by_kind = ", ".join(f"{k} {v:.2f}" for k, v in x["cpu_sampled_by_kind_s"].items())
     rss = ", ".join(f"{v / MB:.0f}" for v in x["peak_rss_workers"])
-    say(f"  [{rep + 1}] {peer_label(engine_key(x['workers']))}: wall {r.wall_s:.2f} s "
+    cores = x.get("cores")
+    on = f" on {cores} core{'s' if cores != 1 else ''}" if cores else ""
+    say(f"  [{rep + 1}] {peer_label(engine_key(x['workers']))}{on}: wall {r.wall_s:.2f} s "
         f"(execution {x['exec_wall_s']:.2f} s, manifest duration {x['manifest_duration_s']:.2f} s), "
         f"CPU {r.cpu_s:.2f} s; {x['units']} tasks, {x['rows']} rows, {x['chunks_read']} chunks "
         f"fetched, {x['failures']} failures; peak RSS workers [{rss}] MB, pqb process "
@@ -429,6 +442,7 @@ def summarise_density(d: Density, *, main_w: int, workers: list[int], n_scenes: 
     if 1 in workers and 2 in workers:
         engine["exec_speedup_1_to_2"] = (med_extra(d.runs[engine_key(1)], "exec_wall_s")
                                          / med_extra(d.runs[engine_key(2)], "exec_wall_s"))
+        engine["cores_1_to_2"] = [d.runs[engine_key(w)][0].extra.get("cores") for w in (1, 2)]
     checks: dict[str, Any] = {}
     ref_key = "naive" if "naive" in d.tables else ("floor" if "floor" in d.tables else None)
     if ref_key is not None:
@@ -477,7 +491,9 @@ def print_density(s: dict[str, Any], repeats: int) -> None:
     say(f"engine: peak RSS per worker (max over repeats): {rss}; pqb (client + scheduler) "
         f"process: {main} MB")
     if "exec_speedup_1_to_2" in e:
-        say(f"engine: execution-phase speedup 1 -> 2 workers {e['exec_speedup_1_to_2']:.2f}x")
+        cores = e.get("cores_1_to_2") or [None, None]
+        say(f"engine: execution-phase speedup 1 -> 2 workers {e['exec_speedup_1_to_2']:.2f}x "
+            f"(on {cores[0]} -> {cores[1]} cores)")
     if e["failures"]:
         say(f"engine: WARNING {e['failures']} field-scene failures in a run (see its manifest)")
     if "floor" in s["peers"]:
@@ -648,6 +664,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--engine-mode", choices=("threads", "processes"), default="threads",
                     help="the engine's LocalCluster: W threads of one process (the embedded "
                     "default) or W single-thread worker processes")
+    ap.add_argument("--unpinned", action="store_true",
+                    help="do not pin a W-worker engine run to W cores (by default a run with "
+                    "fewer workers than cores runs on that many cores only, so 1 -> 2 "
+                    "workers measures 1 -> 2 cores)")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats (medians)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default=None,

@@ -137,6 +137,26 @@ def tune_allocator() -> None:
         pass
 
 
+def release_memory() -> None:
+    """Hand freed memory back to the OS after a phase that allocated a lot (a run's units,
+    a table commit): Python's garbage, glibc's free heap pages, Arrow's pool. The peak
+    RSS of the process that runs the client then follows what it holds, not what it
+    once held."""
+    import gc
+
+    import pyarrow as pa
+
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    try:
+        import ctypes
+        import ctypes.util
+
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 _CACHE: OrderedDict[tuple[Any, ...], FieldPixels] = OrderedDict()
 _CACHE_LOCK = threading.Lock()
 _BUILDING: dict[tuple[Any, ...], threading.Lock] = {}

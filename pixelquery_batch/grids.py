@@ -188,13 +188,37 @@ def band_chunks(gmap: GridMap, windows: list[Window] | tuple[Window, ...],
     >>> sorted(band_chunks(m, [(0, 10, 60, 80)], (16, 16)))
     [(0, 1), (0, 2)]
     """
-    out: set[tuple[int, int]] = set()
+    w = np.asarray(windows, dtype=np.int64).reshape(-1, 4)
+    r0, r1, ok_r = _axis_span(gmap.rows, w[:, 0], w[:, 1])
+    c0, c1, ok_c = _axis_span(gmap.cols, w[:, 2], w[:, 3])
+    ok = ok_r & ok_c
+    if not ok.any():
+        return set()
     cy, cx = chunks_yx
-    for w in windows:
-        bw = gmap.band_window(w)
-        if bw is None:
-            continue
-        r0, r1, c0, c1 = bw
-        out.update((i, j) for i in range(r0 // cy, (r1 - 1) // cy + 1)
-                   for j in range(c0 // cx, (c1 - 1) // cx + 1))
-    return out
+    i0, i1 = r0[ok] // cy, (r1[ok] - 1) // cy + 1
+    j0, j1 = c0[ok] // cx, (c1[ok] - 1) // cx + 1
+    # every window marks its rectangle of chunk ids; 2-D prefix sums give the union
+    marks = np.zeros((int(i1.max()) + 1, int(j1.max()) + 1), dtype=np.int32)
+    for rows, cols, sign in ((i0, j0, 1), (i0, j1, -1), (i1, j0, -1), (i1, j1, 1)):
+        np.add.at(marks, (rows, cols), sign)
+    covered = marks.cumsum(axis=0).cumsum(axis=1) > 0
+    return {(int(i), int(j)) for i, j in np.argwhere(covered)}
+
+
+def _axis_span(idx: np.ndarray, start: np.ndarray, stop: np.ndarray,
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Band index ranges ``[lo, hi)`` covering work positions ``[start, stop)`` of many
+    windows at once, and whether any of their positions falls inside the band.
+
+    ``idx`` (a :class:`GridMap` axis) is non-decreasing where valid and ``-1`` only beyond
+    either end of the band, so the valid positions are one contiguous run."""
+    valid = np.flatnonzero(idx >= 0)
+    if len(valid) == 0:
+        zero = np.zeros(len(start), dtype=np.int64)
+        return zero, zero, np.zeros(len(start), dtype=bool)
+    s = np.maximum(start, valid[0])
+    e = np.minimum(stop, valid[-1] + 1)
+    ok = s < e
+    s = np.where(ok, s, valid[0])
+    e = np.where(ok, e, valid[0] + 1)
+    return idx[s], idx[e - 1] + 1, ok

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -72,12 +73,18 @@ class WorkArea:
         if data.num_rows:
             self.out.put(f"{self.prefix}/{table}/part-{unit_id}.parquet", parquet_bytes(data))
 
+    def keys(self, table: str) -> list[str]:
+        """The staged parts of ``table``."""
+        return sorted(k for k in self.out.list(f"{self.prefix}/{table}") if k.endswith(".parquet"))
+
+    def read_part(self, key: str) -> pa.Table:
+        return pq.read_table(io.BytesIO(self.out.get(key)))
+
     def read(self, table: str) -> pa.Table | None:
-        keys = [k for k in self.out.list(f"{self.prefix}/{table}") if k.endswith(".parquet")]
+        keys = self.keys(table)
         if not keys:
             return None
-        return pa.concat_tables([pq.read_table(io.BytesIO(self.out.get(k))) for k in keys],
-                                promote_options="default")
+        return pa.concat_tables([self.read_part(k) for k in keys], promote_options="default")
 
     def clear(self) -> None:
         self.out.delete_prefix(self.prefix)
@@ -148,14 +155,34 @@ def load_state(out: Location, result_hash: str, hashes: dict[str, str], *,
     return state
 
 
-def with_run_columns(table: pa.Table, *, hashes: dict[str, str], result_hash: str,
+def with_run_columns(table: pa.Table, *, hashes: dict[str, str] | FieldHashes, result_hash: str,
                      run_id: str) -> pa.Table:
-    """Add ``field_hash``, ``result_hash`` and ``run_id`` to a unit's rows."""
-    fh = pa.array([hashes.get(f, "") for f in table.column("field_id").to_pylist()], pa.string())
+    """Add ``field_hash``, ``result_hash`` and ``run_id`` to a unit's rows (vectorised:
+    a unit brings hundreds of thousands of rows)."""
+    lookup = hashes if isinstance(hashes, FieldHashes) else FieldHashes.of(hashes)
     n = table.num_rows
-    return (table.append_column("field_hash", fh)
-            .append_column("result_hash", pa.array([result_hash] * n, pa.string()))
-            .append_column("run_id", pa.array([run_id] * n, pa.string())))
+    return (table.append_column("field_hash", lookup.take(table.column("field_id")))
+            .append_column("result_hash", pa.array([result_hash], pa.string()).take(
+                pa.array(np.zeros(n, np.int32))))
+            .append_column("run_id", pa.array([run_id], pa.string()).take(
+                pa.array(np.zeros(n, np.int32)))))
+
+
+@dataclass(frozen=True)
+class FieldHashes:
+    """``field_id -> field hash`` as two Arrow arrays, for vectorised lookups."""
+
+    ids: pa.Array
+    values: pa.Array
+
+    @classmethod
+    def of(cls, hashes: dict[str, str]) -> FieldHashes:
+        return cls(pa.array(list(hashes), pa.string()), pa.array(list(hashes.values()), pa.string()))
+
+    def take(self, field_ids: Any) -> pa.Array:
+        """The hashes of ``field_ids`` ("" for an unknown id)."""
+        idx = pc.index_in(pc.cast(field_ids, pa.string()), value_set=self.ids)
+        return pc.fill_null(self.values.take(idx), "")
 
 
 def publish(out: Location, name: str, rows: pa.Table | None, keys: list[str], *,
@@ -173,6 +200,40 @@ def publish(out: Location, name: str, rows: pa.Table | None, keys: list[str], *,
     else:
         delta.append(out, name, rows, metadata=metadata)
     return rows.num_rows
+
+
+def publish_parts(work: WorkArea, table: str, out: Location, name: str, keys: list[str], *,
+                  replace_all: bool, drop: set[str], metadata: dict[str, Any]) -> int:
+    """Append (or, ``replace_all``, overwrite with) the staged parts of ``table`` in one
+    commit, streamed part by part (each sorted on ``keys``): the client never holds every
+    row of a large run. Pairs in ``drop`` (``field_id\\x1fscene_id`` already published)
+    are left out. Only for parts that hold no pair twice (see :func:`dedupe`)."""
+    part_keys = work.keys(table)
+    if not part_keys:
+        return 0
+    first = work.read_part(part_keys[0])
+    schema = first.schema
+    dropped = pa.array(sorted(drop), pa.string()) if drop else None
+    written = 0
+
+    def batches() -> Iterable[pa.RecordBatch]:
+        nonlocal written
+        for k, key in enumerate(part_keys):
+            part = first if k == 0 else work.read_part(key).cast(schema)
+            if dropped is not None:
+                pair = pc.binary_join_element_wise(part.column("field_id").cast(pa.string()),
+                                                   part.column("scene_id").cast(pa.string()), "\x1f")
+                part = part.filter(pc.invert(pc.is_in(pair, value_set=dropped)))
+            part = part.sort_by([(c, "ascending") for c in keys])
+            written += part.num_rows
+            yield from part.to_batches()
+
+    reader = pa.RecordBatchReader.from_batches(schema, batches())
+    if replace_all:
+        delta.overwrite(out, name, reader, metadata=metadata)
+    else:
+        delta.append(out, name, reader, metadata=metadata)
+    return written
 
 
 def dedupe(table: pa.Table | None, keys: Iterable[str]) -> pa.Table | None:

@@ -503,7 +503,9 @@ def run_job(
         field_plan = todo = None
         if job.fields is not None:
             field_plan = plan_prepared(job, workers=workers_hint)
-            todo = restrict_plan(field_plan, lambda f, s: state.is_done(f, s, retry_failed=retry_failed))
+            todo = (field_plan if not (retry_failed or state.done or state.staged or state.failed)
+                    else restrict_plan(field_plan,
+                                       lambda f, s: state.is_done(f, s, retry_failed=retry_failed)))
         t_planned = time.time()
         changed = (todo is not None and (todo.units or state.staged)) or _derived_stale(
             out, spec, state, job)
@@ -574,9 +576,12 @@ def run_job(
     _record_run(out, manifest)
     out.put("manifest.json", json_bytes(manifest))
     try:
+        from .gather import release_memory
         from .report import write_report
 
-        write_report(out)
+        release_memory()
+
+        write_report(out, fields=job.fields)
     except Exception:  # the report summarises the outputs: it never fails the run
         logger.warning("could not write report.html", exc_info=True)
         final.pop("report", None)
@@ -772,13 +777,16 @@ def _run_fields(job: PreparedJob, full: Plan, plan: Plan, state: Any, client: An
     is the whole job): units' rows staged durably as they complete, then published in one
     commit per table; the time series rebuilt from every day row. Returns the long series."""
     from .executor import ExecutionSummary, execute
+    from .gather import release_memory
     from .incremental import (
         DAYS,
         STATS,
         STATS_KEYS,
+        FieldHashes,
         WorkArea,
         dedupe,
         publish,
+        publish_parts,
         with_run_columns,
     )
     from .tasks import result_schema
@@ -804,20 +812,19 @@ def _run_fields(job: PreparedJob, full: Plan, plan: Plan, state: Any, client: An
                                      "snapshot_id": job.ref.snapshot_id, "tasks": len(plan.units),
                                      "pairs": plan.n_pairs, "pairs_total": full.n_pairs})
     schema = result_schema(ctx.stats)
-    computed: set[str] = set()
+    lookup = FieldHashes.of(hashes)
+    computed_parts: list[pa.Table] = []  # (field_id, scene_id) of every row computed
 
     def on_result(res: Any) -> None:
-        table = with_run_columns(res.table.cast(schema), hashes=hashes,
+        table = with_run_columns(res.table.cast(schema), hashes=lookup,
                                  result_hash=result_hash, run_id=run_id)
         work.put("stats", res.unit_id, table)
         for key, data in res.files:  # renders of workers that cannot reach the outputs
             render_at.put(key, data)
-        computed.update(f"{f}\x1f{s}" for f, s in zip(res.table.column("field_id").to_pylist(),
-                                                       res.table.column("scene_id").to_pylist(),
-                                                       strict=True))
+        computed_parts.append(res.table.select(["field_id", "scene_id"]))
         if res.day_table is not None and res.day_table.num_rows:
             work.put("days", res.unit_id, _day_keys(
-                with_run_columns(res.day_table.cast(schema), hashes=hashes,
+                with_run_columns(res.day_table.cast(schema), hashes=lookup,
                                  result_hash=result_hash, run_id=run_id), units[res.unit_id]))
 
     summary = ExecutionSummary()
@@ -826,18 +833,28 @@ def _run_fields(job: PreparedJob, full: Plan, plan: Plan, state: Any, client: An
                           on_start=on_start)
     elif on_start:
         on_start(summary)
+    release_memory()  # the units' garbage, before the rows are committed
     # publish everything staged (this run's units and an interrupted run's) in one commit
     # per table; pairs an interrupted run already published are dropped (same result hash
     # and geometry: same values), so a replay never appends twice
     replace_all = state.other_result_rows > 0 and not state.done
-    staged = dedupe(work.read("stats"), STATS_KEYS)
-    if staged is not None and state.done and not replace_all:
-        keys = [f"{f}\x1f{s}" for f, s in zip(staged.column("field_id").to_pylist(),
-                                               staged.column("scene_id").to_pylist(), strict=True)]
-        staged = staged.filter(pa.array([k not in state.done for k in keys], pa.bool_()))
+    computed = (pa.concat_tables(computed_parts).group_by(["field_id", "scene_id"]).aggregate([])
+                if computed_parts else pa.table({"field_id": [], "scene_id": []}))
     meta = {"run_id": run_id, "snapshot_id": job.ref.snapshot_id, "job_hash": ctx.job_hash}
-    publish(root, STATS, staged, STATS_KEYS, replace_all=replace_all,
-            upsert=bool(state.stale_fields) or state.rebuild, metadata=meta)
+    drop = state.done if not replace_all else set()
+    if state.staged or state.stale_fields or state.rebuild:
+        # an interrupted run's parts may hold pairs this run computed again; rows being
+        # replaced need an upsert: the whole staged table at once
+        staged = dedupe(work.read("stats"), STATS_KEYS)
+        if staged is not None and drop:
+            keys = [f"{f}\x1f{s}" for f, s in zip(staged.column("field_id").to_pylist(),
+                                                   staged.column("scene_id").to_pylist(), strict=True)]
+            staged = staged.filter(pa.array([k not in drop for k in keys], pa.bool_()))
+        publish(root, STATS, staged, STATS_KEYS, replace_all=replace_all,
+                upsert=bool(state.stale_fields) or state.rebuild, metadata=meta)
+    else:  # this run's units only: disjoint pairs, streamed part by part
+        publish_parts(work, "stats", root, STATS, STATS_KEYS, replace_all=replace_all,
+                      drop=drop, metadata=meta)
     series = None
     if ts_spec is not None:
         days = dedupe(work.read("days"), ["field_id", "day_key", "variable"])
@@ -858,8 +875,8 @@ def _run_fields(job: PreparedJob, full: Plan, plan: Plan, state: Any, client: An
         outputs["stats"] = _export_stats(job, root, stage, outputs)
     n_failed = len({(f.get("field_id"), f.get("scene_id")) for f in summary.failures})
     manifest["plan"] = full.summary()
-    manifest["execution"] = {**_execution_record(summary), "pairs_computed": len(computed),
-                             "pairs_reused": max(0, full.n_pairs - len(computed) - n_failed),
+    manifest["execution"] = {**_execution_record(summary), "pairs_computed": computed.num_rows,
+                             "pairs_reused": max(0, full.n_pairs - computed.num_rows - n_failed),
                              "pairs_failed": n_failed, "pairs_resumed": len(state.staged)}
     manifest["warnings"].extend(summary.warnings)
     return summary, series
@@ -974,7 +991,7 @@ def _stage_day_buckets(job: PreparedJob, stage: Location, hashes: dict[str, str]
 
 
 def _record_failures(out: Location, job: PreparedJob, failures: list[dict[str, Any]], run_id: str,
-                     result_hash: str, computed: set[str], manifest: dict[str, Any]) -> None:
+                     result_hash: str, computed: pa.Table | None, manifest: dict[str, Any]) -> None:
     """Failed pairs -> the ledger (one commit; pairs now computed marked resolved); full
     tracebacks -> ``logs/<run_id>.log``, once per distinct error; the manifest keeps
     short records."""
@@ -998,9 +1015,12 @@ def _record_failures(out: Location, job: PreparedJob, failures: list[dict[str, A
                        f"{f.get('scene_id')!r})\n{f['traceback']}")
     open_rows = delta.read(out, LEDGER)
     if open_rows is not None and open_rows.num_rows:
+        done = {f"{f}\x1f{sc}" for f, sc in zip(computed.column("field_id").to_pylist(),
+                                                computed.column("scene_id").to_pylist(), strict=True)
+                } if computed is not None else set()
         for r in open_rows.to_pylist():
             if (not r["resolved"] and r["result_hash"] == result_hash
-                    and f"{r['field_id']}\x1f{r['scene_id']}" in computed):
+                    and f"{r['field_id']}\x1f{r['scene_id']}" in done):
                 rows.append({**r, "resolved": True, "run_id": run_id})
     if rows:
         delta.merge_rows(out, LEDGER, pa.Table.from_pylist(rows),
@@ -1106,7 +1126,7 @@ def _stage_failures(job: PreparedJob, stage: Location, results: list[Any],
     failures = [r["failure"] for r in results if isinstance(r, dict) and "failure" in r]
     if failures:
         _record_failures(stage_root(stage), job, failures, manifest["run_id"],
-                         job.spec.result_hash(), set(), manifest)
+                         job.spec.result_hash(), None, manifest)
 
 
 def _write_returned(stage: Location, results: list[dict[str, Any]]) -> None:
@@ -1238,7 +1258,7 @@ def _run_pixel_rollup(job: PreparedJob, client: Any, stage: Location, outputs: d
                           "unit_s_total": round(result.duration_s, 3)}
     if result.failures:
         _record_failures(stage_root(stage), job, [{"stage": "rollup", **f} for f in result.failures],
-                         manifest["run_id"], job.spec.result_hash(), set(), manifest)
+                         manifest["run_id"], job.spec.result_hash(), None, manifest)
 
 
 def _composite_units(job: PreparedJob) -> tuple[Any, ...]:

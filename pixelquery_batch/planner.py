@@ -438,6 +438,7 @@ def plan_job(
             continue
         matched[hit] = True
         wins = _windows(shapely.bounds(geoms[hit]), transform, pad)
+        wkbs = shapely.to_wkb(geoms[hit])
         band_infos = _distinct_bands(members[0][1])
         work = (transform, shape_yx)
         cy, _ = _work_chunk(work, band_infos)
@@ -449,7 +450,7 @@ def plan_job(
         for sk in np.unique(strip):
             part = np.flatnonzero(strip == sk)
             part = part[np.lexsort((wins[part, 1], wins[part, 0]))]  # row-major: local reads
-            ftasks = tuple(FieldTask(str(ids[hit[k]]), shapely.to_wkb(geoms[hit[k]]),
+            ftasks = tuple(FieldTask(str(ids[hit[k]]), wkbs[k],
                                      tuple(int(v) for v in wins[k]))  # type: ignore[arg-type]
                            for k in part)
             clipped = [c for c in (_clip_window(f.window, shape_yx) for f in ftasks) if c is not None]

@@ -7,6 +7,7 @@ import json
 import pickle
 
 import geopandas as gpd
+import numpy as np
 import pyarrow as pa
 import pytest
 import shapely
@@ -147,3 +148,40 @@ def test_large_plan_stays_a_comfortable_graph() -> None:
     assert plan.n_pairs == 100_000 * 100
     assert len(plan.units) <= plan.n_pairs / 1000
     assert elapsed < 120  # generous: a sanity bound, the benchmark reports the real figure
+
+
+def test_band_chunks_equal_the_chunks_of_every_pixel_the_windows_map_to() -> None:
+    """The vectorised chunk union against a brute force over pixels: every work pixel of
+    every window, mapped by rasterio-style nearest centre lookup onto the band grid."""
+    from pixelquery_batch.grids import band_chunks, grid_map
+
+    rng = np.random.default_rng(11)
+    work = ((10.0, 0.0, 500_000.0, 0.0, -10.0, 4_200_000.0), (700, 650))
+    bands = [
+        work,  # identity
+        ((20.0, 0.0, 500_000.0, 0.0, -20.0, 4_200_000.0), (350, 325)),  # 20 m, same origin
+        ((60.0, 0.0, 500_000.0, 0.0, -60.0, 4_200_000.0), (117, 109)),  # 60 m
+        ((20.0, 0.0, 501_000.0, 0.0, -20.0, 4_199_000.0), (200, 250)),  # covers a part only
+    ]
+    for band in bands:
+        gm = grid_map(work, band)
+        (bt, (bh, bw)) = band
+        for chunks in ((16, 16), (64, 32), (256, 256)):
+            r0 = rng.integers(0, 700, 60)
+            c0 = rng.integers(0, 650, 60)
+            wins = [(int(a), int(min(700, a + rng.integers(1, 90))), int(b), int(min(650, b + rng.integers(1, 90))))
+                    for a, b in zip(r0, c0, strict=True)]
+            want = set()
+            for a0, a1, b0, b1 in wins:
+                for r in range(a0, a1):
+                    y = work[0][5] - 10.0 * (r + 0.5)
+                    br = int(np.floor((bt[5] - y) / -bt[4] + 1e-9))
+                    if not 0 <= br < bh:
+                        continue
+                    for c in range(b0, b1):
+                        x = work[0][2] + 10.0 * (c + 0.5)
+                        bc = int(np.floor((x - bt[2]) / bt[0] + 1e-9))
+                        if 0 <= bc < bw:
+                            want.add((br // chunks[0], bc // chunks[1]))
+            assert band_chunks(gm, wins, chunks) == want, (band, chunks)
+    assert band_chunks(grid_map(work, bands[3]), [(0, 5, 0, 5)], (16, 16)) == set()

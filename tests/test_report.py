@@ -109,3 +109,63 @@ def test_report_renders_in_headless_chromium(report_run, tmp_path: Path) -> None
     assert img.shape[0] >= 1000 and img.shape[1] >= 1000
     assert np.unique(img.reshape(-1, img.shape[-1])[:, :3], axis=0).shape[0] > 50  # not blank
     shutil.copy(shot, out / "report-screenshot.png")  # kept beside the report, to look at
+
+
+def test_large_field_sets_are_drawn_as_a_picture_with_each_field_in_its_colour() -> None:
+    """Above MAP_MAX_POLYGONS fields the map is one PNG (a page of 100,000 SVG polygons
+    weighs ~20 MB): each field's cells carry its value's RdYlGn colour, gaps stay clear."""
+    import base64
+
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    from pixelquery_batch.render import colormap_lut
+    from pixelquery_batch.report import MAP_MAX_POLYGONS, _map_svg
+
+    n = 60  # 3,600 fields of 80 m in a 100 m grid
+    ids = [f"f{i}" for i in range(n * n)]
+    geoms = [box(i % n * 100, i // n * 100, i % n * 100 + 80, i // n * 100 + 80) for i in range(n * n)]
+    fields = gpd.GeoDataFrame({"field_id": ids}, geometry=geoms, crs="EPSG:32631")
+    assert len(fields) > MAP_MAX_POLYGONS
+    values = {f: float(i % 97) / 96 for i, f in enumerate(ids) if i % 11}  # some missing
+    page = _map_svg(fields, values, "latest ndvi per field", width=600, height=600)
+    assert "<polygon" not in page and len(page) < 200_000
+    data = re.search(r'src="data:image/png;base64,([^"]+)"', page).group(1)
+    img = imagecodecs.png_decode(base64.b64decode(data))
+    assert img.shape == (600, 600, 4)
+    vals = np.array([values.get(f, np.nan) for f in ids])
+    lo, hi = np.nanpercentile(vals, 2), np.nanpercentile(vals, 98)
+    lut = colormap_lut("rdylgn")
+    px = 600 / (n * 100 - 20)  # pixels per metre
+    for i in (0, 1, 11, 500, 1234, n * n - 1):
+        col, row = i % n * 100 + 40, i // n * 100 + 40  # the field's centre
+        y, x = int((n * 100 - 20 - row) * px), int(col * px)
+        rgba = img[y, x]
+        assert rgba[3] == 255
+        if np.isnan(vals[i]):
+            assert tuple(rgba[:3]) == (204, 204, 204), i
+        else:
+            want = lut[int(np.clip((vals[i] - lo) / (hi - lo), 0, 1) * 255)]
+            assert tuple(rgba[:3]) == tuple(int(c) for c in want), i
+    assert img[int((n * 100 - 20 - 90) * px), int(90 * px), 3] == 0  # between fields
+
+
+def test_latest_value_per_field_matches_pandas() -> None:
+    import pandas as pd
+    import pyarrow as pa
+
+    from pixelquery_batch.report import _latest_by_field
+
+    rng = np.random.default_rng(3)
+    n = 5000
+    df = pd.DataFrame({
+        "field_id": rng.choice([f"f{i}" for i in range(700)], n),
+        "variable": rng.choice(["ndvi", "ndmi"], n),
+        "datetime": pd.Timestamp("2024-01-01", tz="UTC") + pd.to_timedelta(rng.permutation(n), "h"),
+        "mean": rng.normal(size=n),
+        "count": rng.integers(0, 3, n),
+    })
+    want = (df[(df["variable"] == "ndvi") & (df["count"] > 0)].sort_values("datetime")
+            .groupby("field_id").tail(1))
+    got = _latest_by_field(pa.Table.from_pandas(df, preserve_index=False), "ndvi")
+    assert got == dict(zip(want["field_id"], want["mean"], strict=True))

@@ -79,7 +79,7 @@ def _commit(metadata: dict[str, Any] | None) -> Any:
     return CommitProperties(custom_metadata={k: str(v) for k, v in (metadata or {}).items()})
 
 
-def _write(loc: Location, name: str, data: pa.Table, mode: str, *,
+def _write(loc: Location, name: str, data: pa.Table | pa.RecordBatchReader, mode: str, *,
            metadata: dict[str, Any] | None) -> None:
     from deltalake import write_deltalake
 
@@ -96,13 +96,14 @@ def _head(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
-def append(loc: Location, name: str, data: pa.Table, *,
+def append(loc: Location, name: str, data: pa.Table | pa.RecordBatchReader, *,
            metadata: dict[str, Any] | None = None) -> None:
-    """Append ``data`` in one commit."""
+    """Append ``data`` (a table, or a stream of batches: never all in memory) in one
+    commit."""
     _write(loc, name, data, "append", metadata=metadata)
 
 
-def overwrite(loc: Location, name: str, data: pa.Table, *,
+def overwrite(loc: Location, name: str, data: pa.Table | pa.RecordBatchReader, *,
               metadata: dict[str, Any] | None = None) -> None:
     """Replace the table's rows (and schema) with ``data`` in one commit (the previous
     versions stay readable)."""
