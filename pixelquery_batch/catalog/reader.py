@@ -10,16 +10,16 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
-from typing import Any
-
-import virtual_tiff.codecs  # noqa: F401  (registers HorizontalDeltaCodec/ChunkyCodec names)
-import xarray as xr
+from typing import TYPE_CHECKING, Any
 
 from ..config import StorageProfile
 from ..errors import CatalogError
 from ..geo import pixel_centres
 from .models import Scene
 from .store import RepoRef, resolve_snapshot
+
+if TYPE_CHECKING:  # xarray and virtual-tiff's codecs load on first use: a job never needs them
+    import xarray as xr
 
 __all__ = ["as_repo_ref", "open_scene"]
 
@@ -89,6 +89,9 @@ def open_scene(
 
 
 def _open(ref: RepoRef, scene: Scene, *, bands: Sequence[str] | None, chunks: Any) -> xr.Dataset:
+    import virtual_tiff.codecs  # noqa: F401  (registers HorizontalDeltaCodec/ChunkyCodec names)
+    import xarray as xr
+
     wanted = [scene.band(b) for b in bands] if bands else list(scene.bands)
     if bands and len({b.name for b in wanted}) != len(wanted):
         raise CatalogError(f"bands {list(bands)} name the same band twice", scene_id=scene.scene_id)
