@@ -215,8 +215,10 @@ def setup_data(workdir: Path, args: argparse.Namespace, *, fields: int | None = 
     from pixelquery_batch.sample import generate_sample
 
     n_fields = int(args.fields if fields is None else fields)
+    # markers of the earlier flat layout regenerate; so do repositories ingested before
+    # bands recorded their source's fingerprint (catalog 2: local sources read in place)
     key = {"scenes": args.scenes, "size": args.size, "fields": n_fields, "seed": args.seed,
-           "layout": PATTERN}  # markers of the earlier flat layout regenerate
+           "layout": PATTERN, "catalog": 2}
     sample_dir, repo = workdir / "sample", workdir / "repo"
     marker = workdir / MARKER
     if marker.exists():

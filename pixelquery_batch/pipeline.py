@@ -816,16 +816,18 @@ def _run_fields(job: PreparedJob, full: Plan, plan: Plan, state: Any, client: An
     computed_parts: list[pa.Table] = []  # (field_id, scene_id) of every row computed
 
     def on_result(res: Any) -> None:
-        table = with_run_columns(res.table.cast(schema), hashes=lookup,
-                                 result_hash=result_hash, run_id=run_id)
-        work.put("stats", res.unit_id, table)
-        for key, data in res.files:  # renders of workers that cannot reach the outputs
-            render_at.put(key, data)
-        computed_parts.append(res.table.select(["field_id", "scene_id"]))
+        # the unit's stats part goes last: it is what marks the unit's pairs as done for
+        # a resumed run, so a kill between two puts never leaves done pairs without their
+        # day rows or pictures
         if res.day_table is not None and res.day_table.num_rows:
             work.put("days", res.unit_id, _day_keys(
                 with_run_columns(res.day_table.cast(schema), hashes=lookup,
                                  result_hash=result_hash, run_id=run_id), units[res.unit_id]))
+        for key, data in res.files:  # renders of workers that cannot reach the outputs
+            render_at.put(key, data)
+        work.put("stats", res.unit_id, with_run_columns(res.table.cast(schema), hashes=lookup,
+                                                        result_hash=result_hash, run_id=run_id))
+        computed_parts.append(res.table.select(["field_id", "scene_id"]))
 
     summary = ExecutionSummary()
     if plan.units:

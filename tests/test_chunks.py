@@ -43,3 +43,74 @@ def test_only_listed_chunks_are_read(flavour_dir: Path, flavour_repo: Path) -> N
     expected, _ = read_with_rasterio(flavour_dir / f"uint16_deflate_pred2_{FLAVOUR_DATE}.tif")
     np.testing.assert_array_equal(got[:128, :128], expected[0, :128, :128])
     assert (got[128:, :] == 0).all() and (got[:, 128:] == 0).all()  # not read: fill value
+
+
+@pytest.mark.parametrize("flavour", sorted(SUPPORTED_FLAVOURS))
+def test_tiles_read_in_place_from_local_files_equal_rasterio(
+        flavour: str, flavour_dir: Path, flavour_repo: Path, monkeypatch) -> None:
+    """``read_tiles`` of local single-band sources reads the file in place (Icechunk's I/O
+    is not used: its fetch is made to fail) and gives rasterio's pixels; bands it cannot
+    read in place (multi-band, copied, striped ...) still go through Icechunk."""
+    from pixelquery_batch.catalog import chunks as chunks_mod
+
+    expected, _ = read_with_rasterio(flavour_dir / f"{flavour}_{FLAVOUR_DATE}.tif")
+    ref = resolve_snapshot(flavour_repo)
+    scene = ref.catalog().get(f"{flavour}_{FLAVOUR_DATE}")
+    through_icechunk = IcechunkChunkReader(ref.session(), direct_local=False)
+    reader = IcechunkChunkReader(ref.session())
+    for b in scene.bands:
+        cy, cx = b.chunks_yx
+        h, w = scene.shape_yx
+        ids = [(i, j) for i in range(-(-h // cy)) for j in range(-(-w // cx))]
+        want = through_icechunk.read_tiles(scene.group, b, ids)
+        path = f"{scene.group}/{b.array}"
+        local = chunks_mod._local_tiff(b, reader._plans_for({path})[path])
+        if local is not None:
+            assert b.source_fingerprint is not None and b.index is None and not b.copied
+            with monkeypatch.context() as m:
+                m.setattr(IcechunkChunkReader, "_fetch", lambda *a, **k: pytest.fail("fetched"))
+                got = reader.read_tiles(scene.group, b, ids)
+        else:
+            got = reader.read_tiles(scene.group, b, ids)
+        np.testing.assert_array_equal(got, want)
+        full = np.zeros((len(range(0, h, cy)) * cy, len(range(0, w, cx)) * cx), got.dtype)
+        for k, (i, j) in enumerate(ids):
+            full[i * cy:(i + 1) * cy, j * cx:(j + 1) * cx] = got[k]
+        band = b.index or 0
+        np.testing.assert_array_equal(full[:h, :w], expected[band])
+    if flavour.startswith("uint16_deflate"):  # the common case is read in place
+        b = scene.bands[0]
+        assert chunks_mod._local_tiff(b, reader._plans_for({f"{scene.group}/{b.array}"})[
+            f"{scene.group}/{b.array}"]) is not None
+
+
+def test_a_local_file_changed_after_it_was_opened_is_refused(flavour_dir: Path, flavour_repo: Path,
+                                                             tmp_path: Path) -> None:
+    """The direct read checks the file's size + ETag against the ingest fingerprint on every
+    read, as Icechunk checks its references: a rewritten file is named, never read."""
+    import os
+    import shutil
+
+    from pixelquery_batch.catalog import chunks as chunks_mod
+    from pixelquery_batch.catalog.models import BandInfo
+    from pixelquery_batch.errors import StorageError
+
+    ref = resolve_snapshot(flavour_repo)
+    scene = ref.catalog().get(f"uint16_deflate_pred2_{FLAVOUR_DATE}")
+    b = scene.bands[0]
+    copy = tmp_path / "copy.tif"
+    shutil.copyfile(b.source[len("file://"):], copy)
+    fp = chunks_mod._fingerprint(copy.as_uri())
+    moved = BandInfo.from_dict({**b.to_dict(), "source": copy.as_uri(), "source_fingerprint": fp})
+    reader = IcechunkChunkReader(ref.session())
+    plan = reader._plans_for({f"{scene.group}/{b.array}"})[f"{scene.group}/{b.array}"]
+    local = chunks_mod._local_tiff(moved, plan)
+    assert local is not None and local.read([(0, 0)])[0]
+    later = copy.stat().st_mtime + 60
+    os.utime(copy, (later, later))
+    with pytest.raises(StorageError, match=r"reading 1 chunk\(s\) of .*copy\.tif failed: the file changed "
+                       r"since ingest"):
+        local.read([(0, 0)])
+    copy.unlink()
+    with pytest.raises(StorageError, match=r"reading 1 chunk\(s\) of .*copy\.tif failed: .*copy\.tif not found"):
+        local.read([(0, 0)])

@@ -192,7 +192,8 @@ def test_sigkill_of_the_client_then_rerun_resumes(sample_small, sample_repo, tmp
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not list(work.rglob("part-*.parquet")):
+    # a unit's stats part is staged last (after its day rows): it marks its pairs done
+    while time.monotonic() < deadline and not list(work.rglob("stats/part-*.parquet")):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()

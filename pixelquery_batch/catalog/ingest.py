@@ -275,7 +275,8 @@ def _build_scene(draft: _SceneDraft, parsed: list[ParsedFile], product: ProductP
                 nodata=spec.nodata if spec.nodata is not None else p.nodata,
                 scale=scale, offset=offset, chunks_yx=p.chunks_yx,
                 source=p.file.url, transform=tuple(p.transform),  # type: ignore[arg-type]
-                shape_yx=p.shape_yx, scale_source=origin, copied=p.copied_nbytes > 0))
+                shape_yx=p.shape_yx, scale_source=origin, copied=p.copied_nbytes > 0,
+                source_fingerprint=None if p.copied_nbytes > 0 else p.file.fingerprint))
         keep = {k: v for k, v in da.attrs.items()
                 if k not in ("photometric_interpretation",) and not k.startswith("_")}
         keep["source"] = p.file.url

@@ -87,6 +87,10 @@ class BandInfo:
     shape_yx: tuple[int, int] | None = None
     scale_source: str = "profile"
     copied: bool = False  # pixels copied into the repository (not virtual references)
+    #: ``size:etag`` of the source file when ingested (virtual bands; ``None`` in catalogs
+    #: written before it was recorded): lets workers read a local source directly and
+    #: still refuse a file that changed since
+    source_fingerprint: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -96,6 +100,7 @@ class BandInfo:
             "transform": list(self.transform) if self.transform is not None else None,
             "shape_yx": list(self.shape_yx) if self.shape_yx is not None else None,
             "scale_source": self.scale_source, "copied": self.copied,
+            "source_fingerprint": self.source_fingerprint,
         }
 
     @classmethod
@@ -111,6 +116,7 @@ class BandInfo:
             shape_yx=(int(shape[0]), int(shape[1])) if shape is not None else None,
             scale_source=d.get("scale_source") or "profile",
             copied=bool(d.get("copied", False)),
+            source_fingerprint=d.get("source_fingerprint"),
         )
 
     @property
