@@ -927,7 +927,7 @@ def _publish_renders(job: PreparedJob, root: Location, staged: Location,
                      and (names.get(k.split("/")[1], k.split("/")[1]),
                           k.split("/")[2][:10]) not in keep_dates]
             root.delete(stale)
-        n = 0
+        moves = []
         for key in keys:
             _, name, base = key.split("/")
             date, rest = base[:10], base[11:]  # <date>_<scene>_<variable>.<ext>
@@ -937,9 +937,11 @@ def _publish_renders(job: PreparedJob, root: Location, staged: Location,
             fid = names.get(name, name)
             if chosen is not None and (fid, scene_id) not in chosen:
                 continue
-            # a rename on a local disk, a server-side copy on S3 (never read back)
-            root.place(f"{staged_prefix}/{key}", f"{kind}/{name}/{date}{suffix}")
-            n += 1
+            moves.append((f"{staged_prefix}/{key}", f"{kind}/{name}/{date}{suffix}"))
+        # renames on a local disk (each field's directory made once), server-side copies
+        # on S3 (never read back)
+        root.place_many(moves)
+        n = len(moves)
         if renames:
             lines = "field_id,name\n" + "".join(f'"{k}",{v}\n' for k, v in sorted(renames.items()))
             root.put(f"{kind}/ids.csv", lines.encode())
