@@ -185,3 +185,16 @@ def test_band_chunks_equal_the_chunks_of_every_pixel_the_windows_map_to() -> Non
                             want.add((br // chunks[0], bc // chunks[1]))
             assert band_chunks(gm, wins, chunks) == want, (band, chunks)
     assert band_chunks(grid_map(work, bands[3]), [(0, 5, 0, 5)], (16, 16)) == set()
+
+
+def test_units_pickle_as_columns_and_come_back_equal() -> None:
+    """A unit pickles its fields as three columns (ids, WKB, windows) and unpickles equal;
+    a lone FieldTask too."""
+    from pixelquery_batch.planner import FieldTask, WorkUnit
+
+    fields = tuple(FieldTask(f"F{i}", bytes([i % 256]) * 21, (i, i + 1, 3, 4)) for i in range(500))
+    unit = WorkUnit("u1", "EPSG:32633", (10.0, 0.0, 0.0, 0.0, -10.0, 0.0), (100, 100), (),
+                    fields, 7, "key")
+    back = pickle.loads(pickle.dumps(unit, protocol=5))
+    assert back == unit and back.fields[123] == fields[123] and back.fields_key == "key"
+    assert pickle.loads(pickle.dumps(fields[3])) == fields[3]
