@@ -14,6 +14,7 @@ Everything downstream (band math, masks, statistics) works on these flat arrays.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 from collections import OrderedDict
@@ -127,14 +128,22 @@ def tune_allocator() -> None:
     if _TUNED:
         return
     _TUNED = True
-    try:
-        import ctypes
-        import ctypes.util
-
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc = _glibc()
+    if libc is not None:
         libc.mallopt(-3, _MMAP_THRESHOLD)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):  # not glibc
-        pass
+
+
+@functools.cache
+def _glibc() -> Any:
+    """The C library when it is glibc (``mallopt``/``malloc_trim``), else ``None``."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 
 def release_memory() -> None:
@@ -148,13 +157,9 @@ def release_memory() -> None:
 
     gc.collect()
     pa.default_memory_pool().release_unused()
-    try:
-        import ctypes
-        import ctypes.util
-
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 _CACHE: OrderedDict[tuple[Any, ...], FieldPixels] = OrderedDict()

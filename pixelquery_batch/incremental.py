@@ -26,7 +26,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -112,12 +111,24 @@ class FieldState:
         return key in self.done or key in self.staged or key in self.failed
 
 
+def pair_keys(table: pa.Table) -> pa.Array:
+    """``field_id\x1fscene_id`` of every row: the key pairs are compared by."""
+    return pc.binary_join_element_wise(table.column("field_id").cast(pa.string()),
+                                       table.column("scene_id").cast(pa.string()), "\x1f")
+
+
 def _pairs(table: pa.Table | None) -> set[str]:
     if table is None or table.num_rows == 0:
         return set()
-    keys = pc.binary_join_element_wise(table.column("field_id").cast(pa.string()),
-                                       table.column("scene_id").cast(pa.string()), "\x1f")
-    return set(keys.to_pylist())
+    return set(pair_keys(table).to_pylist())
+
+
+def drop_pairs(table: pa.Table, pairs: set[str]) -> pa.Table:
+    """The rows of ``table`` whose pair is not in ``pairs`` (keys as :func:`pair_keys`)."""
+    if not pairs or table.num_rows == 0:
+        return table
+    return table.filter(pc.invert(pc.is_in(pair_keys(table),
+                                           value_set=pa.array(list(pairs), pa.string()))))
 
 
 def load_state(out: Location, result_hash: str, hashes: dict[str, str], *,
@@ -162,10 +173,8 @@ def with_run_columns(table: pa.Table, *, hashes: dict[str, str] | FieldHashes, r
     lookup = hashes if isinstance(hashes, FieldHashes) else FieldHashes.of(hashes)
     n = table.num_rows
     return (table.append_column("field_hash", lookup.take(table.column("field_id")))
-            .append_column("result_hash", pa.array([result_hash], pa.string()).take(
-                pa.array(np.zeros(n, np.int32))))
-            .append_column("run_id", pa.array([run_id], pa.string()).take(
-                pa.array(np.zeros(n, np.int32)))))
+            .append_column("result_hash", pa.repeat(pa.scalar(result_hash, pa.string()), n))
+            .append_column("run_id", pa.repeat(pa.scalar(run_id, pa.string()), n)))
 
 
 @dataclass(frozen=True)
@@ -213,17 +222,12 @@ def publish_parts(work: WorkArea, table: str, out: Location, name: str, keys: li
         return 0
     first = work.read_part(part_keys[0])
     schema = first.schema
-    dropped = pa.array(sorted(drop), pa.string()) if drop else None
     written = 0
 
     def batches() -> Iterable[pa.RecordBatch]:
         nonlocal written
         for k, key in enumerate(part_keys):
-            part = first if k == 0 else work.read_part(key).cast(schema)
-            if dropped is not None:
-                pair = pc.binary_join_element_wise(part.column("field_id").cast(pa.string()),
-                                                   part.column("scene_id").cast(pa.string()), "\x1f")
-                part = part.filter(pc.invert(pc.is_in(pair, value_set=dropped)))
+            part = drop_pairs(first if k == 0 else work.read_part(key).cast(schema), drop)
             part = part.sort_by([(c, "ascending") for c in keys])
             written += part.num_rows
             yield from part.to_batches()

@@ -785,6 +785,7 @@ def _run_fields(job: PreparedJob, full: Plan, plan: Plan, state: Any, client: An
         FieldHashes,
         WorkArea,
         dedupe,
+        drop_pairs,
         publish,
         publish_parts,
         with_run_columns,
@@ -848,10 +849,8 @@ def _run_fields(job: PreparedJob, full: Plan, plan: Plan, state: Any, client: An
         # an interrupted run's parts may hold pairs this run computed again; rows being
         # replaced need an upsert: the whole staged table at once
         staged = dedupe(work.read("stats"), STATS_KEYS)
-        if staged is not None and drop:
-            keys = [f"{f}\x1f{s}" for f, s in zip(staged.column("field_id").to_pylist(),
-                                                   staged.column("scene_id").to_pylist(), strict=True)]
-            staged = staged.filter(pa.array([k not in drop for k in keys], pa.bool_()))
+        if staged is not None:
+            staged = drop_pairs(staged, drop)
         publish(root, STATS, staged, STATS_KEYS, replace_all=replace_all,
                 upsert=bool(state.stale_fields) or state.rebuild, metadata=meta)
     else:  # this run's units only: disjoint pairs, streamed part by part
@@ -1001,7 +1000,7 @@ def _record_failures(out: Location, job: PreparedJob, failures: list[dict[str, A
     short records."""
     import hashlib
 
-    from .incremental import LEDGER
+    from .incremental import LEDGER, pair_keys
     from .writers import delta
 
     rows, seen, log = [], set(), []
@@ -1019,9 +1018,7 @@ def _record_failures(out: Location, job: PreparedJob, failures: list[dict[str, A
                        f"{f.get('scene_id')!r})\n{f['traceback']}")
     open_rows = delta.read(out, LEDGER)
     if open_rows is not None and open_rows.num_rows:
-        done = {f"{f}\x1f{sc}" for f, sc in zip(computed.column("field_id").to_pylist(),
-                                                computed.column("scene_id").to_pylist(), strict=True)
-                } if computed is not None else set()
+        done = set(pair_keys(computed).to_pylist()) if computed is not None else set()
         for r in open_rows.to_pylist():
             if (not r["resolved"] and r["result_hash"] == result_hash
                     and f"{r['field_id']}\x1f{r['scene_id']}" in done):

@@ -240,9 +240,11 @@ def _local_tiff(band: BandInfo, plan: _ArrayPlan) -> _LocalTiff | None:
     with _LOCAL_LOCK:
         if key in _LOCAL:
             return _LOCAL[key]
-    got = _open_local_tiff(band.source, fp, plan)
-    if got is None and _fingerprint(band.source) is None:
+    now = _fingerprint(band.source)
+    if now is None:
         return None  # gone: Icechunk's read names it (and a restored file is read in place)
+    # changed since ingest: Icechunk's read names the change
+    got = _open_local_tiff(band.source, fp, plan) if now == fp else None
     with _LOCAL_LOCK:
         if len(_LOCAL) > 4096:
             _LOCAL.clear()
@@ -254,8 +256,6 @@ def _open_local_tiff(url: str, fingerprint: str, plan: _ArrayPlan) -> _LocalTiff
     import tifffile
 
     path = _display_source(url)
-    if _fingerprint(url) != fingerprint:
-        return None  # changed or gone since ingest: Icechunk's read names the change
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
