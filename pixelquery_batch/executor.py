@@ -223,12 +223,12 @@ def _unit_failed(summary: ExecutionSummary, unit: WorkUnit, exc: BaseException,
     if ctx.on_error == "fail":
         raise TaskError(f"unit {unit.unit_id} failed: {exc}", unit_id=unit.unit_id,
                         scene_ids=[s.scene_id for s in unit.scenes],
-                        field_ids=[f.field_id for f in unit.fields][:20]) from exc
+                        field_ids=unit.fields.ids.slice(0, 20).to_pylist()) from exc
     err = f"{type(exc).__name__}: {exc}"
     summary.units_failed += 1
     summary.failures.extend(
-        {"unit_id": unit.unit_id, "scene_id": s.scene_id, "field_id": f.field_id, "error": err}
-        for s in unit.scenes for f in unit.fields)
+        {"unit_id": unit.unit_id, "scene_id": s.scene_id, "field_id": fid, "error": err}
+        for s in unit.scenes for fid in unit.fields.field_ids())
 
 
 def _consume(summary: ExecutionSummary, unit: WorkUnit, result: Callable[[], UnitResult],

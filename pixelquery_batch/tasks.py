@@ -317,42 +317,48 @@ class _Rows:
         self.ctx = ctx
         self.parts: list[pa.Table] = []
 
-    def add(self, field_ids: Sequence[str], scene_id: str, when: dt.datetime, variable: str,
+    def add(self, field_ids: pa.Array, scene_id: str, when: dt.datetime, variable: str,
             res: dict[str, np.ndarray], total: np.ndarray, nodata: np.ndarray,
             cloud: np.ndarray, cloud_masked: bool) -> None:
+        """Rows of ``field_ids`` (an Arrow string array: no Python string per row)."""
         n = len(field_ids)
         if n == 0:
             return
         schema = result_schema(self.stats)
+
+        def same(value: Any, name: str) -> pa.Array:
+            return pa.repeat(pa.scalar(value, schema.field(name).type), n)
+
         cols: dict[str, Any] = {
-            "field_id": pa.array(field_ids, pa.string()),
-            "scene_id": pa.array([scene_id] * n, pa.string()),
-            "datetime": pa.array([when] * n, schema.field("datetime").type),
-            "variable": pa.array([variable] * n, pa.string()),
+            "field_id": field_ids,
+            "scene_id": same(scene_id, "scene_id"),
+            "datetime": same(when, "datetime"),
+            "variable": same(variable, "variable"),
         }
         for c in self.cols:
             cols[c] = pa.array(np.asarray(res[c], dtype=np.float64))
         cols["pixel_count"] = pa.array(total)
         cols["nodata_count"] = pa.array(nodata)
         cols["cloud_count"] = pa.array(cloud)
-        cols["cloud_masked"] = pa.array(np.full(n, cloud_masked))
-        cols["snapshot_id"] = pa.array([self.ctx.repo.snapshot_id] * n, pa.string())
-        cols["job_hash"] = pa.array([self.ctx.job_hash] * n, pa.string())
+        cols["cloud_masked"] = same(cloud_masked, "cloud_masked")
+        cols["snapshot_id"] = same(self.ctx.repo.snapshot_id, "snapshot_id")
+        cols["job_hash"] = same(self.ctx.job_hash, "job_hash")
         self.parts.append(pa.Table.from_pydict(cols, schema=schema))
 
-    def add_group(self, grp: Any, ids: Sequence[str], scene_id: str, when: dt.datetime,
+    def add_group(self, grp: Any, ids: pa.Array, scene_id: str, when: dt.datetime,
                   variable: str, values: np.ndarray, cloud: np.ndarray, cloud_masked: bool, *,
                   weights: np.ndarray | None, keep: np.ndarray | None = None) -> None:
-        """Rows of one group of fields: their statistics of ``values`` (NaN = invalid), the
-        pixel, nodata and cloud weights (``keep`` False drops pixels from a field)."""
+        """Rows of one group of fields (``ids``: all the unit's, as Arrow): their
+        statistics of ``values`` (NaN = invalid), the pixel, nodata and cloud weights
+        (``keep`` False drops pixels from a field)."""
         from .kernels.segments import segment_stats
 
         res = segment_stats(values, grp.segments, self.cols, keep=keep, weights=weights)
         invalid = ~np.isfinite(values)
         cloud_w = _weighted_sums(grp.segments, weights, invalid & cloud, keep)
         nodata_w = _weighted_sums(grp.segments, weights, invalid, keep) - cloud_w
-        self.add(ids[grp.f0:grp.f1], scene_id, when, variable, res, res["_total"], nodata_w,
-                 cloud_w, cloud_masked)
+        self.add(ids.slice(grp.f0, grp.f1 - grp.f0), scene_id, when, variable, res,
+                 res["_total"], nodata_w, cloud_w, cloud_masked)
 
     def table(self) -> pa.Table:
         schema = result_schema(self.stats)
@@ -432,7 +438,8 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
                          f"field covers no pixel with the {ctx.rule} rule (smaller than a pixel?)"})
     exprs = [(vname, _expression(vname, text)) for vname, text in ctx.variables]
     work = (unit.transform, unit.shape_yx)
-    ids = list(pix.field_ids)
+    ids = pix.field_ids
+    id_arr = pix.ids_array()
     render_vars = ctx.render.variables if ctx.render is not None else frozenset()
     files: list[tuple[str, bytes]] = []
 
@@ -468,7 +475,7 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
                             values[cloud] = np.nan
                         if render_vars and vname in render_vars:
                             to_render[vname] = values
-                        rows.add_group(grp, ids, scene.scene_id, when, vname, values, cloud,
+                        rows.add_group(grp, id_arr, scene.scene_id, when, vname, values, cloud,
                                        masked, weights=gw)
                         if day_rows is not None:
                             prev = merged.get((g, vname))
@@ -495,7 +502,7 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
                 keep = None if keep_all is None else keep_all[grp.p0:grp.p1]
                 gw = None if pix.weights is None else pix.weights[grp.p0:grp.p1]
                 for vname, _ in exprs:
-                    day_rows.add_group(grp, ids, day_id, when, vname, merged[(g, vname)],
+                    day_rows.add_group(grp, id_arr, day_id, when, vname, merged[(g, vname)],
                                        merged_cloud[g], day_masked, weights=gw, keep=keep)
     return UnitResult(unit.unit_id, rows.table(), reader.chunks_read - before,
                       time.perf_counter() - t0, failures, warnings,

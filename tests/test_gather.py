@@ -63,3 +63,33 @@ def test_field_pixels_are_cached_by_key_and_a_bad_geometry_is_isolated() -> None
     pix = field_pixels(bad, T, (2000, 2000), "centre")
     assert "LINE" in pix.failed and "Polygon" in pix.failed["LINE"]
     assert pix.field_ids == tuple(f.field_id for f in fields[:3])
+
+
+def test_decoded_chunks_reuse_one_buffer_per_thread_and_never_alias_results() -> None:
+    """Bands of several dtypes and chunk counts decoded one after another on one thread
+    (the thread's scratch buffer is reused and grows): each band's gathered values equal
+    plain indexing of the full array, and stay intact after later decodes."""
+    from pixelquery_batch.catalog.chunks import ArrayChunkReader
+    from pixelquery_batch.catalog.models import BandInfo
+    from pixelquery_batch.gather import decode_band
+
+    rng = np.random.default_rng(3)
+    shape = (2000, 2000)
+    fields = _fields(300, seed=4)
+    arrays, bands = {}, []
+    for k, (dtype, chunk) in enumerate([("uint16", 256), ("float32", 512), ("uint8", 128),
+                                        ("uint16", 256)]):
+        full = (rng.random(shape) * 250).astype(dtype)
+        arrays[(f"s{k}", "b")] = full
+        bands.append((f"s{k}", BandInfo("b", None, "b", None, dtype, None, 1.0, 0.0,
+                                         (chunk, chunk), f"mem://{k}")))
+    reader = ArrayChunkReader(arrays)
+    pix = field_pixels(fields, T, shape, "centre", key="scratch-test")
+    inside = pix.inside
+    r, c = pix.rows[inside], pix.cols[inside]
+    got = [decode_band(reader, g, b, (T, shape), pix) for g, b in bands]
+    got.append(decode_band(reader, bands[0][0], bands[0][1], (T, shape), pix))  # again
+    for (g, _), tiles in zip([*bands, bands[0]], got, strict=True):
+        want = arrays[(g, "b")][r, c]
+        values = tiles.values(0, pix.n_pixels)
+        assert values.dtype == want.dtype and np.array_equal(values[inside], want)

@@ -188,13 +188,28 @@ def test_band_chunks_equal_the_chunks_of_every_pixel_the_windows_map_to() -> Non
 
 
 def test_units_pickle_as_columns_and_come_back_equal() -> None:
-    """A unit pickles its fields as three columns (ids, WKB, windows) and unpickles equal;
-    a lone FieldTask too."""
-    from pixelquery_batch.planner import FieldTask, WorkUnit
+    """A unit holds its fields as three columns (ids, WKB, windows), pickles as a few
+    buffers (no object per field) and unpickles equal; a lone FieldTask too. The fields'
+    digest (the workers' cache key) follows every column."""
+    from pixelquery_batch.planner import FieldBlock, FieldTask, WorkUnit
 
     fields = tuple(FieldTask(f"F{i}", bytes([i % 256]) * 21, (i, i + 1, 3, 4)) for i in range(500))
     unit = WorkUnit("u1", "EPSG:32633", (10.0, 0.0, 0.0, 0.0, -10.0, 0.0), (100, 100), (),
                     fields, 7, "key")
-    back = pickle.loads(pickle.dumps(unit, protocol=5))
+    assert isinstance(unit.fields, FieldBlock) and tuple(unit.fields) == fields
+    data = pickle.dumps(unit, protocol=5)
+    back = pickle.loads(data)
     assert back == unit and back.fields[123] == fields[123] and back.fields_key == "key"
+    assert tuple(back.fields) == fields and back.fields[-1] == fields[-1]
+    # ids, WKB (each with 4-byte offsets) and windows: 500 * (4 + 4 + 21 + 4 + 32) bytes;
+    # the rest is a fixed overhead
+    assert len(data) < 500 * (4 + 4 + 21 + 4 + 32) + 4000
     assert pickle.loads(pickle.dumps(fields[3])) == fields[3]
+    sub = unit.fields.take([5, 2])
+    assert tuple(sub) == (fields[5], fields[2]) and tuple(unit.fields[2:4]) == fields[2:4]
+    digest = unit.fields.digest()
+    assert FieldBlock.from_tasks(fields).digest() == digest
+    for changed in (FieldTask("F0x", fields[0].wkb, fields[0].window),
+                    FieldTask("F0", b"\x00" * 22, fields[0].window),
+                    FieldTask("F0", fields[0].wkb, (0, 1, 3, 5))):
+        assert FieldBlock.from_tasks((changed, *fields[1:])).digest() != digest

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -73,16 +74,27 @@ class ChunkReader(Protocol):
         """One array per request (raw dtype, window-shaped)."""
         ...
 
-    def read_tiles(self, group: str, band: BandInfo,
-                   chunks: Sequence[tuple[int, int]]) -> np.ndarray:
+    def read_tiles(self, group: str, band: BandInfo, chunks: Sequence[tuple[int, int]], *,
+                   scratch: np.ndarray | None = None) -> np.ndarray:
         """Decoded chunks ``(n, cy, cx)`` of one band, in the order given (raw dtype;
-        chunks absent from the store are the fill value)."""
+        chunks absent from the store are the fill value). With ``scratch`` (a uint8
+        buffer at least that large), the result is a view of it."""
         ...
 
     @property
     def chunks_read(self) -> int:
         """Number of distinct chunks fetched so far."""
         ...
+
+
+def tile_buffer(shape: tuple[int, int, int], dtype: Any, scratch: np.ndarray | None) -> np.ndarray:
+    """An uninitialised ``shape`` array: a view of the uint8 ``scratch`` buffer when it is
+    large enough, else a new array."""
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if scratch is None or scratch.nbytes < nbytes:
+        return np.empty(shape, dtype=dtype)
+    return scratch[:nbytes].view(dtype).reshape(shape)
 
 
 # --------------------------------------------------------------------------- codec plans
@@ -400,9 +412,10 @@ class IcechunkChunkReader:
             out.append(self._assemble(req, plan, decoded))
         return out
 
-    def read_tiles(self, group: str, band: BandInfo,
-                   chunks: Sequence[tuple[int, int]], *, prefetched: Any = None) -> np.ndarray:
-        """Decoded chunks of one band, straight into one ``(n, cy, cx)`` array.
+    def read_tiles(self, group: str, band: BandInfo, chunks: Sequence[tuple[int, int]], *,
+                   scratch: np.ndarray | None = None, prefetched: Any = None) -> np.ndarray:
+        """Decoded chunks of one band, straight into one ``(n, cy, cx)`` array (a view of
+        ``scratch`` when given: see :func:`tile_buffer`).
 
         The chunks are fetched concurrently (or were, by :meth:`prefetch`) and
         decompressed with imagecodecs into the output buffer (libdeflate for zlib
@@ -415,7 +428,7 @@ class IcechunkChunkReader:
         fill = plan.fill_value if plan.fill_value is not None else 0
         if isinstance(fill, str):
             fill = float(fill)
-        out = np.empty((len(chunks), cy, cx), dtype=plan.dtype)
+        out = tile_buffer((len(chunks), cy, cx), plan.dtype, scratch)
         if not chunks:
             return out
         if not plan.fast or (len(plan.chunk_shape) == 3 and plan.chunk_shape[0] != 1):
@@ -528,13 +541,14 @@ class ArrayChunkReader:
     def chunks_read(self) -> int:
         return len(self._seen)
 
-    def read_tiles(self, group: str, band: BandInfo,
-                   chunks: Sequence[tuple[int, int]]) -> np.ndarray:
+    def read_tiles(self, group: str, band: BandInfo, chunks: Sequence[tuple[int, int]], *,
+                   scratch: np.ndarray | None = None) -> np.ndarray:
         full = self.arrays[(group, band.array)]
         if band.index is not None:
             full = full[band.index]
         cy, cx = band.chunks_yx
-        out = np.zeros((len(chunks), cy, cx), dtype=full.dtype)
+        out = tile_buffer((len(chunks), cy, cx), full.dtype, scratch)
+        out[...] = 0
         for k, (i, j) in enumerate(chunks):
             self._seen.add((group, band.array, band.index, i, j))
             block = full[i * cy:(i + 1) * cy, j * cx:(j + 1) * cx]
