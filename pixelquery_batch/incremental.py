@@ -28,11 +28,12 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.ipc
 import pyarrow.parquet as pq
 
 from .storage import Location
 from .writers import delta
-from .writers.tables import parquet_bytes
+from .writers.tables import arrow_bytes
 
 __all__ = ["FieldState", "WorkArea", "field_hashes", "load_state"]
 
@@ -69,15 +70,21 @@ class WorkArea:
         return f".work/{self.result_hash}"
 
     def put(self, table: str, unit_id: str, data: pa.Table) -> None:
+        """Stage a unit's rows as an Arrow IPC stream (zstd buffers): ~4x cheaper to write
+        than Parquet for rows that are read back once, by the same version."""
         if data.num_rows:
-            self.out.put(f"{self.prefix}/{table}/part-{unit_id}.parquet", parquet_bytes(data))
+            self.out.put(f"{self.prefix}/{table}/part-{unit_id}.arrow", arrow_bytes(data))
 
     def keys(self, table: str) -> list[str]:
-        """The staged parts of ``table``."""
-        return sorted(k for k in self.out.list(f"{self.prefix}/{table}") if k.endswith(".parquet"))
+        """The staged parts of ``table`` (Parquet parts staged by older versions too)."""
+        return sorted(k for k in self.out.list(f"{self.prefix}/{table}")
+                      if k.endswith((".arrow", ".parquet")))
 
     def read_part(self, key: str) -> pa.Table:
-        return pq.read_table(io.BytesIO(self.out.get(key)))
+        data = self.out.get(key)
+        if key.endswith(".arrow"):
+            return pa.ipc.open_stream(data).read_all()
+        return pq.read_table(io.BytesIO(data))
 
     def read(self, table: str) -> pa.Table | None:
         keys = self.keys(table)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.ipc
 import pyarrow.parquet as pq
 
 from ..storage import Location
@@ -36,13 +37,23 @@ def _alive(pid: int) -> bool:
     return True
 
 
-__all__ = ["RunOutputs", "TableWriter", "parquet_bytes", "read_parquet_prefix"]
+__all__ = ["RunOutputs", "TableWriter", "arrow_bytes", "parquet_bytes", "read_parquet_prefix"]
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
     """``table`` as zstd-compressed Parquet bytes."""
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
+
+
+def arrow_bytes(table: pa.Table) -> bytes:
+    """``table`` as an Arrow IPC stream with zstd-compressed buffers (staging: no Parquet
+    encoding, read back without decoding pages)."""
+    sink = pa.BufferOutputStream()
+    options = pa.ipc.IpcWriteOptions(compression="zstd")
+    with pa.ipc.new_stream(sink, table.schema, options=options) as writer:
+        writer.write_table(table)
     return sink.getvalue().to_pybytes()
 
 
