@@ -7,6 +7,7 @@ re-read: the unit carries the array paths. The result is a compact Arrow table.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -449,6 +450,11 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
         days.setdefault(scene.day or scene.datetime[:10], []).append(scene)
     order = [s for day_scenes in days.values() for s in day_scenes]
     following = dict(zip((s.scene_id for s in order), [*order[1:], None], strict=True))
+    warm = getattr(reader, "warm", None)
+    if warm is not None:  # every scene's array metadata in one round trip
+        with contextlib.suppress(Exception):  # each scene's own read reports its problem
+            warm({(s.group, b.array) for s in unit.scenes
+                  for b in _needed_bands(s, ctx).values()})
     prefetch = _worker_threads() == 1
     prefetched = _prefetch(reader, order[0] if order else None, ctx, work, pix) if prefetch else {}
 

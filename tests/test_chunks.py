@@ -114,3 +114,29 @@ def test_a_local_file_changed_after_it_was_opened_is_refused(flavour_dir: Path, 
     copy.unlink()
     with pytest.raises(StorageError, match=r"reading 1 chunk\(s\) of .*copy\.tif failed: .*copy\.tif not found"):
         local.read([(0, 0)])
+
+
+def test_absent_chunks_of_a_predictor_band_read_as_fill_beside_decoded_ones(
+        flavour_dir: Path, flavour_repo: Path, monkeypatch) -> None:
+    """The predictor is undone for all of a band's chunks in one call; chunks absent from
+    the store keep the fill value, their neighbours rasterio's pixels."""
+    ref = resolve_snapshot(flavour_repo)
+    scene = ref.catalog().get(f"uint16_deflate_pred2_{FLAVOUR_DATE}")
+    b = scene.bands[0]
+    expected, _ = read_with_rasterio(flavour_dir / f"uint16_deflate_pred2_{FLAVOUR_DATE}.tif")
+    reader = IcechunkChunkReader(ref.session(), direct_local=False)
+    plan = reader._plans_for({f"{scene.group}/{b.array}"})[f"{scene.group}/{b.array}"]
+    assert plan.predictor and plan.fast
+    real = IcechunkChunkReader._fetch
+
+    def drop_second(self, keys, source=None):
+        raws = real(self, keys, source)
+        return [None if k == 1 else r for k, r in enumerate(raws)]
+
+    monkeypatch.setattr(IcechunkChunkReader, "_fetch", drop_second)
+    cy, cx = b.chunks_yx
+    got = reader.read_tiles(scene.group, b, [(0, 0), (0, 1), (1, 0)])
+    fill = plan.fill_value if plan.fill_value is not None else 0
+    assert (got[1] == fill).all()
+    np.testing.assert_array_equal(got[0], expected[0, :cy, :cx])
+    np.testing.assert_array_equal(got[2], expected[0, cy:2 * cy, :cx])

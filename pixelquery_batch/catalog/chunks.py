@@ -370,6 +370,15 @@ class IcechunkChunkReader:
             lead = (band.index or 0,) if plan.chunk_shape[0] == 1 else (0,)
         return [f"{plan.path}/c/{'/'.join(map(str, (*lead, i, j)))}" for i, j in chunks]
 
+    def warm(self, arrays: Iterable[tuple[str, str]]) -> None:
+        """Read the metadata of ``(group, array)`` arrays in one concurrent fetch (a unit
+        calls it for all its scenes: one round trip instead of one per scene and band).
+        Arrays that cannot be read are left for the reads that need them to report."""
+        try:
+            self._plans_for({f"{g}/{a}" for g, a in arrays})
+        except Exception:  # each read fetches (and names) its own array
+            return
+
     def _plans_for(self, paths: Iterable[str]) -> dict[str, _ArrayPlan]:
         with self._lock:
             missing = sorted({p for p in paths if p not in self._plans})
@@ -445,10 +454,11 @@ class IcechunkChunkReader:
                 raws = self._fetch(keys, band.source)
         flat = out.reshape(len(chunks), -1)
         nbytes = cy * cx * plan.dtype.itemsize
+        absent = []
         for k in range(len(raws)):
             raw, raws[k] = raws[k], None  # release each compressed chunk once decoded
             if raw is None:
-                out[k] = fill
+                absent.append(k)
                 continue
             self.bytes_read += len(raw)
             try:
@@ -465,8 +475,10 @@ class IcechunkChunkReader:
                     f"{_short(exc)})",
                     hint="the file is corrupt, or was changed in place since ingest: "
                     "repair or re-ingest it", path=src, key=keys[k]) from None
-            if plan.predictor:
-                imagecodecs.delta_decode(out[k], axis=-1, out=out[k])
+        if plan.predictor:  # one call for every chunk (rows are independent): one GIL release
+            imagecodecs.delta_decode(out, axis=-1, out=out)
+        if absent:
+            out[absent] = fill
         self._count(len(chunks))
         return out
 
