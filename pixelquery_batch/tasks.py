@@ -177,6 +177,9 @@ class UnitResult:
     files: list[tuple[str, bytes]] = field(default_factory=list)  # renders sent back
 
 
+ROW_ORDER = ("field_id", "scene_id", "variable")  # a unit's rows come sorted by these
+
+
 def stat_columns(stats: Sequence[str]) -> list[str]:
     """Stat columns in output order (count and valid_fraction always last)."""
     cols = [s for s in stats if s not in ("count", "valid_fraction")]
@@ -361,11 +364,16 @@ class _Rows:
         self.add(ids.slice(grp.f0, grp.f1 - grp.f0), scene_id, when, variable, res,
                  res["_total"], nodata_w, cloud_w, cloud_masked)
 
-    def table(self) -> pa.Table:
+    def table(self, *, sort: bool = False) -> pa.Table:
+        """The rows; ``sort``: by field, scene and variable (the stats table's order: the
+        worker sorts, in parallel, so the client streams the rows into the table)."""
         schema = result_schema(self.stats)
         if not self.parts:
             return schema.empty_table()
-        return pa.concat_tables(self.parts)
+        table = pa.concat_tables(self.parts)
+        if sort:
+            table = table.sort_by([(c, "ascending") for c in ROW_ORDER])
+        return table
 
 
 def _weighted_sums(segments: Any, weights: np.ndarray | None, mask: np.ndarray,
@@ -510,7 +518,7 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
                 for vname, _ in exprs:
                     day_rows.add_group(grp, id_arr, day_id, when, vname, merged[(g, vname)],
                                        merged_cloud[g], day_masked, weights=gw, keep=keep)
-    return UnitResult(unit.unit_id, rows.table(), reader.chunks_read - before,
+    return UnitResult(unit.unit_id, rows.table(sort=True), reader.chunks_read - before,
                       time.perf_counter() - t0, failures, warnings,
                       day_table=day_rows.table() if day_rows is not None else None,
                       started_at=started_at, files=files)

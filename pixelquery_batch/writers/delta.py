@@ -73,6 +73,9 @@ def read(loc: Location, name: str, *, columns: list[str] | None = None,
     return table.to_pyarrow_table(columns=cols)
 
 
+_ROW_GROUP = 131_072
+
+
 def _commit(metadata: dict[str, Any] | None) -> Any:
     from deltalake import CommitProperties
 
@@ -81,12 +84,15 @@ def _commit(metadata: dict[str, Any] | None) -> Any:
 
 def _write(loc: Location, name: str, data: pa.Table | pa.RecordBatchReader, mode: str, *,
            metadata: dict[str, Any] | None) -> None:
-    from deltalake import write_deltalake
+    from deltalake import WriterProperties, write_deltalake
 
+    # row groups of 128 Ki rows: the writer buffers one row group per file in memory
+    # (the default of 1 Mi rows held ~230 MB more for a 1,200,000-row commit)
+    props = WriterProperties(max_row_group_size=_ROW_GROUP)
     try:
         write_deltalake(table_uri(loc, name), data, mode=mode, schema_mode="merge" if mode == "append"
                         else "overwrite", storage_options=storage_options(loc),
-                        commit_properties=_commit(metadata))
+                        commit_properties=_commit(metadata), writer_properties=props)
     except Exception as exc:
         raise OutputError(f"cannot write table {loc.display(name)}: {_head(exc)}",
                           path=loc.display(name)) from None

@@ -53,7 +53,7 @@ def arrow_bytes(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     options = pa.ipc.IpcWriteOptions(compression="zstd")
     with pa.ipc.new_stream(sink, table.schema, options=options) as writer:
-        writer.write_table(table)
+        writer.write_table(table, max_chunksize=65_536)  # read back a batch at a time
     return sink.getvalue().to_pybytes()
 
 
