@@ -37,7 +37,8 @@ if TYPE_CHECKING:
     from .planner import FieldBlock
 
 __all__ = [
-    "BandTiles", "FieldPixels", "PixelGroup", "decode_band", "field_pixels", "prefetch_band",
+    "BandTiles", "FieldLayout", "FieldPixels", "PixelGroup", "decode_band", "field_pixels",
+    "prefetch_band",
 ]
 
 Work = tuple[tuple[float, ...], tuple[int, int]]  # (transform, shape_yx) of the work grid
@@ -72,6 +73,14 @@ class FieldPixels:
         if got is None:
             got = self._derived.setdefault("ids", pa.array(self.field_ids, pa.string()))
         return got
+
+    def layout(self) -> FieldLayout:
+        """Each field's pixel box and where its pixels sit in it (built once: pictures
+        and clips of every scene reuse it)."""
+        got = self._derived.get("layout")
+        if got is None:
+            got = self._derived.setdefault("layout", _layout(self))
+        return got  # type: ignore[no-any-return]
 
     def groups(self, max_pixels: int = 1 << 20) -> list[PixelGroup]:
         """Consecutive fields in groups of about ``max_pixels`` pixels (whole fields):
@@ -112,6 +121,37 @@ class FieldPixels:
             got = ~shapely.contains_xy(geom, x, y)
             self._derived[key] = got  # type: ignore[index]
         return got
+
+
+@dataclass(frozen=True, eq=False)
+class FieldLayout:
+    """Per field: the box of its pixels (``row0``, ``col0``, ``height``, ``width``; zero
+    size for a field without pixels); per pixel: its position in its field's box,
+    row-major (``flat``)."""
+
+    row0: np.ndarray  # (F,) int64
+    col0: np.ndarray
+    height: np.ndarray
+    width: np.ndarray
+    flat: np.ndarray  # (P,) int64
+
+
+def _layout(pix: FieldPixels) -> FieldLayout:
+    seg = pix.segments
+    n = seg.n_fields
+    has = seg.counts > 0
+    row0, col0, height, width = (np.zeros(n, np.int64) for _ in range(4))
+    if has.any():
+        at = seg.starts[:-1][has]
+        rows, cols = pix.rows.astype(np.int64), pix.cols.astype(np.int64)
+        row0[has], col0[has] = np.minimum.reduceat(rows, at), np.minimum.reduceat(cols, at)
+        height[has] = np.maximum.reduceat(rows, at) - row0[has] + 1
+        width[has] = np.maximum.reduceat(cols, at) - col0[has] + 1
+        f = seg.seg
+        flat = (rows - row0[f]) * width[f] + (cols - col0[f])
+    else:
+        flat = np.zeros(0, np.int64)
+    return FieldLayout(row0, col0, height, width, flat)
 
 
 @dataclass(frozen=True, eq=False)

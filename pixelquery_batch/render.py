@@ -124,7 +124,25 @@ def png_from_pixels(rgba: np.ndarray, rows: np.ndarray, cols: np.ndarray, spec: 
     r0, c0 = int(rows.min()), int(cols.min())
     img = np.zeros((int(rows.max()) - r0 + 1, int(cols.max()) - c0 + 1, 4), dtype=np.uint8)
     img[rows - r0, cols - c0] = rgba
-    return bytes(imagecodecs.png_encode(_finish(img, spec)))
+    return bytes(imagecodecs.png_encode(_finish(img, spec), level=PNG_LEVEL))
+
+
+def png_box(rgba32: np.ndarray, flat: np.ndarray, height: int, width: int,
+                 spec: Any) -> bytes:
+    """:func:`png_from_pixels` for pixels already placed in their box: ``rgba32`` are the
+    RGBA pixels as uint32, ``flat`` their row-major positions in the ``height x width``
+    box (see :meth:`~pixelquery_batch.gather.FieldPixels.layout`)."""
+    import imagecodecs
+
+    img = np.zeros(height * width, dtype=np.uint32)
+    img[flat] = rgba32
+    return bytes(imagecodecs.png_encode(_finish(img.view(np.uint8).reshape(height, width, 4),
+                                                spec), level=PNG_LEVEL))
+
+
+#: zlib level of the pictures: 1 encodes ~40 % faster than the default 6 for files ~20 %
+#: larger (1.7 kB against 1.4 kB for a 26 x 21 px field)
+PNG_LEVEL = 1
 
 
 def _finish(img: np.ndarray, spec: Any, *, colormap: bool = True) -> np.ndarray:
@@ -162,4 +180,5 @@ def png_bytes(layers: Sequence[np.ndarray], spec: Any) -> bytes:
             img[..., k] = _to_byte(layers[k], vmin, vmax)
     img[..., 3] = np.where(valid, 255, 0)
     img[~valid, :3] = 0
-    return bytes(imagecodecs.png_encode(_finish(img, spec, colormap=len(layers) == 1)))
+    return bytes(imagecodecs.png_encode(_finish(img, spec, colormap=len(layers) == 1),
+                                        level=PNG_LEVEL))

@@ -336,6 +336,35 @@ class Location:
             raise OutputError(f"cannot write {self.display(key)}: {exc}",
                               path=self.display(key)) from exc
 
+    def put_many(self, items: Sequence[tuple[str, bytes]], *, atomic: bool = True) -> None:
+        """:meth:`put` each ``(key, data)``. ``atomic=False``, for a run's private staging
+        area only: local files are written straight in place (no temporary file and
+        rename; nothing reads a staging area while a unit writes it, and the parts of a
+        unit killed half-way are rewritten when it is computed again)."""
+        if atomic or not self.is_local:
+            for key, data in items:
+                self.put(key, data)
+            return
+        root = str(self.local_path)
+        for key, data in items:
+            path = os.path.join(root, key)
+            parent = os.path.dirname(path)
+            try:
+                if parent not in _MADE_DIRS:
+                    os.makedirs(parent, exist_ok=True)
+                    _MADE_DIRS.add(parent)
+                try:
+                    fh = open(path, "wb")  # noqa: SIM115
+                except FileNotFoundError:  # the directory went away since: make it again
+                    os.makedirs(parent, exist_ok=True)
+                    fh = open(path, "wb")  # noqa: SIM115
+                with fh:
+                    fh.write(data)
+            except OSError as exc:
+                _COUNTERS.count("put", failed=True)
+                raise OutputError(f"cannot write {path}: {exc}", path=path) from exc
+            _COUNTERS.count("put")
+
     def _put_local(self, key: str, data: bytes | memoryview) -> None:
         path = self.local_path / key
         tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")

@@ -102,58 +102,66 @@ def _writer() -> Any:
 
 def _render_group(spec: RenderSpec, pix: Any, grp: Any, ids: Sequence[str], scene: SceneTask,
                   values: dict[str, np.ndarray], crs: str, transform: Sequence[float],
-                  files: list[tuple[str, bytes]]) -> None:
-    """PNG pictures and COG clips of the group's fields for one scene."""
+                  files: list[tuple[str, bytes]], writes: list[tuple[str, Any]]) -> None:
+    """PNG pictures and COG clips of the group's fields for one scene (pictures written
+    by the workers go to ``writes`` as pending ``(scene_id, future)``)."""
     from .render import colour_pixels
 
-    names = dict(spec.renames)
-    starts = grp.segments.starts
-    rows = pix.rows[grp.p0:grp.p1]
-    cols = pix.cols[grp.p0:grp.p1]
     png = spec.png
     # fixed range, one variable: colour every field's pixels in one vectorised pass
     fast = (png is not None and png.variable != "truecolor" and png.vmin is not None
             and png.stretch is None)
     rgba = colour_pixels(values[png.variable], png) if fast else None
-    writes: list[Any] = []
-    try:
-        _render_fields(spec, grp, ids, names, starts, rows, cols, png, rgba, values, scene, crs,
-                       transform, files, writes)
-    finally:
-        for w in writes:  # every write done (or its error raised) before the unit goes on
-            w.result()
+    staged: list[tuple[str, bytes]] = []
+    _render_fields(spec, pix, grp, ids, png, rgba, values, scene, crs, transform, files, staged)
+    if staged:  # file creation is the cost: one write job per group, overlapping the work
+        writes.append((scene.scene_id, _writer().submit(spec.sink.stage.put_many, staged,
+                                                        atomic=False)))
 
 
-def _render_fields(spec: RenderSpec, grp: Any, ids: Sequence[str], names: dict[str, str],
-                   starts: np.ndarray, rows: np.ndarray, cols: np.ndarray, png: Any,
+def _render_fields(spec: RenderSpec, pix: Any, grp: Any, ids: Sequence[str], png: Any,
                    rgba: np.ndarray | None, values: dict[str, np.ndarray], scene: SceneTask,
                    crs: str, transform: Sequence[float], files: list[tuple[str, bytes]],
-                   writes: list[Any]) -> None:
-    from .render import field_raster, png_bytes, png_from_pixels, window_transform
+                   staged: list[tuple[str, bytes]]) -> None:
+    from .render import field_raster, png_box, png_bytes, window_transform
     from .writers.raster import cog_bytes
 
+    names = dict(spec.renames)
+    starts = grp.segments.starts
+    rows = pix.rows[grp.p0:grp.p1]
+    cols = pix.cols[grp.p0:grp.p1]
+    layout = pix.layout()
+    flat = layout.flat[grp.p0:grp.p1]
+    if rgba is not None:
+        rgba32 = rgba.view(np.uint32).reshape(-1)
+        drawn = np.bincount(grp.segments.seg, weights=rgba[:, 3] != 0,
+                            minlength=grp.f1 - grp.f0) > 0
+    direct = spec.sink is not None and spec.sink.direct
     for k in range(grp.f1 - grp.f0):
         a, b = int(starts[k]), int(starts[k + 1])
         if a == b:
             continue
-        fid = ids[grp.f0 + k]
+        f = grp.f0 + k
+        fid = ids[f]
         name = names.get(fid, fid)
-        r, c = rows[a:b], cols[a:b]
         if png is not None:
             var = png.variable
             if rgba is not None:
-                data = png_from_pixels(rgba[a:b], r, c, png) if rgba[a:b, 3].any() else None
+                data = png_box(rgba32[a:b], flat[a:b], int(layout.height[f]),
+                               int(layout.width[f]), png) if drawn[k] else None
             else:
+                r, c = rows[a:b], cols[a:b]
                 layers = [field_raster(r, c, values[v][a:b])[0] for v in
                           (("red", "green", "blue") if var == "truecolor" else (var,))]
                 data = png_bytes(layers, png) if np.isfinite(layers[0]).any() else None
             if data is not None:
                 key = render_key("png", name, scene, var)
-                if spec.sink.direct:  # file creation is the cost: overlap it (no GIL held)
-                    writes.append(_writer().submit(spec.sink.stage.put, key, data))
+                if direct:
+                    staged.append((key, data))
                 else:
                     files += spec.sink.deliver(key, data)
         if spec.cog is not None:
+            r, c = rows[a:b], cols[a:b]
             for var in spec.cog.variables:
                 arr, r0, c0 = field_raster(r, c, values[var][a:b])
                 data = cog_bytes(arr, crs=crs, transform=window_transform(transform, r0, c0),
@@ -451,6 +459,7 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
     id_arr = pix.ids_array()
     render_vars = ctx.render.variables if ctx.render is not None else frozenset()
     files: list[tuple[str, bytes]] = []
+    writes: list[tuple[str, Any]] = []  # pictures being written: (scene id, future)
 
     groups = pix.groups()
     days: dict[str, list[SceneTask]] = {}
@@ -500,7 +509,7 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
                         merged_cloud[g] = cloud if prev_c is None else prev_c | cloud
                     if to_render:
                         _render_group(ctx.render, pix, grp, ids, scene, to_render, unit.crs,
-                                      unit.transform, files)
+                                      unit.transform, files, writes)
                 done.append(scene)
             except TaskError:
                 raise
@@ -518,6 +527,12 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
                 for vname, _ in exprs:
                     day_rows.add_group(grp, id_arr, day_id, when, vname, merged[(g, vname)],
                                        merged_cloud[g], day_masked, weights=gw, keep=keep)
+    for scene_id, write in writes:  # every picture on storage before the unit reports
+        try:
+            write.result()
+        except Exception as exc:
+            for fid in ids:
+                fail(exc, scene_id=scene_id, field_id=fid)
     return UnitResult(unit.unit_id, rows.table(sort=True), reader.chunks_read - before,
                       time.perf_counter() - t0, failures, warnings,
                       day_table=day_rows.table() if day_rows is not None else None,

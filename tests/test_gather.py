@@ -93,3 +93,32 @@ def test_decoded_chunks_reuse_one_buffer_per_thread_and_never_alias_results() ->
         want = arrays[(g, "b")][r, c]
         values = tiles.values(0, pix.n_pixels)
         assert values.dtype == want.dtype and np.array_equal(values[inside], want)
+
+
+def test_field_layout_boxes_and_positions_equal_a_per_field_computation() -> None:
+    """Each field's pixel box and each pixel's row-major place in it (what pictures are
+    drawn with), against a plain per-field min/max; a field without pixels gets an empty
+    box."""
+    from pixelquery_batch.gather import FieldPixels
+    from pixelquery_batch.kernels.segments import Segments
+
+    pix = _build(_fields(400, seed=5), T, (2000, 2000), "centre")
+    lay = pix.layout()
+    starts = pix.segments.starts
+    for k in range(pix.segments.n_fields):
+        r, c = pix.rows[starts[k]:starts[k + 1]], pix.cols[starts[k]:starts[k + 1]]
+        if not len(r):
+            assert lay.height[k] == lay.width[k] == 0
+            continue
+        assert (lay.row0[k], lay.col0[k]) == (r.min(), c.min())
+        assert (lay.height[k], lay.width[k]) == (r.max() - r.min() + 1, c.max() - c.min() + 1)
+        box = np.zeros((lay.height[k], lay.width[k]), bool)
+        box.reshape(-1)[lay.flat[starts[k]:starts[k + 1]]] = True
+        want = np.zeros_like(box)
+        want[r - r.min(), c - c.min()] = True
+        assert np.array_equal(box, want)
+    empty = FieldPixels(("a", "b"), Segments.from_counts([0, 2]), np.array([3, 4]),
+                        np.array([7, 5]), np.ones(2, bool), None)
+    e = empty.layout()
+    assert e.height.tolist() == [0, 2] and e.width.tolist() == [0, 3]
+    assert e.flat.tolist() == [2, 3]

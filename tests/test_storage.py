@@ -66,3 +66,20 @@ def test_local_location_put_list_move_and_swap(tmp_path: Path) -> None:
     assert loc.list("t") == []
     assert Location.of("s3://bucket/a/b/").url == "s3://bucket/a/b"
     assert repr(Location.of("s3://bucket/x")) == "Location('s3://bucket/x')"
+
+
+def test_put_many_writes_staging_files_in_place_and_remakes_a_vanished_directory(
+        tmp_path: Path) -> None:
+    """Unpublished (staging) writes go straight to their name: no temporary file is left,
+    a directory removed since the last write is made again; atomic puts still work."""
+    import shutil
+
+    loc = Location.of(str(tmp_path / "out"))
+    loc.put_many([("stage/a/x.png", b"1"), ("stage/a/y.png", b"2")], atomic=False)
+    assert loc.get("stage/a/x.png") == b"1" and loc.get("stage/a/y.png") == b"2"
+    shutil.rmtree(tmp_path / "out" / "stage")
+    loc.put_many([("stage/a/x.png", b"3")], atomic=False)
+    assert loc.get("stage/a/x.png") == b"3"
+    loc.put_many([("final/z.png", b"4")])
+    assert loc.get("final/z.png") == b"4"
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.name.endswith(".tmp")]
