@@ -21,6 +21,7 @@ The definitions are those of :mod:`pixelquery_batch.kernels.stats` for unit weig
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -31,6 +32,7 @@ from .stats import percentile_of, validate_stats, zonal_stats
 __all__ = ["Segments", "segment_stats"]
 
 _GROWTH = 1.25  # bucket sizes grow geometrically: padding wastes at most 25 %
+_BUILDING = threading.Lock()  # one thread builds a layout's buckets, the others wait
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,9 +73,21 @@ class Segments:
 
     def buckets(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """``(field ids, padded pixel index)`` per size bucket; padding points at index
-        ``n_pixels`` (append a NaN to the values before indexing). Built once, cached."""
+        ``n_pixels`` (append a NaN to the values before indexing). Built once, cached.
+
+        Safe to call from several threads at once (a worker's threads share the layout of
+        a set of fields): one thread builds the list and fills it in one step, so no
+        thread sees a part of it (a thread that found it half-built used to give NaN
+        quantiles to the fields of the missing buckets)."""
         if self._buckets or self.n_fields == 0:
             return self._buckets
+        with _BUILDING:
+            if not self._buckets:
+                self._buckets[:] = self._build_buckets()  # one step: all or nothing
+        return self._buckets
+
+    def _build_buckets(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        built: list[tuple[np.ndarray, np.ndarray]] = []
         counts = self.counts
         size = np.maximum(counts, 1)
         # bucket edges 1, 2, 3, 4, 5, 7, 9, 12, ... (each ~25 % above the last)
@@ -90,8 +104,8 @@ class Segments:
             idx[offs[None, :] >= counts[fids][:, None]] = self.n_pixels
             if self.n_pixels < 2**31:
                 idx = idx.astype(np.int32)
-            self._buckets.append((fids, idx))
-        return self._buckets
+            built.append((fids, idx))
+        return built
 
 
 def _lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
