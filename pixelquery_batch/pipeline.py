@@ -506,6 +506,7 @@ def run_job(
             todo = (field_plan if not (retry_failed or state.done or state.staged or state.failed)
                     else restrict_plan(field_plan,
                                        lambda f, s: state.is_done(f, s, retry_failed=retry_failed)))
+        clips = _region_clip_units(job)  # a clip over its size limit: refused before any work
         t_planned = time.time()
         changed = (todo is not None and (todo.units or state.staged)) or _derived_stale(
             out, spec, state, job)
@@ -542,6 +543,8 @@ def run_job(
                     _run_pixel_rollup(job, client, stage, outputs, manifest, progress)
                 if spec.outputs.rollup is not None and spec.outputs.rollup.composite is not None:
                     _run_composites(job, client, sink, outputs, manifest, progress)
+                if clips is not None:
+                    _run_region_clips(job, clips, client, sink, outputs, manifest, progress)
                 if spec.outputs.rollup is not None and "field" in spec.outputs.rollup.kinds:
                     _run_field_rollup(job, series, stage, outputs)
                 manifest["storage"] = _io_delta(io_before, _io_counters(client))
@@ -554,7 +557,8 @@ def run_job(
                 final = {**_previous_outputs(out, spec), **final}
                 dirs = out.list_dirs()
                 final.update({k: out.display(k) for k in ("png", "cog")
-                              if getattr(spec.outputs, k) is not None and k in dirs})
+                              if getattr(spec.outputs, k) is not None and k in dirs
+                              and getattr(getattr(spec.outputs, k), "fields", True)})
     except BaseException:
         run_outputs.abort()
         if isinstance(cluster, ClientStarter):  # failed before the cluster was used
@@ -648,6 +652,8 @@ def _expected_outputs(spec: Any) -> list[str]:
             names.append("rollup_fields")
         if o.rollup.composite is not None:
             names.append("composites")
+    if o.cog is not None and o.cog.regions:
+        names.append("cog_regions")
     return names
 
 
@@ -800,13 +806,15 @@ def _run_fields(job: PreparedJob, full: Plan, plan: Plan, state: Any, client: An
     root = stage_root(stage)
     work = WorkArea(root, result_hash)
     render_at = root.child(work.prefix, "render")
-    if spec.outputs.png is not None or spec.outputs.cog is not None:
+    field_cog = spec.outputs.cog if spec.outputs.cog is not None and spec.outputs.cog.fields \
+        else None
+    if spec.outputs.png is not None or field_cog is not None:
         from .render import safe_names
         from .tasks import RenderSpec
 
         renames = safe_names(job.fields["field_id"].astype(str))
         ctx = dataclasses.replace(ctx, render=RenderSpec(
-            spec.outputs.png, spec.outputs.cog, tuple(sorted(renames.items())),
+            spec.outputs.png, field_cog, tuple(sorted(renames.items())),
             OutputSink(render_at, direct=sink.direct)))
     units = {u.unit_id: u for u in plan.units}
     logger.info("plan ready", extra={"job": spec.name, "job_hash": ctx.job_hash,
@@ -898,7 +906,7 @@ def _publish_renders(job: PreparedJob, root: Location, staged: Location,
     names = {v: k for k, v in renames.items()}  # file name -> field id
     staged_prefix = staged.url[len(root.url) + 1:]
     for kind, cfg in (("png", job.spec.outputs.png), ("cog", job.spec.outputs.cog)):
-        if cfg is None:
+        if cfg is None or (kind == "cog" and not cfg.fields):
             continue
         variables = ([cfg.variable] if kind == "png" else list(cfg.variables))
         keys = staged.list(kind)
@@ -1290,6 +1298,43 @@ def _run_composites(job: PreparedJob, client: Any, sink: OutputSink, outputs: di
     _stage_failures(job, sink.stage, results, manifest)
     outputs["composites"] = "composites"
     manifest["composites"] = [r for r in results if "failure" not in r]
+
+
+def _region_clip_units(job: PreparedJob) -> tuple[Any, ...] | None:
+    """The region clips of ``outputs.cog.regions`` (``None`` when not asked for)."""
+    from .planner import plan_region_clips
+
+    cog = job.spec.outputs.cog
+    if cog is None or not cog.regions or job.regions is None:
+        return None
+    return plan_region_clips(job.scenes, job.regions, bands=job.needed_bands(list(cog.variables)),
+                             rule=job.spec.pixels, max_pixels=cog.max_pixels,
+                             optional_bands=job.optional_bands, resolution=job.spec.resolution)
+
+
+def _run_region_clips(job: PreparedJob, units: tuple[Any, ...], client: Any, sink: OutputSink,
+                      outputs: dict[str, str], manifest: dict[str, Any],
+                      progress: ProgressFn | None) -> None:
+    """COG clips per region and scene, written by the workers (or sent back to the
+    client) into ``cog_regions/`` of the run's stage; published with the run."""
+    from .executor import execute_map
+    from .render import safe_names
+    from .tasks import run_region_clip_guarded
+
+    variables = tuple(job.spec.outputs.cog.variables)
+    names = safe_names(job.regions["region_id"].astype(str))
+    results = execute_map(run_region_clip_guarded, list(units), job.context(), variables,
+                          names, sink, cluster=client, progress=progress, stage="region clips",
+                          key_prefix=f"pqb-regionclip-{job.spec.job_hash()}")
+    _write_returned(sink.stage, results)
+    _stage_failures(job, sink.stage, results, manifest)
+    if names:
+        lines = "region_id,name\n" + "".join(f'"{k}",{v}\n' for k, v in sorted(names.items()))
+        sink.stage.put("cog_regions/ids.csv", lines.encode())
+    outputs["cog_regions"] = "cog_regions"
+    manifest["region_clips"] = {"units": len(units),
+                                "written": sum(r.get("clips", 0) for r in results),
+                                "failed": sum(1 for r in results if "failure" in r)}
 
 
 def _run_field_rollup(job: PreparedJob, long: pd.DataFrame | None, stage: Location,

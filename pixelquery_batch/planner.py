@@ -36,6 +36,7 @@ __all__ = [
     "FieldBlock",
     "FieldTask",
     "Plan",
+    "RegionClipUnit",
     "RegionPart",
     "RollupPlan",
     "RollupUnit",
@@ -43,6 +44,7 @@ __all__ = [
     "WorkUnit",
     "plan_composites",
     "plan_job",
+    "plan_region_clips",
     "plan_rollup",
     "restrict_plan",
     "work_grid",
@@ -610,11 +612,7 @@ def plan_job(
 def _clipped(windows: np.ndarray, shape_yx: tuple[int, int]) -> list[tuple[int, int, int, int]]:
     """(row0, row1, col0, col1) of the parts of unclipped ``(n, 4)`` windows inside the
     raster; windows wholly outside are left out."""
-    w = np.asarray(windows, dtype=np.int64).reshape(-1, 4)
-    r0, r1 = np.maximum(w[:, 0], 0), np.minimum(w[:, 0] + w[:, 2], shape_yx[0])
-    c0, c1 = np.maximum(w[:, 1], 0), np.minimum(w[:, 1] + w[:, 3], shape_yx[1])
-    ok = (r1 > r0) & (c1 > c0)
-    return list(zip(*(a[ok].tolist() for a in (r0, r1, c0, c1)), strict=True))
+    return [c for c in _clipped_each(windows, shape_yx) if c[1] > c[0] and c[3] > c[2]]
 
 
 # --------------------------------------------------------------------------- rollups
@@ -841,6 +839,77 @@ def plan_composites(
             units.append(CompositeUnit(uid, region_id, shapely.to_wkb(target.geometry.iloc[k]), period,
                                        crs, grid.transform, grid.shape_yx, srcs, variable, method))
     return tuple(units)
+
+
+@dataclass(frozen=True, slots=True)
+class RegionClipUnit:
+    """One region clipped from one scene, on the scene's work grid."""
+
+    unit_id: str
+    region_id: str
+    region_wkb: bytes  # in the grid's CRS
+    crs: str
+    transform: tuple[float, float, float, float, float, float]
+    shape_yx: tuple[int, int]
+    window: tuple[int, int, int, int]  # row0, row1, col0, col1 (inside the raster)
+    scenes: tuple[SceneTask, ...]  # one scene
+
+    def __dask_tokenize__(self) -> str:
+        return self.unit_id
+
+
+def plan_region_clips(catalog: Catalog, regions: gpd.GeoDataFrame, *, bands: Sequence[str],
+                      rule: str, max_pixels: int, optional_bands: Sequence[str] = (),
+                      resolution: float | None = None) -> tuple[RegionClipUnit, ...]:
+    """One unit per region and scene whose footprint meets it: the region's pixel window
+    on the scene's work grid (the grid per-field statistics use).
+
+    Raises
+    ------
+    PlanError
+        A clip larger than ``max_pixels`` (naming the region, the scene and the size),
+        before any pixel is read.
+    """
+    grids, _ = _group_grids(catalog, bands, optional=optional_bands, resolution=resolution)
+    pad = 0 if rule in ("centre", "point") else 1
+    units = []
+    by_crs: dict[str, Any] = {}
+    for gkey, members in grids.items():
+        crs, transform, shape_yx, _ = gkey
+        geoms = by_crs.get(crs)
+        if geoms is None:
+            geoms = by_crs[crs] = regions.geometry.to_crs(crs).to_numpy()
+        hit = np.flatnonzero(shapely.intersects(geoms, members[0][0].footprint))
+        if len(hit) == 0:
+            continue
+        wins = _windows(shapely.bounds(geoms[hit]), transform, pad)
+        for k, (r0, r1, c0, c1) in zip(hit, _clipped_each(wins, shape_yx), strict=True):
+            region_id = str(regions["region_id"].iloc[k])
+            if r1 <= r0 or c1 <= c0:
+                continue
+            size = (r1 - r0) * (c1 - c0)
+            if size > max_pixels:
+                raise PlanError(
+                    f"the clip of region {region_id!r} on the grid of scene "
+                    f"{members[0][0].scene_id} would be {r1 - r0:,} x {c1 - c0:,} = {size:,} "
+                    f"pixels, over outputs.cog.max_pixels ({max_pixels:,})",
+                    hint="raise outputs.cog.max_pixels, or clip smaller regions",
+                    region_id=region_id)
+            wkb = shapely.to_wkb(geoms[k])
+            for task in _scene_tasks(gkey, members, {}):
+                uid = _unit_id("region-clip", region_id, task.scene_id, crs, transform)
+                units.append(RegionClipUnit(uid, region_id, wkb, crs, tuple(transform),  # type: ignore[arg-type]
+                                            tuple(shape_yx), (r0, r1, c0, c1), (task,)))  # type: ignore[arg-type]
+    return tuple(units)
+
+
+def _clipped_each(windows: np.ndarray, shape_yx: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+    """(row0, row1, col0, col1) of each unclipped window inside the raster (empty when
+    wholly outside: row1 <= row0 or col1 <= col0)."""
+    w = np.asarray(windows, dtype=np.int64).reshape(-1, 4)
+    r0, r1 = np.maximum(w[:, 0], 0), np.minimum(w[:, 0] + w[:, 2], shape_yx[0])
+    c0, c1 = np.maximum(w[:, 1], 0), np.minimum(w[:, 1] + w[:, 3], shape_yx[1])
+    return list(zip(*(a.tolist() for a in (r0, r1, c0, c1)), strict=True))
 
 
 def restrict_plan(plan: Plan, done: Callable[[str, str], bool]) -> Plan:

@@ -265,8 +265,9 @@ class JobSpec(BaseModel):
                 if out.png.colormap not in mpl.colormaps:
                     raise _error(f"outputs.png.colormap {out.png.colormap!r}: not a matplotlib "
                                  "colormap") from None
-        if (out.png is not None or out.cog is not None) and self.fields is None:
-            raise _error("outputs.png / outputs.cog need field polygons (`fields`)")
+        if (out.png is not None or (out.cog is not None and out.cog.fields)) and self.fields is None:
+            raise _error("outputs.png / outputs.cog need field polygons (`fields`; or "
+                         "outputs.cog.fields: false to clip regions only)")
         for where, chosen in (("outputs.timeseries.variables", out.timeseries and out.timeseries.variables),
                               ("outputs.rollup.variables", out.rollup and out.rollup.variables),
                               ("outputs.cog.variables", out.cog and out.cog.variables)):

@@ -346,6 +346,17 @@ class CogOutput(BaseModel):
     scenes: Literal["all", "latest", "best"] = Field(
         default="all", description="As for `png`.")
     period: str = Field(default="month", description="Period for `scenes: best`.")
+    fields: bool = Field(
+        default=True, description="Clip every field (`false`: regions only).")
+    regions: bool = Field(
+        default=False,
+        description="Also clip every region of `outputs.rollup.regions`, per scene: "
+        "`cog_regions/<region_id>/<date>_<variable>.tif` on the scene's own grid, NaN "
+        "outside the region (job's pixel rule) and where masked; rebuilt when anything "
+        "changed, as rollups are.")
+    max_pixels: int = Field(
+        default=25_000_000, gt=0,
+        description="Refuse region clips larger than this many pixels (before any work).")
 
 
 def _check_period_text(value: str) -> str:
@@ -512,7 +523,17 @@ class OutputsSpec(BaseModel):
     png: PngOutput | None = Field(
         default=None, description="Per-field PNG pictures (`outputs.dir/png/`).")
     cog: CogOutput | None = Field(
-        default=None, description="Per-field COG clips (`outputs.dir/cog/`).")
+        default=None, description="Per-field COG clips (`outputs.dir/cog/`), and per region "
+        "with `regions: true` (`outputs.dir/cog_regions/`).")
+
+    @model_validator(mode="after")
+    def _region_clips(self) -> OutputsSpec:
+        if self.cog is not None and self.cog.regions and self.rollup is None:
+            raise _error("outputs.cog.regions clips the regions of outputs.rollup.regions: "
+                         "add outputs.rollup (with its regions)")
+        if self.cog is not None and not (self.cog.fields or self.cog.regions):
+            raise _error("outputs.cog clips nothing: set fields and/or regions to true")
+        return self
 
 
 class SlurmClusterSpec(BaseModel):

@@ -13,6 +13,7 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pytest
+import rasterio
 
 from pixelquery_batch import read_table
 from pixelquery_batch.catalog.ingest import ingest
@@ -135,6 +136,16 @@ def test_regional_rollup_example(workspace: Path) -> None:
             assert row["count"] == len(vals)
             assert row["mean"] == pytest.approx(vals.mean(), rel=1e-12)
             assert abs(row["median"] - np.quantile(vals, 0.5, method="inverted_cdf")) <= row["quantile_error_bound"]
+    # the regions' NDVI clips: one COG per region and scene, the region's valid pixels
+    for _, reg in regions.iterrows():
+        clips = sorted((out / "cog_regions" / str(reg["id"])).glob("*_ndvi.tif"))
+        assert len(clips) == len(cogs)
+        month = [c for c in clips if c.name.startswith("2022-01")]
+        with rasterio.open(month[0]) as src:
+            got = src.read(1)
+        assert np.sort(got[np.isfinite(got)]).tolist() == np.sort(
+            region_pixels(reg.geometry, cogs, "2022-01")).astype(np.float32).tolist()
+    assert not (out / "cog").exists()  # fields: false
 
 
 def test_documented_nightly_workflow(workspace: Path, tmp_path: Path) -> None:

@@ -54,6 +54,19 @@ def expected_clip(field_geom, scene_cog: dict, variable: str):
     return out, transform @ rasterio.Affine.translation(c0, r0)
 
 
+def read_clip(path: Path, want_transform, scene_cog: dict) -> tuple[np.ndarray, dict]:
+    """A clip's pixels and tags, after checking it is a COG (tiled, DEFLATE, overviews
+    when larger than a tile) on the source grid at ``want_transform``."""
+    with rasterio.open(path) as src:
+        assert src.transform.almost_equals(want_transform)
+        assert src.crs == rasterio.open(scene_cog["red"]).crs
+        assert src.profile["tiled"] and src.profile["compress"] == "deflate"
+        assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        if max(src.width, src.height) > 512:  # larger than a tile: overviews
+            assert src.overviews(1) and src.block_shapes[0] == (512, 512)
+        return src.read(1), src.tags()
+
+
 def test_cog_clips_equal_a_rasterio_reference(rendered, sample_small) -> None:
     _result, fields, out = rendered
     cogs = cogs_by_date(sample_small.cog_dir)
@@ -67,13 +80,7 @@ def test_cog_clips_equal_a_rasterio_reference(rendered, sample_small) -> None:
                 want, want_t = expected_clip(fields.geometry.iloc[k], cog, variable)
                 if not np.isfinite(want).any():
                     continue
-                with rasterio.open(path) as src:
-                    got = src.read(1)
-                    assert src.transform.almost_equals(want_t)
-                    assert src.crs == rasterio.open(cog["red"]).crs
-                    assert src.profile["tiled"] and src.profile["compress"] == "deflate"
-                    assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
-                np.testing.assert_array_equal(got, want)
+                np.testing.assert_array_equal(read_clip(path, want_t, cog)[0], want)
                 checked += 1
     assert checked >= 12
 
@@ -181,3 +188,57 @@ def test_vectorised_and_per_field_colouring_give_the_same_picture() -> None:
     a = imagecodecs.png_decode(png_from_pixels(colour_pixels(values, spec), rows, cols, spec))
     b = imagecodecs.png_decode(png_bytes([field_raster(rows, cols, values)[0]], spec))
     np.testing.assert_array_equal(a, b)
+
+
+def test_region_clips_equal_a_rasterio_reference(sample_small, sample_repo, tmp_path: Path) -> None:
+    """``outputs.cog.regions``: per region and scene, the variable on the scene's grid over
+    the region's pixel box, NaN outside the polygon (centre rule) and where masked: equal
+    to rasterio reads + ``geometry_mask``; valid COGs with the source window's
+    georeferencing and overviews where larger than a tile. A rerun computes nothing."""
+    spec = write_spec(tmp_path, repo=sample_repo, fields=sample_small.fields_path, bands=[],
+                      indices={"ndvi": "builtin"},
+                      scenes={"start": "2021-12-01", "end": "2022-02-28"},
+                      outputs={"dir": str(tmp_path / "out"), "stats": {"format": "parquet"},
+                               "rollup": {"regions": {"path": str(sample_small.regions_path)},
+                                          "kinds": []},
+                               "cog": {"variables": ["ndvi"], "regions": True}})
+    result = run_job(spec, cluster="sync")
+    assert result.ok and result.manifest["region_clips"]["failed"] == 0
+    out = tmp_path / "out" / "cog_regions"
+    cogs = cogs_by_date(sample_small.cog_dir)
+    regions = gpd.read_file(sample_small.regions_path)
+    checked = 0
+    for _, reg in regions.iterrows():
+        for scene_id, cog in cogs.items():
+            date = f"{scene_id[10:14]}-{scene_id[14:16]}-{scene_id[16:18]}"
+            if not "2021-12-01" <= date <= "2022-02-28":
+                continue
+            want, want_t = expected_clip(reg.geometry, cog, "ndvi")
+            path = out / str(reg["id"]) / f"{date}_ndvi.tif"
+            got, tags = read_clip(path, want_t, cog)
+            assert tags["region_id"] == str(reg["id"])
+            np.testing.assert_array_equal(got, want)
+            checked += 1
+    assert checked >= 4 and result.manifest["region_clips"]["written"] == checked
+    before = {p: p.read_bytes() for p in out.rglob("*.tif")}
+    again = run_job(spec, cluster="sync")
+    assert again.manifest["execution"]["pairs_computed"] == 0
+    assert {p: p.read_bytes() for p in out.rglob("*.tif")} == before
+
+
+def test_a_region_clip_over_its_limit_is_refused_before_any_work(sample_small, sample_repo,
+                                                                 tmp_path: Path) -> None:
+    from pixelquery_batch.errors import PlanError, SpecError
+
+    outputs = {"dir": str(tmp_path / "out"), "stats": {"format": "parquet"},
+               "rollup": {"regions": {"path": str(sample_small.regions_path)}, "kinds": []},
+               "cog": {"variables": ["ndvi"], "regions": True, "max_pixels": 1000}}
+    spec = write_spec(tmp_path, repo=sample_repo, fields=sample_small.fields_path, bands=[],
+                      indices={"ndvi": "builtin"}, outputs=outputs)
+    with pytest.raises(PlanError, match=r"clip of region .* pixels, over outputs.cog.max_pixels"):
+        run_job(spec, cluster="sync")
+    assert not (tmp_path / "out" / "stats").exists()
+    no_rollup = {k: v for k, v in outputs.items() if k != "rollup"}
+    with pytest.raises(SpecError, match=r"outputs\.cog\.regions clips the regions of"):
+        run_job(write_spec(tmp_path, repo=sample_repo, fields=sample_small.fields_path, bands=[],
+                           indices={"ndvi": "builtin"}, outputs=no_rollup), cluster="sync")
