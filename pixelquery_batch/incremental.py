@@ -32,6 +32,7 @@ import pyarrow.ipc
 import pyarrow.parquet as pq
 
 from .storage import Location
+from .types import STATS_KEY
 from .writers import delta
 from .writers.tables import arrow_bytes
 
@@ -41,7 +42,7 @@ STATS = "stats"
 DAYS = "_state/days"
 LEDGER = "ledger"
 RUNS = "runs"
-STATS_KEYS = ["field_id", "scene_id", "variable"]
+STATS_KEYS = list(STATS_KEY)
 DAY_KEYS = ["field_id", "date", "variable"]
 
 

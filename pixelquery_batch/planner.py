@@ -120,8 +120,6 @@ class FieldBlock(Sequence[FieldTask]):
     __slots__ = ("ids", "windows", "wkb")
 
     def __init__(self, ids: Any, wkb: Any, windows: np.ndarray) -> None:
-        import pyarrow as pa
-
         self.ids = ids if isinstance(ids, pa.Array) else pa.array(list(ids), pa.string())
         self.wkb = wkb if isinstance(wkb, pa.Array) else pa.array(list(wkb), pa.binary())
         self.windows = np.ascontiguousarray(windows, dtype=np.int64).reshape(-1, 4)
@@ -179,8 +177,6 @@ class FieldBlock(Sequence[FieldTask]):
 
     def take(self, idx: Sequence[int] | np.ndarray) -> FieldBlock:
         """The fields at positions ``idx``, in that order (compact buffers)."""
-        import pyarrow as pa
-
         idx = np.asarray(idx, dtype=np.int64)
         ix = pa.array(idx, pa.int64())
         return FieldBlock(self.ids.take(ix), self.wkb.take(ix), self.windows[idx])
@@ -447,6 +443,16 @@ def _day_batches(members: GridMembers, per_unit: int) -> list[GridMembers]:
     return batches
 
 
+def _meeting(polygons: gpd.GeoDataFrame, by_crs: dict[str, Any], crs: str,
+             footprint: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``polygons``' geometries in ``crs`` (reprojected once per CRS: ``by_crs`` keeps
+    them) and the positions of those meeting ``footprint`` (a grid's, in ``crs``)."""
+    geoms = by_crs.get(crs)
+    if geoms is None:
+        geoms = by_crs[crs] = polygons.geometry.to_crs(crs).to_numpy()
+    return geoms, np.flatnonzero(shapely.intersects(geoms, footprint))
+
+
 def _windows(bounds: np.ndarray, transform: tuple[float, ...], pad: int) -> np.ndarray:
     """Unclipped (row0, col0, height, width) windows of bounds arrays (north-up grids)."""
     a, _, c, _, e, f = transform
@@ -542,11 +548,7 @@ def plan_job(
     per_grid = max(1, math.ceil(min_units / max(1, len(grids))))
     for gkey, members in grids.items():
         crs, transform, shape_yx, _ = gkey
-        geoms = by_crs.get(crs)
-        if geoms is None:
-            geoms = by_crs[crs] = fields.geometry.to_crs(crs).to_numpy()
-        footprint = members[0][0].footprint
-        hit = np.flatnonzero(shapely.intersects(geoms, footprint))
+        geoms, hit = _meeting(fields, by_crs, crs, members[0][0].footprint)
         if len(hit) == 0:
             continue
         matched[hit] = True
@@ -698,10 +700,10 @@ def plan_rollup(
     matched = np.zeros(len(regions), dtype=bool)
     units: list[RollupUnit] = []
     chunks_read = 0
+    by_crs: dict[str, Any] = {}
     for gkey, members in grids.items():
         crs, transform, shape_yx, _ = gkey
-        geoms = regions.geometry.to_crs(crs).to_numpy()
-        hit = np.flatnonzero(shapely.intersects(geoms, members[0][0].footprint))
+        geoms, hit = _meeting(regions, by_crs, crs, members[0][0].footprint)
         if len(hit) == 0:
             continue
         matched[hit] = True
@@ -876,10 +878,7 @@ def plan_region_clips(catalog: Catalog, regions: gpd.GeoDataFrame, *, bands: Seq
     by_crs: dict[str, Any] = {}
     for gkey, members in grids.items():
         crs, transform, shape_yx, _ = gkey
-        geoms = by_crs.get(crs)
-        if geoms is None:
-            geoms = by_crs[crs] = regions.geometry.to_crs(crs).to_numpy()
-        hit = np.flatnonzero(shapely.intersects(geoms, members[0][0].footprint))
+        geoms, hit = _meeting(regions, by_crs, crs, members[0][0].footprint)
         if len(hit) == 0:
             continue
         wins = _windows(shapely.bounds(geoms[hit]), transform, pad)

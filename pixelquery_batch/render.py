@@ -118,13 +118,13 @@ def colour_pixels(values: np.ndarray, spec: Any) -> np.ndarray:
 
 
 def png_from_pixels(rgba: np.ndarray, rows: np.ndarray, cols: np.ndarray, spec: Any) -> bytes:
-    """The PNG of one field from its coloured pixels (see :func:`colour_pixels`)."""
-    import imagecodecs
-
+    """The PNG of one field from its coloured pixels (see :func:`colour_pixels`): their
+    box and positions worked out here, then :func:`png_box`."""
     r0, c0 = int(rows.min()), int(cols.min())
-    img = np.zeros((int(rows.max()) - r0 + 1, int(cols.max()) - c0 + 1, 4), dtype=np.uint8)
-    img[rows - r0, cols - c0] = rgba
-    return bytes(imagecodecs.png_encode(_finish(img, spec), level=PNG_LEVEL))
+    width = int(cols.max()) - c0 + 1
+    flat = (rows.astype(np.int64) - r0) * width + (cols.astype(np.int64) - c0)
+    rgba32 = np.ascontiguousarray(rgba, dtype=np.uint8).view(np.uint32).reshape(-1)
+    return png_box(rgba32, flat, int(rows.max()) - r0 + 1, width, spec)
 
 
 def png_box(rgba32: np.ndarray, flat: np.ndarray, height: int, width: int,

@@ -341,51 +341,36 @@ class Location:
         area only: local files are written straight in place (no temporary file and
         rename; nothing reads a staging area while a unit writes it, and the parts of a
         unit killed half-way are rewritten when it is computed again)."""
-        if atomic or not self.is_local:
-            for key, data in items:
-                self.put(key, data)
-            return
-        root = str(self.local_path)
         for key, data in items:
-            path = os.path.join(root, key)
-            parent = os.path.dirname(path)
-            try:
-                if parent not in _MADE_DIRS:
-                    os.makedirs(parent, exist_ok=True)
-                    _MADE_DIRS.add(parent)
-                try:
-                    fh = open(path, "wb")  # noqa: SIM115
-                except FileNotFoundError:  # the directory went away since: make it again
-                    os.makedirs(parent, exist_ok=True)
-                    fh = open(path, "wb")  # noqa: SIM115
-                with fh:
-                    fh.write(data)
-            except OSError as exc:
-                _COUNTERS.count("put", failed=True)
-                raise OutputError(f"cannot write {path}: {exc}", path=path) from exc
-            _COUNTERS.count("put")
+            if self.is_local:
+                self._put_local(key, data, atomic=atomic)
+            else:
+                self.put(key, data)
 
-    def _put_local(self, key: str, data: bytes | memoryview) -> None:
-        path = self.local_path / key
-        tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    def _put_local(self, key: str, data: bytes | memoryview, *, atomic: bool = True) -> None:
+        path = os.path.join(str(self.local_path), key)
+        parent = os.path.dirname(path)
+        target = (os.path.join(parent, f".{os.path.basename(path)}.{os.getpid()}-"
+                               f"{threading.get_ident()}.tmp") if atomic else path)
         try:
-            parent = str(path.parent)
             if parent not in _MADE_DIRS:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                os.makedirs(parent, exist_ok=True)
                 _MADE_DIRS.add(parent)
             try:
-                with open(tmp, "wb") as fh:
+                with open(target, "wb") as fh:
                     fh.write(data)
             except FileNotFoundError:  # the directory went away since: make it again
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with open(tmp, "wb") as fh:
+                os.makedirs(parent, exist_ok=True)
+                with open(target, "wb") as fh:
                     fh.write(data)
-            os.replace(tmp, path)
+            if atomic:
+                os.replace(target, path)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+            if atomic:
+                with contextlib.suppress(OSError):
+                    os.unlink(target)
             _COUNTERS.count("put", failed=True)
-            raise OutputError(f"cannot write {path}: {exc}", path=str(path)) from exc
+            raise OutputError(f"cannot write {path}: {exc}", path=path) from exc
         _COUNTERS.count("put")
 
     def get(self, key: str) -> bytes:

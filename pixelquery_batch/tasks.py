@@ -30,6 +30,7 @@ from .catalog.store import RepoRef
 from .errors import TaskError
 from .planner import SceneTask, WorkUnit
 from .storage import OutputSink
+from .types import STATS_KEY
 
 __all__ = ["JobContext", "UnitResult", "read_bands", "result_schema", "run_unit"]
 
@@ -183,9 +184,6 @@ class UnitResult:
     day_table: pa.Table | None = None
     started_at: float = 0.0  # wall clock (time.time()) when the unit started on its worker
     files: list[tuple[str, bytes]] = field(default_factory=list)  # renders sent back
-
-
-ROW_ORDER = ("field_id", "scene_id", "variable")  # a unit's rows come sorted by these
 
 
 def stat_columns(stats: Sequence[str]) -> list[str]:
@@ -380,7 +378,7 @@ class _Rows:
             return schema.empty_table()
         table = pa.concat_tables(self.parts)
         if sort:
-            table = table.sort_by([(c, "ascending") for c in ROW_ORDER])
+            table = table.sort_by([(c, "ascending") for c in STATS_KEY])
         return table
 
 

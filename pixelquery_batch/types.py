@@ -11,6 +11,7 @@ import os
 from typing import NewType
 
 __all__ = [
+    "STATS_KEY",
     "BBox",
     "FieldId",
     "GeoTransform",
@@ -28,3 +29,6 @@ BBox = tuple[float, float, float, float]
 GeoTransform = tuple[float, float, float, float, float, float]
 ShapeYX = tuple[int, int]
 SomePath = str | os.PathLike[str]
+
+#: The key of a per-field statistics row; units return their rows sorted by it.
+STATS_KEY: tuple[str, ...] = ("field_id", "scene_id", "variable")
