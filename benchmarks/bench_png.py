@@ -26,8 +26,8 @@ What it measures:
   directory computes nothing). Nothing is deleted between timed runs: the outputs of
   earlier invocations are removed before the warm-up. (Deleting the previous run's
   ~22,000 files right before a timed run, as this script did until 2026-11-30, left ext4
-  scanning recently freed inodes on every file creation of the next run: 16 s of system
-  time in one run, a cost of the benchmark loop, not of a nightly job);
+  scanning recently freed inodes on every file creation of the next run: a cost of the
+  benchmark loop, not of a nightly job);
 * **per-field loop** (one process, one thread): fields reprojected once; per scene red and
   nir opened once with rasterio; per field: ``from_bounds`` rounded out and clipped,
   windowed reads, ``geometry_mask`` (centre rule), cropped to the rows/columns holding
