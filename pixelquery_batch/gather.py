@@ -8,7 +8,8 @@ rule, laid out field after field (:class:`~pixelquery_batch.kernels.segments.Seg
 
 For each scene and band, :func:`decode_band` then decodes only the chunks holding those
 pixels (of the band's own grid and tiling: a 20 m band is indexed through the nearest
-mapping of :mod:`pixelquery_batch.grids`) and picks the pixels out with one fancy index.
+mapping of :mod:`pixelquery_batch.grids`) and picks each chunk's pixels out right after
+that chunk is decoded, while it is still in the core's cache.
 Everything downstream (band math, masks, statistics) works on these flat arrays.
 """
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import math
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -343,10 +343,15 @@ def _build_each(fields: FieldBlock, transform: tuple[float, ...],
 
 @dataclass(frozen=True, eq=False)
 class _BandIndex:
-    """Where each gathered pixel sits in one band's decoded chunks (scene independent)."""
+    """Where each gathered pixel sits in one band's chunks (scene independent), grouped by
+    chunk: the pixels of ``chunks[k]`` are ``pos[bounds[k]:bounds[k + 1]]``, at flat
+    offsets ``local[...]`` in the chunk."""
 
-    chunks: list[tuple[int, int]]  # chunk ids to decode, in slot order
-    flat: np.ndarray  # (P,) index into the stacked (n, cy, cx) chunks, flattened; -1: none
+    chunks: list[tuple[int, int]]  # chunk ids to decode
+    bounds: np.ndarray  # (len(chunks) + 1,) slices of pos/local per chunk
+    pos: np.ndarray  # pixel positions (into the unit's P pixels), chunk by chunk
+    local: np.ndarray  # int32 row-major offset of each of those pixels in its chunk
+    missing: np.ndarray  # pixel positions no chunk holds (outside the raster or grid)
 
 
 def _band_index(pix: FieldPixels, band: BandInfo, work: Work) -> _BandIndex:
@@ -355,7 +360,7 @@ def _band_index(pix: FieldPixels, band: BandInfo, work: Work) -> _BandIndex:
     with _CACHE_LOCK:
         got = pix._derived.get(key)
     if got is not None:
-        return got
+        return got  # type: ignore[no-any-return]
     gm = grid_map((tuple(work[0]), tuple(work[1])), grid)  # type: ignore[arg-type]
     inside = pix.inside.copy()
     r = pix.rows[inside]
@@ -369,12 +374,15 @@ def _band_index(pix: FieldPixels, band: BandInfo, work: Work) -> _BandIndex:
     cy, cx = band.chunks_yx
     ncx = -(-grid[1][1] // cx)
     lin = (r // cy) * ncx + (c // cx)
-    needed = np.unique(lin)
-    slot = np.searchsorted(needed, lin)
-    dtype = np.int32 if len(needed) * cy * cx < 2**31 else np.int64
-    flat = np.full(pix.n_pixels, -1, dtype=dtype)
-    flat[inside] = slot * (cy * cx) + (r % cy) * cx + (c % cx)
-    out = _BandIndex([(int(k // ncx), int(k % ncx)) for k in needed], flat)
+    order = np.argsort(lin, kind="stable")
+    needed, starts = np.unique(lin[order], return_index=True)
+    pos_type = np.int32 if pix.n_pixels < 2**31 else np.int64
+    out = _BandIndex(
+        chunks=[(int(k // ncx), int(k % ncx)) for k in needed],
+        bounds=np.append(starts, len(order)).astype(np.int64),
+        pos=np.flatnonzero(inside)[order].astype(pos_type),
+        local=((r % cy) * cx + (c % cx))[order].astype(np.int32),
+        missing=np.flatnonzero(~inside).astype(pos_type))
     with _CACHE_LOCK:
         pix._derived[key] = out
     return out
@@ -392,26 +400,11 @@ class BandTiles:
         return self.gathered[p0:p1]
 
 
-_THREAD = threading.local()
-
-
-def _scratch(nbytes: int) -> np.ndarray:
-    """This thread's buffer for decoded chunks (at least ``nbytes``), kept between scenes
-    and units. The decoded chunks live only until the unit's pixels are gathered from
-    them; a fresh buffer per band and scene cost a page fault and a page clearing per
-    4 KiB (measured: ~0.4 s of kernel time per 20,000-field run with two threads)."""
-    buf = getattr(_THREAD, "scratch", None)
-    if buf is None or buf.nbytes < nbytes:
-        _THREAD.scratch = None  # drop the old one before allocating the larger
-        _THREAD.scratch = buf = np.empty(nbytes, np.uint8)
-    return buf  # type: ignore[no-any-return]
-
-
-def _itemsize(band: BandInfo) -> int:
+def _dtype(band: BandInfo) -> np.dtype:
     try:
-        return np.dtype(band.dtype).itemsize
+        return np.dtype(band.dtype)
     except TypeError:
-        return 8
+        return np.dtype(np.float64)
 
 
 def prefetch_band(reader: ChunkReader, group: str, band: BandInfo, work: Work,
@@ -429,24 +422,25 @@ def decode_band(reader: ChunkReader, group: str, band: BandInfo, work: Work,
     """Decode the chunks of one band (of one scene) that hold the unit's pixels.
 
     Which chunks, and where each pixel sits in them, is worked out once per band grid
-    and kept with ``pix``: for the next scenes this is one decode pass, and reading the
-    pixels is one fancy index, after which the decoded chunks are released. Pixels
-    outside the raster (or the band's grid) read as the band's nodata (else 0).
+    and kept with ``pix``. The chunks are then decoded one by one into a tile-sized buffer
+    and each one's pixels picked out (one fancy index) while it is still in the core's
+    cache. Pixels outside the raster (or the band's grid) read as the band's nodata
+    (else 0).
     """
     idx = _band_index(pix, band, work)
-    scratch = _scratch(len(idx.chunks) * math.prod(band.chunks_yx) * _itemsize(band))
-    if prefetched is not None:
-        tiles = reader.read_tiles(group, band, idx.chunks, scratch=scratch,
-                                  prefetched=prefetched)  # type: ignore[call-arg]
-    else:
-        tiles = reader.read_tiles(group, band, idx.chunks, scratch=scratch)
+    kwargs = {} if prefetched is None else {"prefetched": prefetched}
+    out: np.ndarray | None = None
+    bounds, pos, local = idx.bounds, idx.pos, idx.local
+    for k, tile in reader.tiles(group, band, idx.chunks, **kwargs):
+        if out is None:
+            out = np.empty(pix.n_pixels, dtype=tile.dtype)
+        b0, b1 = bounds[k], bounds[k + 1]
+        out[pos[b0:b1]] = tile.reshape(-1)[local[b0:b1]]
+    if out is None:  # no chunk holds any pixel
+        out = np.empty(pix.n_pixels, dtype=_dtype(band))
     nodata = band.nodata
     fill: Any = 0
-    if nodata is not None and (tiles.dtype.kind == "f" or np.isfinite(nodata)):
+    if nodata is not None and (out.dtype.kind == "f" or np.isfinite(nodata)):
         fill = nodata
-    flat = tiles.reshape(-1)
-    if not len(flat):
-        return BandTiles(np.full(pix.n_pixels, fill, dtype=tiles.dtype))
-    out = flat[np.maximum(idx.flat, 0)]
-    out[idx.flat < 0] = fill
+    out[idx.missing] = fill
     return BandTiles(out)

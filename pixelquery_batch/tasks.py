@@ -135,8 +135,7 @@ def _render_fields(spec: RenderSpec, pix: Any, grp: Any, ids: Sequence[str], png
     flat = layout.flat[grp.p0:grp.p1]
     if rgba is not None:
         rgba32 = rgba.view(np.uint32).reshape(-1)
-        drawn = np.bincount(grp.segments.seg, weights=rgba[:, 3] != 0,
-                            minlength=grp.f1 - grp.f0) > 0
+        drawn = grp.segments.sums(rgba[:, 3] != 0) > 0
     direct = spec.sink is not None and spec.sink.direct
     for k in range(grp.f1 - grp.f0):
         a, b = int(starts[k]), int(starts[k + 1])
@@ -385,10 +384,12 @@ class _Rows:
 def _weighted_sums(segments: Any, weights: np.ndarray | None, mask: np.ndarray,
                    keep: np.ndarray | None) -> np.ndarray:
     """Per field: the weight of the pixels in ``mask`` (and ``keep``)."""
-    w = mask.astype(np.float64) if weights is None else np.where(mask, weights, 0.0)
+    if weights is None:
+        return segments.sums(mask if keep is None else mask & keep)  # type: ignore[no-any-return]
+    w = np.where(mask, weights, 0.0)
     if keep is not None:
         w = np.where(keep, w, 0.0)
-    return np.bincount(segments.seg, weights=w, minlength=segments.n_fields)
+    return segments.sums(w)  # type: ignore[no-any-return]
 
 
 def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None) -> UnitResult:

@@ -438,9 +438,9 @@ def test_coarse_bands_read_only_the_chunks_fields_need(s2_archive) -> None:
     (unit,) = plan.units
 
     class Recording(IcechunkChunkReader):
-        def read_tiles(self, group, band, chunks, **kw):
+        def tiles(self, group, band, chunks, **kw):
             self.seen = getattr(self, "seen", set()) | {(band.name, tuple(c)) for c in chunks}
-            return super().read_tiles(group, band, chunks, **kw)
+            return super().tiles(group, band, chunks, **kw)
 
     reader = Recording(ref.session())
     ctx = JobContext(repo=ref, job_hash="t", variables=(("ndmi", "(nir - swir16) / (nir + swir16)"),),

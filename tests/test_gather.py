@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 import shapely
 from shapely.geometry import box
 
@@ -65,10 +67,10 @@ def test_field_pixels_are_cached_by_key_and_a_bad_geometry_is_isolated() -> None
     assert pix.field_ids == tuple(f.field_id for f in fields[:3])
 
 
-def test_decoded_chunks_reuse_one_buffer_per_thread_and_never_alias_results() -> None:
-    """Bands of several dtypes and chunk counts decoded one after another on one thread
-    (the thread's scratch buffer is reused and grows): each band's gathered values equal
-    plain indexing of the full array, and stay intact after later decodes."""
+def test_decoded_chunks_reuse_one_buffer_and_never_alias_results() -> None:
+    """Bands of several dtypes and chunk counts decoded one after another (each band's
+    chunks pass through one reused tile buffer): each band's gathered values equal plain
+    indexing of the full array, and stay intact after later decodes."""
     from pixelquery_batch.catalog.chunks import ArrayChunkReader
     from pixelquery_batch.catalog.models import BandInfo
     from pixelquery_batch.gather import decode_band
@@ -159,3 +161,20 @@ def test_threads_sharing_a_layout_all_get_every_field_statistic() -> None:
                          for a, b in itertools.pairwise(starts)])
         for got in results:
             np.testing.assert_array_equal(got["median"], want, err_msg=f"trial {trial}")
+
+
+@pytest.mark.parametrize("counts", [[0, 3, 0, 0, 2, 0], [5], [0, 0], [], [1, 0, 4, 0]])
+def test_segment_sums_equal_per_field_sums_with_empty_fields(counts: list[int]) -> None:
+    """Per-field sums (one reduceat pass) against plain per-field numpy sums, with empty
+    fields first, last and in a row (reduceat alone would return a neighbour's value)."""
+    from pixelquery_batch.kernels.segments import Segments
+
+    rng = np.random.default_rng(len(counts))
+    seg = Segments.from_counts(counts)
+    values = rng.random(seg.n_pixels) * 100
+    mask = values > 50
+    bounds = list(itertools.pairwise(seg.starts))
+    np.testing.assert_allclose(seg.sums(values), [values[a:b].sum() for a, b in bounds],
+                               rtol=1e-14)
+    assert seg.sums(mask).tolist() == [float(mask[a:b].sum()) for a, b in bounds]
+    assert seg.sums(mask).dtype == np.float64 and len(seg.sums(mask)) == len(counts)

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import os
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -34,6 +33,7 @@ __all__ = [
     "ChunkRequest",
     "IcechunkChunkReader",
     "chunks_for_window",
+    "stack_tiles",
 ]
 
 Window = tuple[int, int, int, int]  # row0, row1, col0, col1 (clipped to the raster)
@@ -74,11 +74,17 @@ class ChunkReader(Protocol):
         """One array per request (raw dtype, window-shaped)."""
         ...
 
-    def read_tiles(self, group: str, band: BandInfo, chunks: Sequence[tuple[int, int]], *,
-                   scratch: np.ndarray | None = None) -> np.ndarray:
-        """Decoded chunks ``(n, cy, cx)`` of one band, in the order given (raw dtype;
-        chunks absent from the store are the fill value). With ``scratch`` (a uint8
-        buffer at least that large), the result is a view of it."""
+    def tiles(self, group: str, band: BandInfo, chunks: Sequence[tuple[int, int]], *,
+              prefetched: Any = None) -> Iterator[tuple[int, np.ndarray]]:
+        """Decoded chunks of one band one at a time, in the order given: ``(k, tile)``,
+        ``tile`` the ``(cy, cx)`` chunk ``chunks[k]`` (raw dtype; the fill value where the
+        store has none). A tile is valid until the next one is produced (readers reuse one
+        small buffer). ``prefetched``: what the reader's ``prefetch`` returned, if it has one."""
+        ...
+
+    def read_tiles(self, group: str, band: BandInfo,
+                   chunks: Sequence[tuple[int, int]]) -> np.ndarray:
+        """:meth:`tiles` stacked into one ``(n, cy, cx)`` array."""
         ...
 
     @property
@@ -87,14 +93,14 @@ class ChunkReader(Protocol):
         ...
 
 
-def tile_buffer(shape: tuple[int, int, int], dtype: Any, scratch: np.ndarray | None) -> np.ndarray:
-    """An uninitialised ``shape`` array: a view of the uint8 ``scratch`` buffer when it is
-    large enough, else a new array."""
-    dtype = np.dtype(dtype)
-    nbytes = math.prod(shape) * dtype.itemsize
-    if scratch is None or scratch.nbytes < nbytes:
-        return np.empty(shape, dtype=dtype)
-    return scratch[:nbytes].view(dtype).reshape(shape)
+def stack_tiles(items: Iterable[tuple[int, np.ndarray]], n: int, shape: tuple[int, int],
+                dtype: Any) -> np.ndarray:
+    """``(k, tile)`` items (as :meth:`ChunkReader.tiles` yields them) as one
+    ``(n, *shape)`` array."""
+    out = np.empty((n, *shape), dtype=dtype)
+    for k, tile in items:
+        out[k] = tile
+    return out
 
 
 # --------------------------------------------------------------------------- codec plans
@@ -162,6 +168,12 @@ def _decode(plan: _ArrayPlan, raw: bytes) -> np.ndarray:
     if plan.predictor:
         tile = imagecodecs.delta_decode(tile, axis=-1)
     return tile
+
+
+def _fill(plan: _ArrayPlan) -> Any:
+    """The array's fill value as a number (zarr.json spells NaN etc. as strings)."""
+    fill = plan.fill_value if plan.fill_value is not None else 0
+    return float(fill) if isinstance(fill, str) else fill
 
 
 # --------------------------------------------------------------------------- readers
@@ -353,8 +365,8 @@ class IcechunkChunkReader:
         return [None if b is None else b.as_numpy_array() for b in bufs]
 
     def prefetch(self, group: str, band: BandInfo, chunks: Sequence[tuple[int, int]]) -> Any:
-        """Start fetching the chunks :meth:`read_tiles` will decode (I/O overlaps the
-        decoding of what came before); pass the result as ``read_tiles(..., prefetched=)``."""
+        """Start fetching the chunks :meth:`tiles` will decode (I/O overlaps the decoding
+        of what came before); pass the result as ``tiles(..., prefetched=)``."""
         path = f"{group}/{band.array}"
         plan = self._plans_for({path})[path]
         local = self.direct_local and _local_tiff(band, plan) is not None
@@ -421,27 +433,26 @@ class IcechunkChunkReader:
             out.append(self._assemble(req, plan, decoded))
         return out
 
-    def read_tiles(self, group: str, band: BandInfo, chunks: Sequence[tuple[int, int]], *,
-                   scratch: np.ndarray | None = None, prefetched: Any = None) -> np.ndarray:
-        """Decoded chunks of one band, straight into one ``(n, cy, cx)`` array (a view of
-        ``scratch`` when given: see :func:`tile_buffer`).
+    def tiles(self, group: str, band: BandInfo, chunks: Sequence[tuple[int, int]], *,
+              prefetched: Any = None) -> Iterator[tuple[int, np.ndarray]]:
+        """Decoded chunks of one band, one at a time (see :meth:`ChunkReader.tiles`).
 
-        The chunks are fetched concurrently (or were, by :meth:`prefetch`) and
-        decompressed with imagecodecs into the output buffer (libdeflate for zlib
-        streams), the predictor undone in place. Chains the fast path does not know are
+        The chunks are fetched concurrently (or were, by :meth:`prefetch`); each is then
+        decompressed with imagecodecs (libdeflate for zlib streams) into one tile-sized
+        buffer, its predictor undone in place, and handed over: the decoded bytes stay in
+        the core's cache for whatever the caller does with them, instead of a whole band
+        of decoded chunks streaming through memory (that costs more than the decoding
+        once two cores share the memory bus). Chains the fast path does not know are
         read through zarr.
         """
         path = f"{group}/{band.array}"
         plan = self._plans_for({path})[path]
-        cy, cx = plan.chunk_shape[-2:]
-        fill = plan.fill_value if plan.fill_value is not None else 0
-        if isinstance(fill, str):
-            fill = float(fill)
-        out = tile_buffer((len(chunks), cy, cx), plan.dtype, scratch)
+        fill = _fill(plan)
         if not chunks:
-            return out
+            return
         if not plan.fast or (len(plan.chunk_shape) == 3 and plan.chunk_shape[0] != 1):
-            return self._tiles_via_zarr(plan, band, chunks, out, fill)
+            yield from self._tiles_via_zarr(plan, band, chunks, fill)
+            return
         local = _local_tiff(band, plan) if self.direct_local else None
         if local is not None:  # a local source: straight from the file, no I/O runtime
             raws = local.read(chunks)
@@ -452,22 +463,23 @@ class IcechunkChunkReader:
                 raws = self._collect(keys, prefetched[1], band.source)
             else:
                 raws = self._fetch(keys, band.source)
-        flat = out.reshape(len(chunks), -1)
-        nbytes = cy * cx * plan.dtype.itemsize
-        absent = []
+        self._count(len(chunks))
+        tile = np.empty(plan.chunk_shape[-2:], plan.dtype)
+        buf = tile.reshape(-1).view(np.uint8)
         for k in range(len(raws)):
             raw, raws[k] = raws[k], None  # release each compressed chunk once decoded
             if raw is None:
-                absent.append(k)
+                tile[...] = fill
+                yield k, tile
                 continue
             self.bytes_read += len(raw)
             try:
                 if plan.decompress is not None:
-                    got = plan.decompress(raw, out=flat[k].view(np.uint8))
-                    if got is not None and len(got) != nbytes:
-                        raise ValueError(f"decoded {len(got)} bytes, expected {nbytes}")
+                    got = plan.decompress(raw, out=buf)
+                    if got is not None and len(got) != buf.nbytes:
+                        raise ValueError(f"decoded {len(got)} bytes, expected {buf.nbytes}")
                 else:
-                    flat[k].view(np.uint8)[:] = np.frombuffer(raw, np.uint8, count=nbytes)
+                    buf[:] = np.frombuffer(raw, np.uint8, count=buf.nbytes)
             except Exception as exc:
                 src = _display_source(band.source)
                 raise InputDataError(
@@ -475,36 +487,39 @@ class IcechunkChunkReader:
                     f"{_short(exc)})",
                     hint="the file is corrupt, or was changed in place since ingest: "
                     "repair or re-ingest it", path=src, key=keys[k]) from None
-        if plan.predictor:  # one call for every chunk (rows are independent): one GIL release
-            imagecodecs.delta_decode(out, axis=-1, out=out)
-        if absent:
-            out[absent] = fill
-        self._count(len(chunks))
-        return out
+            if plan.predictor:
+                imagecodecs.delta_decode(tile, axis=-1, out=tile)
+            yield k, tile
+
+    def read_tiles(self, group: str, band: BandInfo,
+                   chunks: Sequence[tuple[int, int]]) -> np.ndarray:
+        """:meth:`tiles` stacked into one ``(n, cy, cx)`` array."""
+        path = f"{group}/{band.array}"
+        plan = self._plans_for({path})[path]
+        return stack_tiles(self.tiles(group, band, chunks), len(chunks),
+                           plan.chunk_shape[-2:], plan.dtype)
 
     def _tiles_via_zarr(self, plan: _ArrayPlan, band: BandInfo,
-                        chunks: Sequence[tuple[int, int]], out: np.ndarray,
-                        fill: Any) -> np.ndarray:
+                        chunks: Sequence[tuple[int, int]],
+                        fill: Any) -> Iterator[tuple[int, np.ndarray]]:
         arr = self._zarr_array(plan.path)
-        cy, cx = out.shape[1:]
+        cy, cx = plan.chunk_shape[-2:]
         h, w = arr.shape[-2:]
+        tile = np.empty((cy, cx), plan.dtype)
+        self._count(len(chunks))
         for k, (i, j) in enumerate(chunks):
-            out[k] = fill
+            tile[...] = fill
             y1, x1 = min((i + 1) * cy, h), min((j + 1) * cx, w)
             sel: tuple[Any, ...] = (slice(i * cy, y1), slice(j * cx, x1))
             if band.index is not None:
                 sel = (band.index, *sel)
-            out[k, : y1 - i * cy, : x1 - j * cx] = arr[sel]
-        self._count(len(chunks))
-        return out
+            tile[: y1 - i * cy, : x1 - j * cx] = arr[sel]
+            yield k, tile
 
     def _assemble(self, req: ChunkRequest, plan: _ArrayPlan,
                   decoded: Mapping[str, np.ndarray | None]) -> np.ndarray:
         r0, r1, c0, c1 = req.window
-        fill = plan.fill_value if plan.fill_value is not None else 0
-        if isinstance(fill, str):  # "NaN" etc. in zarr.json
-            fill = float(fill)
-        arr = np.full((r1 - r0, c1 - c0), fill, dtype=plan.dtype)
+        arr = np.full((r1 - r0, c1 - c0), _fill(plan), dtype=plan.dtype)
         cy, cx = plan.chunk_shape[-2:]
         zarr_arr = None
         for ci, cj in req.chunks:
@@ -553,19 +568,24 @@ class ArrayChunkReader:
     def chunks_read(self) -> int:
         return len(self._seen)
 
-    def read_tiles(self, group: str, band: BandInfo, chunks: Sequence[tuple[int, int]], *,
-                   scratch: np.ndarray | None = None) -> np.ndarray:
+    def tiles(self, group: str, band: BandInfo, chunks: Sequence[tuple[int, int]], *,
+              prefetched: Any = None) -> Iterator[tuple[int, np.ndarray]]:
         full = self.arrays[(group, band.array)]
         if band.index is not None:
             full = full[band.index]
         cy, cx = band.chunks_yx
-        out = tile_buffer((len(chunks), cy, cx), full.dtype, scratch)
-        out[...] = 0
+        tile = np.empty((cy, cx), full.dtype)
         for k, (i, j) in enumerate(chunks):
             self._seen.add((group, band.array, band.index, i, j))
             block = full[i * cy:(i + 1) * cy, j * cx:(j + 1) * cx]
-            out[k, : block.shape[0], : block.shape[1]] = block
-        return out
+            tile[...] = 0
+            tile[: block.shape[0], : block.shape[1]] = block
+            yield k, tile
+
+    def read_tiles(self, group: str, band: BandInfo,
+                   chunks: Sequence[tuple[int, int]]) -> np.ndarray:
+        return stack_tiles(self.tiles(group, band, chunks), len(chunks), band.chunks_yx,
+                           self.arrays[(group, band.array)].dtype)
 
     def read(self, requests: Sequence[ChunkRequest]) -> list[np.ndarray]:
         out = []

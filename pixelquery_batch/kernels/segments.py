@@ -4,8 +4,8 @@ The pixels of all fields of a work unit are gathered into one flat array, field 
 field (a *segment* per field). :func:`segment_stats` computes every requested statistic
 of every field in a handful of vectorised passes instead of a Python loop per field:
 
-* sums, counts, means and the two-pass standard deviation with ``numpy.bincount`` over
-  the segment ids;
+* sums, counts, means and the two-pass standard deviation as sums over each field's
+  contiguous run of pixels (:meth:`Segments.sums`, one ``numpy.add.reduceat`` pass);
 * min, max, median and percentiles from one sort per *size bucket*: fields of similar
   pixel counts are laid out as rows of a padded 2-D array (padding is NaN, which sorts
   last) and sorted along the rows in one call, then read off at the positions numpy's
@@ -20,6 +20,7 @@ The definitions are those of :mod:`pixelquery_batch.kernels.stats` for unit weig
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections.abc import Sequence
@@ -70,6 +71,38 @@ class Segments:
     @property
     def counts(self) -> np.ndarray:
         return np.diff(self.starts)
+
+    @functools.cached_property
+    def _runs(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """``reduceat`` offsets: the starts of the fields with pixels (an empty field's
+        start would cut its predecessor's run short), and which fields those are
+        (``None``: all)."""
+        full = self.counts > 0
+        if full.all():
+            return self.starts[:-1], None
+        return self.starts[:-1][full], full
+
+    def sums(self, x: np.ndarray) -> np.ndarray:
+        """Per field: the float64 sum of ``x`` (``(P,)``; booleans count) over its pixels.
+
+        One sequential pass over each field's run of pixels (``numpy.add.reduceat``,
+        pairwise summation): about 4x faster than ``numpy.bincount`` with weights.
+
+        >>> Segments.from_counts([2, 0, 3, 0]).sums(np.array([1.0, 2.0, 3.0, 4.0, 5.0])).tolist()
+        [3.0, 0.0, 12.0, 0.0]
+        """
+        if self.n_pixels == 0:
+            return np.zeros(self.n_fields)
+        offsets, full = self._runs
+        if x.dtype == np.bool_:
+            got = np.add.reduceat(x.view(np.uint8), offsets, dtype=np.int64).astype(np.float64)
+        else:
+            got = np.add.reduceat(x, offsets, dtype=np.float64)
+        if full is None:
+            return got  # type: ignore[no-any-return]
+        out = np.zeros(self.n_fields)
+        out[full] = got
+        return out
 
     def buckets(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """``(field ids, padded pixel index)`` per size bucket; padding points at index
@@ -162,27 +195,26 @@ def segment_stats(
     if weights is not None:
         return _weighted(values, segments, names, keep, weights)
     n = segments.n_fields
-    seg = segments.seg
     valid = np.isfinite(values)
     if keep is not None:
         valid &= keep
-        total = np.bincount(seg, weights=keep, minlength=n).astype(np.float64)
+        total = segments.sums(keep)
     else:
         total = segments.counts.astype(np.float64)
-    count = np.bincount(seg, weights=valid, minlength=n).astype(np.float64)
+    count = segments.sums(valid)
     has = count > 0
     out: dict[str, np.ndarray] = {"_total": total}
     v0 = np.where(valid, values, 0.0)
     want = set(names)
     if want & {"mean", "sum", "std"}:
-        s = np.bincount(seg, weights=v0, minlength=n)
+        s = segments.sums(v0)
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = np.where(has, s / count, np.nan)
         out["sum"] = np.where(has, s, np.nan)
         out["mean"] = mean
         if "std" in want:
-            dev = np.where(valid, values - np.nan_to_num(mean)[seg], 0.0)
-            m2 = np.bincount(seg, weights=dev * dev, minlength=n)
+            dev = np.where(valid, values - np.repeat(np.nan_to_num(mean), segments.counts), 0.0)
+            m2 = segments.sums(dev * dev)
             with np.errstate(invalid="ignore", divide="ignore"):
                 out["std"] = np.where(has, np.sqrt(m2 / count), np.nan)
     out["count"] = count
@@ -230,7 +262,7 @@ def _weighted(values: np.ndarray, segments: Segments, names: tuple[str, ...],
         w = np.where(keep, w, 0.0)
     n = segments.n_fields
     out = {k: np.full(n, np.nan) for k in names}
-    out["_total"] = np.bincount(segments.seg, weights=w, minlength=n).astype(np.float64)
+    out["_total"] = segments.sums(w)
     starts = segments.starts
     for i in range(n):
         a, b = starts[i], starts[i + 1]
