@@ -65,6 +65,11 @@ class FieldPixels:
     def n_pixels(self) -> int:
         return self.segments.n_pixels
 
+    @property
+    def nbytes(self) -> int:
+        """Memory held by these pixels and everything derived from them so far."""
+        return _nbytes(self, set())
+
     def ids_array(self) -> pa.Array:
         """``field_ids`` as an Arrow string array (built once: output rows slice it)."""
         import pyarrow as pa
@@ -201,26 +206,60 @@ def _glibc() -> Any:
     return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 
+def trim_heap() -> None:
+    """Hand glibc's free heap pages back to the OS (after a phase that allocated and freed
+    a lot). A no-op off glibc."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 def release_memory() -> None:
     """Hand freed memory back to the OS after a phase that allocated a lot (a run's units,
-    a table commit): Python's garbage, glibc's free heap pages, Arrow's pool. The peak
-    RSS of the process that runs the client then follows what it holds, not what it
-    once held."""
+    a table commit): the pixel sets cached for units of this process (an in-process
+    worker's: its units are done), Python's garbage, glibc's free heap pages, Arrow's
+    pool. The peak RSS of the process that runs the client then follows what it holds,
+    not what it once held."""
     import gc
 
     import pyarrow as pa
 
+    clear_pixel_cache()
     gc.collect()
     pa.default_memory_pool().release_unused()
-    libc = _glibc()
-    if libc is not None:
-        libc.malloc_trim(0)
+    trim_heap()
 
 
 _CACHE: OrderedDict[tuple[Any, ...], FieldPixels] = OrderedDict()
 _CACHE_LOCK = threading.Lock()
 _BUILDING: dict[tuple[Any, ...], threading.Lock] = {}
 _CACHE_SIZE = 4
+#: Cached pixel sets beyond the newest are dropped (oldest first) while together they
+#: hold more than this: a worker moving on to the next strip of fields frees the last
+#: one's (~130 MB for 56,000 fields) instead of carrying it to the end of the run.
+_CACHE_BYTES = 192 << 20
+
+
+def _nbytes(obj: Any, seen: set[int]) -> int:
+    """Bytes of the numpy/Arrow buffers reachable from ``obj`` (each counted once)."""
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    if isinstance(obj, np.ndarray):
+        base = obj.base
+        return _nbytes(base, seen) if isinstance(base, np.ndarray) else obj.nbytes
+    if isinstance(obj, dict):
+        return sum(_nbytes(v, seen) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v, seen) for v in obj) if obj and not isinstance(obj[0], str) else 0
+    fields = getattr(type(obj), "__dataclass_fields__", None)
+    if fields is not None:
+        return sum(_nbytes(getattr(obj, f, None), seen) for f in fields)
+    import pyarrow as pa
+
+    if isinstance(obj, (pa.Array, pa.ChunkedArray)):
+        return int(obj.nbytes)
+    return 0
 
 
 def clear_pixel_cache() -> None:
@@ -251,7 +290,8 @@ def field_pixels(fields: Sequence[Any], transform: tuple[float, ...], shape_yx: 
         with _CACHE_LOCK:
             _CACHE[cache_key] = pix
             _BUILDING.pop(cache_key, None)
-            while len(_CACHE) > _CACHE_SIZE:
+            while len(_CACHE) > _CACHE_SIZE or (
+                    len(_CACHE) > 1 and sum(p.nbytes for p in _CACHE.values()) > _CACHE_BYTES):
                 _CACHE.popitem(last=False)
     return pix
 

@@ -507,6 +507,9 @@ def run_job(
                     else restrict_plan(field_plan,
                                        lambda f, s: state.is_done(f, s, retry_failed=retry_failed)))
         clips = _region_clip_units(job)  # a clip over its size limit: refused before any work
+        from .gather import trim_heap
+
+        trim_heap()  # reading and planning the fields left freed pages (~65 MB at 100,000)
         t_planned = time.time()
         changed = (todo is not None and (todo.units or state.staged)) or _derived_stale(
             out, spec, state, job)

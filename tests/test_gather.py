@@ -178,3 +178,28 @@ def test_segment_sums_equal_per_field_sums_with_empty_fields(counts: list[int]) 
                                rtol=1e-14)
     assert seg.sums(mask).tolist() == [float(mask[a:b].sum()) for a, b in bounds]
     assert seg.sums(mask).dtype == np.float64 and len(seg.sums(mask)) == len(counts)
+
+
+def test_pixel_cache_drops_older_sets_over_its_byte_budget(monkeypatch) -> None:
+    """A worker moving on to the next strip of fields drops the last strip's cached pixels
+    once together they exceed the budget (the newest is always kept); ``nbytes`` counts
+    the arrays a set holds, derived ones included; ``release_memory`` empties the cache."""
+    from pixelquery_batch import gather
+
+    gather.clear_pixel_cache()
+    a = field_pixels(_fields(200, seed=1), T, (2000, 2000), "centre", key="strip-a")
+    own = sum(x.nbytes for x in (a.rows, a.cols, a.inside, a.segments.seg, a.segments.starts))
+    assert a.nbytes >= own
+    a.segments.buckets()
+    assert a.nbytes > own  # the size buckets derived since
+    monkeypatch.setattr(gather, "_CACHE_BYTES", a.nbytes + 1)
+    assert field_pixels(_fields(200, seed=1), T, (2000, 2000), "centre", key="strip-a") is a
+    b = field_pixels(_fields(200, seed=2), T, (2000, 2000), "centre", key="strip-b")
+    assert list(gather._CACHE.values()) == [b]  # a + b over the budget: a dropped
+    again = field_pixels(_fields(200, seed=1), T, (2000, 2000), "centre", key="strip-a")
+    assert again is not a and np.array_equal(again.rows, a.rows)  # rebuilt, same pixels
+    monkeypatch.setattr(gather, "_CACHE_BYTES", 1 << 40)
+    field_pixels(_fields(200, seed=2), T, (2000, 2000), "centre", key="strip-b")
+    assert len(gather._CACHE) == 2
+    gather.release_memory()
+    assert len(gather._CACHE) == 0
