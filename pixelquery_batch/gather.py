@@ -392,6 +392,9 @@ class _BandIndex:
     pos: np.ndarray  # pixel positions (into the unit's P pixels), chunk by chunk
     local: np.ndarray  # int32 row-major offset of each of those pixels in its chunk
     missing: np.ndarray  # pixel positions no chunk holds (outside the raster or grid)
+    #: per chunk: 2 when its pixels are one run of positions holding the whole chunk in
+    #: row-major order (a copy), 1 when they are one run of positions (a gather), else 0
+    runs: np.ndarray
 
 
 def _band_index(pix: FieldPixels, band: BandInfo, work: Work) -> _BandIndex:
@@ -414,18 +417,37 @@ def _band_index(pix: FieldPixels, band: BandInfo, work: Work) -> _BandIndex:
     cy, cx = band.chunks_yx
     ncx = -(-grid[1][1] // cx)
     lin = (r // cy) * ncx + (c // cx)
-    order = np.argsort(lin, kind="stable")
-    needed, starts = np.unique(lin[order], return_index=True)
     pos_type = np.int32 if pix.n_pixels < 2**31 else np.int64
-    out = _BandIndex(
-        chunks=[(int(k // ncx), int(k % ncx)) for k in needed],
-        bounds=np.append(starts, len(order)).astype(np.int64),
-        pos=np.flatnonzero(inside)[order].astype(pos_type),
-        local=((r % cy) * cx + (c % cx))[order].astype(np.int32),
-        missing=np.flatnonzero(~inside).astype(pos_type))
+    pos = np.flatnonzero(inside).astype(pos_type)
+    local = ((r % cy) * cx + (c % cx)).astype(np.int32)
+    if len(lin) and not bool((lin[1:] >= lin[:-1]).all()):  # else laid out chunk by chunk
+        order = np.argsort(lin, kind="stable")
+        lin, pos, local = lin[order], pos[order], local[order]
+    starts = np.flatnonzero(np.diff(lin)) + 1 if len(lin) else np.empty(0, np.int64)
+    starts = np.concatenate([[0], starts]) if len(lin) else starts
+    needed = lin[starts]
+    bounds = np.append(starts, len(lin)).astype(np.int64)
+    out = _BandIndex(chunks=[(int(k // ncx), int(k % ncx)) for k in needed], bounds=bounds,
+                     pos=pos, local=local, missing=np.flatnonzero(~inside).astype(pos_type),
+                     runs=_runs(bounds, pos, local, cy * cx))
     with _CACHE_LOCK:
         pix._derived[key] = out
     return out
+
+
+def _runs(bounds: np.ndarray, pos: np.ndarray, local: np.ndarray, size: int) -> np.ndarray:
+    """:attr:`_BandIndex.runs`: which chunks' pixels sit at consecutive positions (and
+    which of those are the whole chunk, row-major)."""
+    n = np.diff(bounds)
+    if not len(pos):
+        return np.zeros(len(n), np.int8)
+    # breaks[i]: pixels i and i + 1 are not at consecutive positions (resp. offsets)
+    pos_breaks = np.concatenate([[0], np.cumsum(np.diff(pos) != 1)])
+    local_breaks = np.concatenate([[0], np.cumsum(np.diff(local) != 1)])
+    first, last = bounds[:-1], np.maximum(bounds[1:] - 1, bounds[:-1])
+    one_run = (pos_breaks[last] - pos_breaks[first]) == 0
+    whole = one_run & (n == size) & ((local_breaks[last] - local_breaks[first]) == 0)
+    return np.where(whole, 2, np.where(one_run, 1, 0)).astype(np.int8)
 
 
 @dataclass(frozen=True, eq=False)
@@ -470,12 +492,20 @@ def decode_band(reader: ChunkReader, group: str, band: BandInfo, work: Work,
     idx = _band_index(pix, band, work)
     kwargs = {} if prefetched is None else {"prefetched": prefetched}
     out: np.ndarray | None = None
-    bounds, pos, local = idx.bounds, idx.pos, idx.local
+    bounds, pos, local, runs = idx.bounds, idx.pos, idx.local, idx.runs
     for k, tile in reader.tiles(group, band, idx.chunks, **kwargs):
         if out is None:
             out = np.empty(pix.n_pixels, dtype=tile.dtype)
         b0, b1 = bounds[k], bounds[k + 1]
-        out[pos[b0:b1]] = tile.reshape(-1)[local[b0:b1]]
+        flat = tile.reshape(-1)
+        if runs[k] == 2:  # the whole chunk, in order (pixel sets laid out chunk by chunk)
+            p0 = pos[b0]
+            out[p0:p0 + (b1 - b0)] = flat
+        elif runs[k] == 1:
+            p0 = pos[b0]
+            np.take(flat, local[b0:b1], out=out[p0:p0 + (b1 - b0)])
+        else:
+            out[pos[b0:b1]] = flat[local[b0:b1]]
     if out is None:  # no chunk holds any pixel
         out = np.empty(pix.n_pixels, dtype=_dtype(band))
     nodata = band.nodata

@@ -15,7 +15,7 @@ import os
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -248,6 +248,11 @@ def _reader_for(repo: RepoRef) -> ChunkReader:
 
 
 def _physical(raw: np.ndarray, band: BandInfo, mask_nodata: bool) -> np.ndarray:
+    """float64 physical values of raw band values (``raw * scale + offset``), NaN at the
+    band's nodata when masked."""
+    if raw.dtype in (np.uint8, np.uint16) and raw.size > 4 * 65536:
+        return _physical_lut(raw.dtype.str, band.nodata if mask_nodata else None,
+                             band.scale, band.offset)[raw]  # one pass (same arithmetic)
     values = raw.astype(np.float64)
     if mask_nodata and band.nodata is not None:
         if np.isnan(band.nodata):
@@ -259,14 +264,46 @@ def _physical(raw: np.ndarray, band: BandInfo, mask_nodata: bool) -> np.ndarray:
     return values
 
 
+@lru_cache(maxsize=64)
+def _physical_lut(dtype: str, nodata: float | None, scale: float, offset: float) -> np.ndarray:
+    """:func:`_physical` of every value of an 8/16-bit dtype (read-only table)."""
+    every = np.arange(np.iinfo(np.dtype(dtype)).max + 1, dtype=np.dtype(dtype))
+    lut = every.astype(np.float64)
+    if nodata is not None and not np.isnan(nodata):
+        lut[every == nodata] = np.nan
+    if scale != 1.0 or offset != 0.0:
+        lut = lut * scale + offset
+    lut.setflags(write=False)
+    return lut
+
+
 def _cloud_mask(raw: np.ndarray, band: BandInfo, ctx: JobContext) -> np.ndarray:
-    valid = np.ones(raw.shape, bool) if band.nodata is None else raw != band.nodata
-    if ctx.cloud_classes is not None:
-        return valid & np.isin(raw, np.asarray(ctx.cloud_classes, dtype=raw.dtype))
-    bits = 0
-    for b in ctx.cloud_bits or ():
-        bits |= 1 << b
-    return valid & ((raw.astype(np.int64) & bits) != 0)
+    """Cloudy pixels of the cloud band (its nodata is never cloudy)."""
+    if raw.dtype in (np.uint8, np.uint16) and raw.size > 4 * 65536:
+        return _cloud_lut(raw.dtype.str, band.nodata, ctx.cloud_classes,  # one pass
+                          tuple(ctx.cloud_bits or ()))[raw]
+    return _cloudy(raw, band.nodata, ctx.cloud_classes, tuple(ctx.cloud_bits or ()))
+
+
+def _cloudy(raw: np.ndarray, nodata: float | None, classes: Sequence[int] | None,
+            bits: tuple[int, ...]) -> np.ndarray:
+    valid = np.ones(raw.shape, bool) if nodata is None else raw != nodata
+    if classes is not None:
+        return valid & np.isin(raw, np.asarray(classes, dtype=raw.dtype))
+    mask = 0
+    for b in bits:
+        mask |= 1 << b
+    return valid & ((raw.astype(np.int64) & mask) != 0)
+
+
+@lru_cache(maxsize=64)
+def _cloud_lut(dtype: str, nodata: float | None, classes: tuple[int, ...] | None,
+               bits: tuple[int, ...]) -> np.ndarray:
+    """:func:`_cloudy` of every value of an 8/16-bit dtype (read-only table)."""
+    lut = _cloudy(np.arange(np.iinfo(np.dtype(dtype)).max + 1, dtype=np.dtype(dtype)),
+                  nodata, classes, bits)
+    lut.setflags(write=False)
+    return lut
 
 
 def _needed_bands(scene: SceneTask, ctx: JobContext) -> dict[str, BandInfo]:
@@ -755,10 +792,12 @@ def run_rollup_unit(unit: Any, rctx: RollupContext, reader: ChunkReader | None =
     window = (r0, c0, r1 - r0, c1 - c0)
     specs = {v: histogram_for(v, dict(rctx.histograms).get(v)) for v in rctx.variables}
     exprs = [(n, _expression(n, t)) for n, t in ctx.variables if n in rctx.variables]
-    parts = [_RegionPart(p.region_id, p.wkb, window) for p in unit.regions]
+    tiling = _work_tiling(unit, ctx)
+    parts = _tile_pieces(unit.regions, window, tiling, unit.transform)
     # keyed by the block and its region parts: the units of one block (its batches of
     # days) on this worker share the pixels and their chunk indices
-    digest = hashlib.sha256(repr(window).encode() + b"".join(p.wkb for p in unit.regions))
+    digest = hashlib.sha256(repr((window, tiling)).encode()
+                            + b"".join(p.wkb for p in unit.regions))
     pix = field_pixels(parts, unit.transform, unit.shape_yx, "centre",
                        key=f"rollup-{digest.hexdigest()[:24]}")
     work = (unit.transform, unit.shape_yx)
@@ -796,8 +835,8 @@ def run_rollup_unit(unit: Any, rctx: RollupContext, reader: ChunkReader | None =
         for vname, values in merged.items():
             if keep is not None:
                 values = np.where(keep, values, np.nan)
-            for k, region_id in enumerate(pix.field_ids):
-                part = Partial.from_values(values[starts[k]:starts[k + 1]], specs[vname])
+            for region_id, k0, k1 in _id_runs(pix.field_ids):  # pieces of one region
+                part = Partial.from_values(values[starts[k0]:starts[k1]], specs[vname])
                 key = (region_id, period, vname)
                 prev = partials.get(key)
                 partials[key] = part if prev is None else prev.merge(part)
@@ -805,6 +844,51 @@ def run_rollup_unit(unit: Any, rctx: RollupContext, reader: ChunkReader | None =
                     days_seen.setdefault(key, set()).add(day)
     return RollupResult(partials, days_seen, reader.chunks_read - before,
                         time.perf_counter() - t0, 1, failures)
+
+
+def _work_tiling(unit: Any, ctx: JobContext) -> tuple[int, int] | None:
+    """Chunk shape of a band stored on the unit's work grid (``None``: none is)."""
+    for scene in unit.scenes[:1]:
+        for band in _needed_bands(scene, ctx).values():
+            if band.transform is None or tuple(band.transform) == tuple(unit.transform):
+                return tuple(band.chunks_yx)  # type: ignore[return-value]
+    return None
+
+
+def _tile_pieces(regions: Sequence[Any], window: tuple[int, int, int, int],
+                 tiling: tuple[int, int] | None,
+                 transform: tuple[float, ...]) -> list[_RegionPart]:
+    """Each region part of a block cut along the work grid's chunks, chunk after chunk
+    (the regions meeting a chunk one after another): the pixels are then laid out chunk
+    by chunk, so a chunk's pixels are gathered into one run of values (a chunk wholly
+    inside a region is one copy) instead of pixel by pixel. Chunks a region does not
+    meet are left out."""
+    r0, c0, h, w = window
+    if tiling is None:
+        return [_RegionPart(p.region_id, p.wkb, window) for p in regions]
+    cy, cx = tiling
+    wins = [(max(a, r0), max(b, c0), min(a + cy, r0 + h) - max(a, r0),
+             min(b + cx, c0 + w) - max(b, c0))
+            for a in range(r0 - r0 % cy, r0 + h, cy) for b in range(c0 - c0 % cx, c0 + w, cx)]
+    a, _, x0, _, e, y0 = transform[:6]
+    boxes = shapely.box(*np.asarray([(x0 + wc * a, y0 + (wr + wh) * e, x0 + (wc + ww) * a,
+                                      y0 + wr * e) for wr, wc, wh, ww in wins]).T)
+    meets = []
+    for p in regions:
+        geom = shapely.from_wkb(p.wkb)
+        shapely.prepare(geom)
+        meets.append(shapely.intersects(geom, boxes))
+    return [_RegionPart(p.region_id, p.wkb, win) for k, win in enumerate(wins)
+            for p, hit in zip(regions, meets, strict=True) if hit[k]]
+
+
+def _id_runs(ids: Sequence[str]) -> Iterator[tuple[str, int, int]]:
+    """``(id, first, end)`` of each run of equal consecutive ``ids``."""
+    k0 = 0
+    for k in range(1, len(ids) + 1):
+        if k == len(ids) or ids[k] != ids[k0]:
+            yield ids[k0], k0, k
+            k0 = k
 
 
 @dataclass(frozen=True, slots=True)

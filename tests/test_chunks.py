@@ -140,3 +140,41 @@ def test_absent_chunks_of_a_predictor_band_read_as_fill_beside_decoded_ones(
     assert (got[1] == fill).all()
     np.testing.assert_array_equal(got[0], expected[0, :cy, :cx])
     np.testing.assert_array_equal(got[2], expected[0, cy:2 * cy, :cx])
+
+
+def test_in_place_reads_check_the_file_once_per_version(flavour_dir: Path, flavour_repo: Path,
+                                                        tmp_path: Path, monkeypatch) -> None:
+    """A local source read in place is looked up (size + ETag against the ingest-time
+    fingerprint) on its first read and again only when the open file's identity changes:
+    rewritten in place with the same bytes but a new time, or deleted, the next read
+    fails naming the file."""
+    import os
+    import shutil
+
+    from pixelquery_batch.catalog import chunks as chunks_mod
+    from pixelquery_batch.errors import StorageError
+
+    ref = resolve_snapshot(flavour_repo)
+    scene = ref.catalog().get(f"uint16_deflate_pred2_{FLAVOUR_DATE}")
+    band = scene.bands[0]
+    reader = IcechunkChunkReader(ref.session())
+    plan = reader._plans_for({f"{scene.group}/{band.array}"})[f"{scene.group}/{band.array}"]
+    copy = tmp_path / "copy.tif"
+    shutil.copyfile(flavour_dir / f"uint16_deflate_pred2_{FLAVOUR_DATE}.tif", copy)
+    url = f"file://{copy}"
+    local = chunks_mod._open_local_tiff(url, chunks_mod._fingerprint(url), plan)
+    assert local is not None
+    lookups = []
+    real = chunks_mod._fingerprint
+    monkeypatch.setattr(chunks_mod, "_fingerprint", lambda u: lookups.append(u) or real(u))
+    first = local.read([(0, 0), (0, 1)])
+    again = local.read([(0, 0), (0, 1)])
+    assert first == again and all(first) and lookups == [url]  # looked up once
+    copy.write_bytes(copy.read_bytes())  # same bytes, rewritten: a new modification time
+    later = copy.stat().st_mtime + 60
+    os.utime(copy, (later, later))
+    with pytest.raises(StorageError, match=rf"of {copy} failed: the file changed since ingest"):
+        local.read([(0, 0)])
+    copy.unlink()
+    with pytest.raises(StorageError, match=rf"of {copy} failed: {copy} not found"):
+        local.read([(0, 0)])

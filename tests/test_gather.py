@@ -203,3 +203,63 @@ def test_pixel_cache_drops_older_sets_over_its_byte_budget(monkeypatch) -> None:
     assert len(gather._CACHE) == 2
     gather.release_memory()
     assert len(gather._CACHE) == 0
+
+
+def test_chunk_by_chunk_pixel_sets_are_copied_and_equal_plain_indexing() -> None:
+    """Pixel sets laid out chunk by chunk (a rollup block cut along the chunks): whole
+    chunks are copied in one piece, partial ones gathered into one run, and pixels of a
+    chunk spread over the set picked one by one; every way gives the array's values."""
+    from pixelquery_batch.catalog.chunks import ArrayChunkReader
+    from pixelquery_batch.catalog.models import BandInfo
+    from pixelquery_batch.gather import _band_index, decode_band
+
+    shape = (1000, 1000)
+    full = (np.random.default_rng(5).random(shape) * 60000).astype(np.uint16)
+    band = BandInfo("b", None, "b", None, "uint16", None, 1.0, 0.0, (256, 256), "mem://b")
+    reader = ArrayChunkReader({("s", "b"): full})
+    x0, y0 = T[2], T[5]
+
+    def piece(fid: str, r0: int, c0: int, h: int, w: int, shrink: float = 0.0) -> _Field:
+        g = box(x0 + c0 * 10 + shrink, y0 - (r0 + h) * 10 + shrink,
+                x0 + (c0 + w) * 10 - shrink, y0 - r0 * 10 - shrink)
+        return _Field(fid, shapely.to_wkb(g), (r0, c0, h, w))
+
+    fields = [piece("whole", 0, 0, 256, 256), piece("whole2", 0, 256, 256, 256),
+              piece("part", 256, 0, 256, 256, shrink=35.0),  # one run, not the whole chunk
+              # spread over the chunks below (rows 512 on)
+              *[f for f in _fields(400, seed=9) if f.window[0] >= 512 and f.window[0] + f.window[2] < 1000]]
+    pix = field_pixels(fields, T, shape, "centre", key="runs-test")
+    runs = _band_index(pix, band, (T, shape)).runs
+    assert {0, 1, 2} <= set(runs.tolist())
+    got = decode_band(reader, "s", band, (T, shape), pix).values(0, pix.n_pixels)
+    inside = pix.inside
+    assert np.array_equal(got[inside], full[pix.rows[inside], pix.cols[inside]])
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16"])
+def test_band_values_and_cloud_masks_by_table_equal_direct_arithmetic(dtype: str) -> None:
+    """Large 8/16-bit arrays go through a per-dtype table: the values (scale, offset,
+    nodata) and cloud masks (classes or bits, nodata never cloudy) equal the direct
+    numpy computation bit for bit."""
+    from pixelquery_batch.catalog.models import BandInfo
+    from pixelquery_batch.tasks import JobContext, _cloud_mask, _cloudy, _physical
+
+    rng = np.random.default_rng(11)
+    top = np.iinfo(dtype).max
+    raw = rng.integers(0, top + 1, 300_000).astype(dtype)
+    raw[:50] = 0
+    for scale, offset, nodata in [(1.0, 0.0, 0), (1e-4, -0.1, 0), (2.5e-5, 0.0, None)]:
+        band = BandInfo("b", None, "b", None, dtype, nodata, scale, offset, (256, 256), "x")
+        for mask in (True, False):
+            want = raw.astype(np.float64)
+            if mask and nodata is not None:
+                want[raw == nodata] = np.nan
+            if scale != 1.0 or offset != 0.0:
+                want = want * scale + offset
+            np.testing.assert_array_equal(_physical(raw, band, mask), want)
+    band = BandInfo("scl", None, "scl", None, dtype, 0, 1.0, 0.0, (256, 256), "x")
+    for classes, bits in [((3, 8, 9, 10), None), (None, (3, 5))]:
+        ctx = JobContext(repo=None, job_hash="t", variables=(), stats=(), cloud_band="scl",  # type: ignore[arg-type]
+                         cloud_classes=classes, cloud_bits=bits)
+        assert np.array_equal(_cloud_mask(raw, band, ctx), _cloudy(raw, 0, classes, bits or ()))
+        assert not _cloud_mask(raw, band, ctx)[:50].any()

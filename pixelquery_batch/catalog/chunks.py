@@ -199,30 +199,51 @@ class _LocalTiff:
     ``pread`` takes a few µs. The references of a virtual TIFF band are exactly the
     file's ``TileOffsets``/``TileByteCounts`` (virtual-tiff reads them from IFD 0), so a
     worker reads them once and ``pread``s each tile; the file's size + ETag are checked
-    against the ingest-time fingerprint on every read, as Icechunk checks its references.
+    against the ingest-time fingerprint on every read, as Icechunk checks its references
+    (looked up again whenever the open file's ``fstat`` identity differs from the last
+    one that matched).
     """
 
     def __init__(self, path: str, url: str, fingerprint: str, offsets: np.ndarray,
                  counts: np.ndarray, tiles_across: int) -> None:
         self.path, self.url, self.fingerprint = path, url, fingerprint
         self.offsets, self.counts, self.tiles_across = offsets, counts, tiles_across
+        #: ``fstat`` identity (device, inode, size, mtime, ctime) of the file when its
+        #: fingerprint last matched: while it is unchanged the fingerprint is too (the
+        #: local ETag derives from inode, mtime and size), and a read skips the lookup
+        self._verified: tuple[int, ...] | None = None
 
-    def read(self, chunks: Sequence[tuple[int, int]]) -> list[Any]:
-        """Raw bytes of each chunk (``None`` for a sparse tile)."""
+    def _check(self, fd: int, n_chunks: int) -> None:
+        """Fail unless the open file is the one ingested (same size and ETag)."""
+        st = os.fstat(fd)
+        ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if ident == self._verified:
+            return
         now = _fingerprint(self.url)
         if now is None:
-            raise StorageError(f"reading {len(chunks)} chunk(s) of {self.path} failed: {self.path} "
+            raise StorageError(f"reading {n_chunks} chunk(s) of {self.path} failed: {self.path} "
                                "not found", hint="the source file may have changed or vanished "
                                "since ingest: re-ingest it", path=self.path)
         if now != self.fingerprint:
             raise StorageError(
-                f"reading {len(chunks)} chunk(s) of {self.path} failed: the file changed since "
+                f"reading {n_chunks} chunk(s) of {self.path} failed: the file changed since "
                 f"ingest (size:etag {now}, ingested {self.fingerprint})",
                 hint="the source file may have changed or vanished since ingest: re-ingest it",
                 path=self.path)
-        out: list[Any] = []
-        fd = os.open(self.path, os.O_RDONLY)
+        self._verified = ident
+
+    def read(self, chunks: Sequence[tuple[int, int]]) -> list[Any]:
+        """Raw bytes of each chunk (``None`` for a sparse tile), after checking the file
+        is still the one ingested."""
         try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise StorageError(f"reading {len(chunks)} chunk(s) of {self.path} failed: "
+                               f"{self.path} not found", hint="the source file may have changed "
+                               "or vanished since ingest: re-ingest it", path=self.path) from None
+        out: list[Any] = []
+        try:
+            self._check(fd, len(chunks))
             for i, j in chunks:
                 t = i * self.tiles_across + j
                 n = int(self.counts[t])
