@@ -249,32 +249,15 @@ def _reader_for(repo: RepoRef) -> ChunkReader:
 
 def _physical(raw: np.ndarray, band: BandInfo, mask_nodata: bool) -> np.ndarray:
     """float64 physical values of raw band values (``raw * scale + offset``), NaN at the
-    band's nodata when masked."""
-    if raw.dtype in (np.uint8, np.uint16) and raw.size > 4 * 65536:
-        return _physical_lut(raw.dtype.str, band.nodata if mask_nodata else None,
-                             band.scale, band.offset)[raw]  # one pass (same arithmetic)
+    band's nodata when masked (in place: one new array)."""
     values = raw.astype(np.float64)
-    if mask_nodata and band.nodata is not None:
-        if np.isnan(band.nodata):
-            pass  # NaN stays NaN
-        else:
-            values[raw == band.nodata] = np.nan
-    if band.scale != 1.0 or band.offset != 0.0:
-        values = values * band.scale + band.offset
+    if band.scale != 1.0:
+        values *= band.scale
+    if band.offset != 0.0:
+        values += band.offset
+    if mask_nodata and band.nodata is not None and not np.isnan(band.nodata):
+        np.copyto(values, np.nan, where=raw == band.nodata)
     return values
-
-
-@lru_cache(maxsize=64)
-def _physical_lut(dtype: str, nodata: float | None, scale: float, offset: float) -> np.ndarray:
-    """:func:`_physical` of every value of an 8/16-bit dtype (read-only table)."""
-    every = np.arange(np.iinfo(np.dtype(dtype)).max + 1, dtype=np.dtype(dtype))
-    lut = every.astype(np.float64)
-    if nodata is not None and not np.isnan(nodata):
-        lut[every == nodata] = np.nan
-    if scale != 1.0 or offset != 0.0:
-        lut = lut * scale + offset
-    lut.setflags(write=False)
-    return lut
 
 
 def _cloud_mask(raw: np.ndarray, band: BandInfo, ctx: JobContext) -> np.ndarray:

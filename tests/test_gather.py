@@ -237,10 +237,10 @@ def test_chunk_by_chunk_pixel_sets_are_copied_and_equal_plain_indexing() -> None
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "uint16"])
-def test_band_values_and_cloud_masks_by_table_equal_direct_arithmetic(dtype: str) -> None:
-    """Large 8/16-bit arrays go through a per-dtype table: the values (scale, offset,
-    nodata) and cloud masks (classes or bits, nodata never cloudy) equal the direct
-    numpy computation bit for bit."""
+def test_band_values_and_cloud_masks_equal_direct_arithmetic(dtype: str) -> None:
+    """Band values (scale, offset, nodata; computed in place) and cloud masks (classes or
+    bits, nodata never cloudy; large 8/16-bit arrays through a per-dtype table) equal the
+    direct numpy computation bit for bit."""
     from pixelquery_batch.catalog.models import BandInfo
     from pixelquery_batch.tasks import JobContext, _cloud_mask, _cloudy, _physical
 

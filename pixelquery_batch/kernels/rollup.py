@@ -238,17 +238,22 @@ def _bin_indices(v: np.ndarray, spec: HistogramSpec) -> np.ndarray:
     """
     n = spec.bins
     ext = _ext_edges(spec.lo, spec.hi, n)
-    guess = (v - spec.lo) * (1.0 / spec.width)
+    guess = v - spec.lo
+    guess *= 1.0 / spec.width
     np.clip(guess, -1.0, float(n), out=guess)
-    slot = guess.astype(np.intp)  # truncation; off by at most one, fixed below
+    slot = guess.astype(np.int32 if n < 2**30 else np.intp)  # truncation: off by at most one
     slot += 1
+    below, above = ext[:-1], ext[1:]  # slot s holds [below[s], above[s])
     for _ in range(4):
-        down = v < ext[slot]
-        up = v >= ext[slot + 1]
-        if not (down.any() or up.any()):
+        down = v < below[slot]
+        up = v >= above[slot]
+        fix_down, fix_up = bool(down.any()), bool(up.any())
+        if not (fix_down or fix_up):
             return slot
-        slot -= down
-        slot += up
+        if fix_down:
+            slot -= down
+        if fix_up:
+            slot += up
     return np.searchsorted(ext, v, side="right") - 1  # pragma: no cover - never needed
 
 
