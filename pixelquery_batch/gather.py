@@ -437,17 +437,20 @@ def _band_index(pix: FieldPixels, band: BandInfo, work: Work) -> _BandIndex:
 
 def _runs(bounds: np.ndarray, pos: np.ndarray, local: np.ndarray, size: int) -> np.ndarray:
     """:attr:`_BandIndex.runs`: which chunks' pixels sit at consecutive positions (and
-    which of those are the whole chunk, row-major)."""
+    which of those are the whole chunk, row-major). Positions ascend within a chunk, so
+    its first and last tell whether they are consecutive."""
     n = np.diff(bounds)
+    runs = np.zeros(len(n), np.int8)
     if not len(pos):
-        return np.zeros(len(n), np.int8)
-    # breaks[i]: pixels i and i + 1 are not at consecutive positions (resp. offsets)
-    pos_breaks = np.concatenate([[0], np.cumsum(np.diff(pos) != 1)])
-    local_breaks = np.concatenate([[0], np.cumsum(np.diff(local) != 1)])
-    first, last = bounds[:-1], np.maximum(bounds[1:] - 1, bounds[:-1])
-    one_run = (pos_breaks[last] - pos_breaks[first]) == 0
-    whole = one_run & (n == size) & ((local_breaks[last] - local_breaks[first]) == 0)
-    return np.where(whole, 2, np.where(one_run, 1, 0)).astype(np.int8)
+        return runs
+    first, last = bounds[:-1], bounds[1:] - 1
+    one_run = (pos[last].astype(np.int64) - pos[first]) == n - 1
+    runs[one_run] = 1
+    whole = one_run & (n == size) & (local[first] == 0) & (local[last] == size - 1)
+    for k in np.flatnonzero(whole):  # every offset once, in order?
+        if (np.diff(local[bounds[k]:bounds[k + 1]]) == 1).all():
+            runs[k] = 2
+    return runs
 
 
 @dataclass(frozen=True, eq=False)
