@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import shapely
 
-from .catalog.chunks import ChunkReader, ChunkRequest
+from .catalog.chunks import ChunkReader, ChunkRequest, chunks_for_window
 from .catalog.models import BandInfo
 from .catalog.store import RepoRef
 from .errors import TaskError
@@ -818,7 +818,8 @@ def run_rollup_unit(unit: Any, rctx: RollupContext, reader: ChunkReader | None =
         for vname, values in merged.items():
             if keep is not None:
                 values = np.where(keep, values, np.nan)
-            for region_id, k0, k1 in _id_runs(pix.field_ids):  # pieces of one region
+            # pieces run chunk after chunk: consecutive ones of one region summed at once
+            for region_id, k0, k1 in _id_runs(pix.field_ids):
                 part = Partial.from_values(values[starts[k0]:starts[k1]], specs[vname])
                 key = (region_id, period, vname)
                 prev = partials.get(key)
@@ -850,9 +851,9 @@ def _tile_pieces(regions: Sequence[Any], window: tuple[int, int, int, int],
     if tiling is None:
         return [_RegionPart(p.region_id, p.wkb, window) for p in regions]
     cy, cx = tiling
-    wins = [(max(a, r0), max(b, c0), min(a + cy, r0 + h) - max(a, r0),
-             min(b + cx, c0 + w) - max(b, c0))
-            for a in range(r0 - r0 % cy, r0 + h, cy) for b in range(c0 - c0 % cx, c0 + w, cx)]
+    wins = [(max(i * cy, r0), max(j * cx, c0), min((i + 1) * cy, r0 + h) - max(i * cy, r0),
+             min((j + 1) * cx, c0 + w) - max(j * cx, c0))
+            for i, j in sorted(chunks_for_window((r0, r0 + h, c0, c0 + w), tiling))]
     a, _, x0, _, e, y0 = transform[:6]
     boxes = shapely.box(*np.asarray([(x0 + wc * a, y0 + (wr + wh) * e, x0 + (wc + ww) * a,
                                       y0 + wr * e) for wr, wc, wh, ww in wins]).T)

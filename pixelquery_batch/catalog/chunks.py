@@ -213,6 +213,11 @@ class _LocalTiff:
         #: local ETag derives from inode, mtime and size), and a read skips the lookup
         self._verified: tuple[int, ...] | None = None
 
+    def _gone(self, n_chunks: int) -> StorageError:
+        return StorageError(f"reading {n_chunks} chunk(s) of {self.path} failed: {self.path} "
+                            "not found", hint="the source file may have changed or vanished "
+                            "since ingest: re-ingest it", path=self.path)
+
     def _check(self, fd: int, n_chunks: int) -> None:
         """Fail unless the open file is the one ingested (same size and ETag)."""
         st = os.fstat(fd)
@@ -221,9 +226,7 @@ class _LocalTiff:
             return
         now = _fingerprint(self.url)
         if now is None:
-            raise StorageError(f"reading {n_chunks} chunk(s) of {self.path} failed: {self.path} "
-                               "not found", hint="the source file may have changed or vanished "
-                               "since ingest: re-ingest it", path=self.path)
+            raise self._gone(n_chunks)
         if now != self.fingerprint:
             raise StorageError(
                 f"reading {n_chunks} chunk(s) of {self.path} failed: the file changed since "
@@ -238,9 +241,7 @@ class _LocalTiff:
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
-            raise StorageError(f"reading {len(chunks)} chunk(s) of {self.path} failed: "
-                               f"{self.path} not found", hint="the source file may have changed "
-                               "or vanished since ingest: re-ingest it", path=self.path) from None
+            raise self._gone(len(chunks)) from None
         out: list[Any] = []
         try:
             self._check(fd, len(chunks))
