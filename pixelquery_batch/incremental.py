@@ -197,6 +197,29 @@ def with_run_columns(table: pa.Table, *, hashes: dict[str, str] | FieldHashes, r
             .append_column("run_id", pa.repeat(pa.scalar(run_id, pa.string()), n)))
 
 
+def day_keys(table: pa.Table, unit: Any) -> pa.Table:
+    """Add ``day_key`` (local day | work grid) to a unit's day rows: the key under which a
+    later run replaces a field's day when a scene of that day arrives late."""
+    grid = hashlib.sha256(repr((unit.crs, unit.transform)).encode()).hexdigest()[:8]
+    day_of = {s.scene_id: s.day or s.datetime[:10] for s in unit.scenes}
+    keys = [f"{day_of.get(d.split('+')[0], d)}|{grid}" for d in table.column("scene_id").to_pylist()]
+    return table.append_column("day_key", pa.array(keys, pa.string()))
+
+
+def stage_unit(work: WorkArea, unit: Any, table: pa.Table, day_table: pa.Table | None, *,
+               hashes: dict[str, str] | FieldHashes, run_id: str) -> None:
+    """Stage one unit's rows in the run's work area, with their run columns: the day rows
+    first, the stats part last. The stats part is what marks the unit's pairs done for a
+    resumed run, so a kill between the two puts never leaves done pairs without their
+    day rows (or pictures: those are written before the unit's rows)."""
+    if day_table is not None and day_table.num_rows:
+        work.put("days", unit.unit_id, day_keys(
+            with_run_columns(day_table, hashes=hashes, result_hash=work.result_hash,
+                             run_id=run_id), unit))
+    work.put("stats", unit.unit_id, with_run_columns(table, hashes=hashes,
+                                                     result_hash=work.result_hash, run_id=run_id))
+
+
 @dataclass(frozen=True)
 class FieldHashes:
     """``field_id -> field hash`` as two Arrow arrays, for vectorised lookups."""

@@ -797,9 +797,9 @@ def _run_fields(job: PreparedJob, full: Plan, plan: Plan, state: Any, client: An
         drop_pairs,
         publish,
         publish_parts,
-        with_run_columns,
+        stage_unit,
     )
-    from .tasks import result_schema
+    from .tasks import RowStage, result_schema
 
     spec = job.spec
     stage = sink.stage
@@ -819,7 +819,6 @@ def _run_fields(job: PreparedJob, full: Plan, plan: Plan, state: Any, client: An
         ctx = dataclasses.replace(ctx, render=RenderSpec(
             spec.outputs.png, field_cog, tuple(sorted(renames.items())),
             OutputSink(render_at, direct=sink.direct)))
-    units = {u.unit_id: u for u in plan.units}
     logger.info("plan ready", extra={"job": spec.name, "job_hash": ctx.job_hash,
                                      "snapshot_id": job.ref.snapshot_id, "tasks": len(plan.units),
                                      "pairs": plan.n_pairs, "pairs_total": full.n_pairs})
@@ -827,19 +826,22 @@ def _run_fields(job: PreparedJob, full: Plan, plan: Plan, state: Any, client: An
     lookup = FieldHashes.of(hashes)
     computed_parts: list[pa.Table] = []  # (field_id, scene_id) of every row computed
 
+    if sink.direct:  # units stage their own rows: only which pairs were computed comes back
+        plan = dataclasses.replace(plan, units=tuple(
+            dataclasses.replace(u, fields=u.fields.with_hashes(lookup.take(u.fields.ids)))
+            for u in plan.units))
+        ctx = dataclasses.replace(ctx, rows_to=RowStage(work, run_id))
+    units = {u.unit_id: u for u in plan.units}
+
     def on_result(res: Any) -> None:
-        # the unit's stats part goes last: it is what marks the unit's pairs as done for
-        # a resumed run, so a kill between two puts never leaves done pairs without their
-        # day rows or pictures
-        if res.day_table is not None and res.day_table.num_rows:
-            work.put("days", res.unit_id, _day_keys(
-                with_run_columns(res.day_table.cast(schema), hashes=lookup,
-                                 result_hash=result_hash, run_id=run_id), units[res.unit_id]))
-        for key, data in res.files:  # renders of workers that cannot reach the outputs
-            render_at.put(key, data)
-        work.put("stats", res.unit_id, with_run_columns(res.table.cast(schema), hashes=lookup,
-                                                        result_hash=result_hash, run_id=run_id))
-        computed_parts.append(res.table.select(["field_id", "scene_id"]))
+        if not res.staged:  # rows (and pictures) relayed by workers that cannot reach us
+            for key, data in res.files:
+                render_at.put(key, data)
+            stage_unit(work, units[res.unit_id], res.table.cast(schema),
+                       None if res.day_table is None else res.day_table.cast(schema),
+                       hashes=lookup, run_id=run_id)
+        computed_parts.append(pa.table({c: res.table.column(c).cast(pa.string())
+                                        for c in ("field_id", "scene_id")}))
 
     summary = ExecutionSummary()
     if plan.units:
@@ -962,17 +964,6 @@ def _publish_renders(job: PreparedJob, root: Location, staged: Location,
 def stage_root(stage: Location) -> Location:
     """The output location a run's staging location belongs to."""
     return Location(stage.url.rsplit("/", 1)[0], stage.profile)
-
-
-def _day_keys(table: pa.Table, unit: Any) -> pa.Table:
-    """Add ``day_key`` (local day | work grid) to a unit's day rows: the key under which a
-    later run replaces a field's day when a scene of that day arrives late."""
-    import hashlib
-
-    grid = hashlib.sha256(repr((unit.crs, unit.transform)).encode()).hexdigest()[:8]
-    day_of = {s.scene_id: s.day or s.datetime[:10] for s in unit.scenes}
-    keys = [f"{day_of.get(d.split('+')[0], d)}|{grid}" for d in table.column("scene_id").to_pylist()]
-    return table.append_column("day_key", pa.array(keys, pa.string()))
 
 
 def _stage_day_buckets(job: PreparedJob, stage: Location, hashes: dict[str, str],

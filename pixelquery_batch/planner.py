@@ -117,14 +117,21 @@ class FieldBlock(Sequence[FieldTask]):
     True
     """
 
-    __slots__ = ("ids", "windows", "wkb")
+    __slots__ = ("hashes", "ids", "windows", "wkb")
 
-    def __init__(self, ids: Any, wkb: Any, windows: np.ndarray) -> None:
+    def __init__(self, ids: Any, wkb: Any, windows: np.ndarray, hashes: Any = None) -> None:
         self.ids = ids if isinstance(ids, pa.Array) else pa.array(list(ids), pa.string())
         self.wkb = wkb if isinstance(wkb, pa.Array) else pa.array(list(wkb), pa.binary())
         self.windows = np.ascontiguousarray(windows, dtype=np.int64).reshape(-1, 4)
+        # the fields' geometry hashes (``incremental.field_hashes``), attached by the run
+        # when units stage their own rows; not part of the digest (pixels do not depend
+        # on them)
+        self.hashes = (hashes if hashes is None or isinstance(hashes, pa.Array)
+                       else pa.array(list(hashes), pa.string()))
         if not len(self.ids) == len(self.wkb) == len(self.windows):
             raise ValueError("field ids, geometries and windows differ in length")
+        if self.hashes is not None and len(self.hashes) != len(self.ids):
+            raise ValueError("field ids and hashes differ in length")
 
     @classmethod
     def from_tasks(cls, tasks: Sequence[FieldTask] | FieldBlock) -> FieldBlock:
@@ -167,7 +174,7 @@ class FieldBlock(Sequence[FieldTask]):
         return f"FieldBlock({len(self)} fields)"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (FieldBlock, (self.ids, self.wkb, self.windows))
+        return (FieldBlock, (self.ids, self.wkb, self.windows, self.hashes))
 
     def field_ids(self) -> list[str]:
         return self.ids.to_pylist()  # type: ignore[no-any-return]
@@ -179,7 +186,12 @@ class FieldBlock(Sequence[FieldTask]):
         """The fields at positions ``idx``, in that order (compact buffers)."""
         idx = np.asarray(idx, dtype=np.int64)
         ix = pa.array(idx, pa.int64())
-        return FieldBlock(self.ids.take(ix), self.wkb.take(ix), self.windows[idx])
+        return FieldBlock(self.ids.take(ix), self.wkb.take(ix), self.windows[idx],
+                          None if self.hashes is None else self.hashes.take(ix))
+
+    def with_hashes(self, hashes: pa.Array) -> FieldBlock:
+        """The same fields carrying their geometry hashes (aligned with :attr:`ids`)."""
+        return FieldBlock(self.ids, self.wkb, self.windows, hashes)
 
     def digest(self) -> str:
         """A digest of the ids, geometries and windows (workers cache pixels under it)."""

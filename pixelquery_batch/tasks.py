@@ -51,6 +51,7 @@ class JobContext:
     on_error: str = "skip"
     daily: bool = False  # also return day rows (time series)
     render: RenderSpec | None = None  # per-field PNG / COG outputs
+    rows_to: RowStage | None = None  # units stage their own rows (workers reach the outputs)
 
     def __repr__(self) -> str:  # keep credentials out of logs
         return f"JobContext(job_hash={self.job_hash!r}, repo={self.repo!r})"
@@ -76,6 +77,20 @@ class RenderSpec:
             names |= ({"red", "green", "blue"} if self.png.variable == "truecolor"
                       else {self.png.variable})
         return frozenset(names)
+
+
+@dataclass(frozen=True)
+class RowStage:
+    """Where units stage their rows themselves: the run's work area, when the workers
+    reach the outputs' location (the run probes it first). The client then receives only
+    which pairs each unit computed, not hundreds of thousands of rows to relay and write;
+    the units' fields carry their geometry hashes for the rows' ``field_hash``."""
+
+    work: Any  # incremental.WorkArea
+    run_id: str
+
+    def __repr__(self) -> str:
+        return f"RowStage({self.work.out.url!r})"
 
 
 def render_key(kind: str, name: str, scene: SceneTask, variable: str) -> str:
@@ -183,6 +198,7 @@ class UnitResult:
     day_table: pa.Table | None = None
     started_at: float = 0.0  # wall clock (time.time()) when the unit started on its worker
     files: list[tuple[str, bytes]] = field(default_factory=list)  # renders sent back
+    staged: bool = False  # rows staged by the unit: ``table`` holds its (field, scene) pairs
 
 
 def stat_columns(stats: Sequence[str]) -> list[str]:
@@ -552,10 +568,30 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
         except Exception as exc:
             for fid in ids:
                 fail(exc, scene_id=scene_id, field_id=fid)
-    return UnitResult(unit.unit_id, rows.table(sort=True), reader.chunks_read - before,
-                      time.perf_counter() - t0, failures, warnings,
-                      day_table=day_rows.table() if day_rows is not None else None,
-                      started_at=started_at, files=files)
+    table = rows.table(sort=True)
+    day_table = day_rows.table() if day_rows is not None else None
+    if ctx.rows_to is not None:
+        table = _stage_rows(ctx.rows_to, unit, table, day_table, result_schema(ctx.stats))
+        day_table = None
+    return UnitResult(unit.unit_id, table, reader.chunks_read - before,
+                      time.perf_counter() - t0, failures, warnings, day_table=day_table,
+                      started_at=started_at, files=files, staged=ctx.rows_to is not None)
+
+
+def _stage_rows(to: RowStage, unit: WorkUnit, table: pa.Table, day_table: pa.Table | None,
+                schema: pa.Schema) -> pa.Table:
+    """Stage a unit's rows in the run's work area; returns its (field, scene) pairs,
+    dictionary-encoded (a few MB for 300,000 pairs instead of the rows)."""
+    import pyarrow.compute as pc
+
+    from .incremental import FieldHashes, stage_unit
+
+    if unit.fields.hashes is None:
+        raise ValueError(f"unit {unit.unit_id}: its fields carry no geometry hashes")
+    stage_unit(to.work, unit, table.cast(schema),
+               None if day_table is None else day_table.cast(schema),
+               hashes=FieldHashes(unit.fields.ids, unit.fields.hashes), run_id=to.run_id)
+    return pa.table({c: pc.dictionary_encode(table.column(c)) for c in ("field_id", "scene_id")})
 
 
 def _decode_bands(reader: ChunkReader, scene: SceneTask, bands: dict[str, BandInfo],

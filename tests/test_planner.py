@@ -213,3 +213,14 @@ def test_units_pickle_as_columns_and_come_back_equal() -> None:
                     FieldTask("F0", b"\x00" * 22, fields[0].window),
                     FieldTask("F0", fields[0].wkb, (0, 1, 3, 5))):
         assert FieldBlock.from_tasks((changed, *fields[1:])).digest() != digest
+    # geometry hashes ride along (units that stage their own rows) through pickling and
+    # take, without changing the pixel cache's key
+    hashes = pa.array([f"h{i:03d}" for i in range(500)], pa.string())
+    hashed = unit.fields.with_hashes(hashes)
+    assert hashed.digest() == digest
+    back = pickle.loads(pickle.dumps(hashed, protocol=5))
+    assert back.hashes.to_pylist() == hashes.to_pylist()
+    assert back.take([7, 3]).hashes.to_pylist() == ["h007", "h003"]
+    assert unit.fields.take([1]).hashes is None
+    with pytest.raises(ValueError, match="hashes differ in length"):
+        unit.fields.with_hashes(hashes[:3])
