@@ -15,8 +15,10 @@ Everything downstream (band math, masks, statistics) works on these flat arrays.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -191,6 +193,25 @@ def tune_allocator() -> None:
     libc = _glibc()
     if libc is not None:
         libc.mallopt(-3, _MMAP_THRESHOLD)  # M_MMAP_THRESHOLD
+    use_jemalloc_for_arrow()
+
+
+def use_jemalloc_for_arrow() -> None:
+    """Arrow buffers from its jemalloc pool (where the wheel has one and the user did not
+    choose with ``ARROW_DEFAULT_MEMORY_POOL``).
+
+    A unit's rows are built, sorted and staged in slices of Arrow memory; the default
+    mimalloc pool kept the freed slices' pages: at 100,000 fields on one thread the peak
+    RSS was 1.25-1.29 GB with mimalloc and 0.97-1.14 GB with jemalloc (which hands dirty
+    pages back after a second), with the same run time.
+    """
+    import pyarrow as pa
+
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        return
+    with contextlib.suppress(NotImplementedError):  # a build without jemalloc
+        if pa.default_memory_pool().backend_name != "jemalloc":
+            pa.set_memory_pool(pa.jemalloc_memory_pool())
 
 
 @functools.cache

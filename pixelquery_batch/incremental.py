@@ -71,11 +71,15 @@ class WorkArea:
     def prefix(self) -> str:
         return f".work/{self.result_hash}"
 
-    def put(self, table: str, unit_id: str, data: pa.Table) -> None:
-        """Stage a unit's rows as an Arrow IPC stream (zstd buffers): ~4x cheaper to write
-        than Parquet for rows that are read back once, by the same version."""
-        if data.num_rows:
-            self.out.put(f"{self.prefix}/{table}/part-{unit_id}.arrow", arrow_bytes(data))
+    def put(self, table: str, unit_id: str, data: pa.Table | Iterable[pa.Table]) -> None:
+        """Stage a unit's rows (a table, or slices of it written one after another) as an
+        Arrow IPC stream (zstd buffers): ~4x cheaper to write than Parquet for rows that
+        are read back once, by the same version. Nothing is written for no rows."""
+        if isinstance(data, pa.Table):
+            data = [data]
+        stream = arrow_bytes(t for t in data if t.num_rows)
+        if len(stream):
+            self.out.put(f"{self.prefix}/{table}/part-{unit_id}.arrow", stream)
 
     def keys(self, table: str) -> list[str]:
         """The staged parts of ``table`` (Parquet parts staged by older versions too)."""
@@ -206,18 +210,21 @@ def day_keys(table: pa.Table, unit: Any) -> pa.Table:
     return table.append_column("day_key", pa.array(keys, pa.string()))
 
 
-def stage_unit(work: WorkArea, unit: Any, table: pa.Table, day_table: pa.Table | None, *,
+def stage_unit(work: WorkArea, unit: Any, rows: pa.Table | Iterable[pa.Table],
+               day_rows: pa.Table | Iterable[pa.Table] | None, *,
                hashes: dict[str, str] | FieldHashes, run_id: str) -> None:
     """Stage one unit's rows in the run's work area, with their run columns: the day rows
     first, the stats part last. The stats part is what marks the unit's pairs done for a
     resumed run, so a kill between the two puts never leaves done pairs without their
-    day rows (or pictures: those are written before the unit's rows)."""
-    if day_table is not None and day_table.num_rows:
-        work.put("days", unit.unit_id, day_keys(
-            with_run_columns(day_table, hashes=hashes, result_hash=work.result_hash,
-                             run_id=run_id), unit))
-    work.put("stats", unit.unit_id, with_run_columns(table, hashes=hashes,
-                                                     result_hash=work.result_hash, run_id=run_id))
+    day rows (or pictures: those are written before the unit's rows). Rows may come as
+    slices (the columns are added slice by slice: a unit's rows are never copied whole)."""
+    def run_columns(tables: pa.Table | Iterable[pa.Table]) -> Iterator[pa.Table]:
+        for t in [tables] if isinstance(tables, pa.Table) else tables:
+            yield with_run_columns(t, hashes=hashes, result_hash=work.result_hash, run_id=run_id)
+
+    if day_rows is not None:
+        work.put("days", unit.unit_id, (day_keys(t, unit) for t in run_columns(day_rows)))
+    work.put("stats", unit.unit_id, run_columns(rows))
 
 
 @dataclass(frozen=True)

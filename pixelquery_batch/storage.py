@@ -328,6 +328,8 @@ class Location:
         if self.is_local:  # a temporary file and a rename: ~3x faster than the store's put
             self._put_local(key, data)
             return
+        if isinstance(data, memoryview):  # obstore would take it for an iterable of chunks
+            data = data.tobytes()
         try:
             with_retries("put", self.display(key), lambda: obstore.put(self.store(), key, data))
         except StorageError:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import shapely
 
 from .catalog.chunks import ChunkReader, ChunkRequest, chunks_for_window
@@ -408,13 +409,23 @@ class _Rows:
     def table(self, *, sort: bool = False) -> pa.Table:
         """The rows; ``sort``: by field, scene and variable (the stats table's order: the
         worker sorts, in parallel, so the client streams the rows into the table)."""
-        schema = result_schema(self.stats)
         if not self.parts:
-            return schema.empty_table()
-        table = pa.concat_tables(self.parts)
+            return result_schema(self.stats).empty_table()
+        table = pa.concat_tables(self.parts)  # no copy: the parts' chunks
         if sort:
             table = table.sort_by([(c, "ascending") for c in STATS_KEY])
         return table
+
+    def slices(self, *, sort: bool = False, rows: int = 65_536) -> Iterator[pa.Table]:
+        """The rows of :meth:`table` as consecutive slices of ``rows`` rows, each taken
+        when asked: a sorted copy of every row (~150 MB for 670,000 rows) never exists
+        at once."""
+        table = self.table()
+        order = (pc.sort_indices(table, [(c, "ascending") for c in STATS_KEY]) if sort
+                 else None)
+        for i in range(0, table.num_rows, rows):
+            yield (table.slice(i, rows) if order is None
+                   else table.take(order.slice(i, rows)))
 
 
 def _weighted_sums(segments: Any, weights: np.ndarray | None, mask: np.ndarray,
@@ -568,30 +579,30 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
         except Exception as exc:
             for fid in ids:
                 fail(exc, scene_id=scene_id, field_id=fid)
-    table = rows.table(sort=True)
-    day_table = day_rows.table() if day_rows is not None else None
     if ctx.rows_to is not None:
-        table = _stage_rows(ctx.rows_to, unit, table, day_table, result_schema(ctx.stats))
-        day_table = None
+        table, day_table = _stage_rows(ctx.rows_to, unit, rows, day_rows), None
+    else:
+        table = rows.table(sort=True)
+        day_table = day_rows.table() if day_rows is not None else None
     return UnitResult(unit.unit_id, table, reader.chunks_read - before,
                       time.perf_counter() - t0, failures, warnings, day_table=day_table,
                       started_at=started_at, files=files, staged=ctx.rows_to is not None)
 
 
-def _stage_rows(to: RowStage, unit: WorkUnit, table: pa.Table, day_table: pa.Table | None,
-                schema: pa.Schema) -> pa.Table:
-    """Stage a unit's rows in the run's work area; returns its (field, scene) pairs,
-    dictionary-encoded (a few MB for 300,000 pairs instead of the rows)."""
-    import pyarrow.compute as pc
-
+def _stage_rows(to: RowStage, unit: WorkUnit, rows: _Rows, day_rows: _Rows | None) -> pa.Table:
+    """Stage a unit's rows in the run's work area, slice by slice; returns its (field,
+    scene) pairs, dictionary-encoded (a few MB for 300,000 pairs instead of the rows)."""
     from .incremental import FieldHashes, stage_unit
 
     if unit.fields.hashes is None:
         raise ValueError(f"unit {unit.unit_id}: its fields carry no geometry hashes")
-    stage_unit(to.work, unit, table.cast(schema),
-               None if day_table is None else day_table.cast(schema),
+    schema = result_schema(rows.stats)
+    stage_unit(to.work, unit, (t.cast(schema) for t in rows.slices(sort=True)),
+               None if day_rows is None else (t.cast(schema) for t in day_rows.slices()),
                hashes=FieldHashes(unit.fields.ids, unit.fields.hashes), run_id=to.run_id)
-    return pa.table({c: pc.dictionary_encode(table.column(c)) for c in ("field_id", "scene_id")})
+    table = rows.table()
+    return pa.table({c: pc.dictionary_encode(table.column(c)).combine_chunks()
+                     for c in ("field_id", "scene_id")})
 
 
 def _decode_bands(reader: ChunkReader, scene: SceneTask, bands: dict[str, BandInfo],
@@ -854,9 +865,12 @@ def run_rollup_unit(unit: Any, rctx: RollupContext, reader: ChunkReader | None =
         for vname, values in merged.items():
             if keep is not None:
                 values = np.where(keep, values, np.nan)
-            # pieces run chunk after chunk: consecutive ones of one region summed at once
-            for region_id, k0, k1 in _id_runs(pix.field_ids):
-                part = Partial.from_values(values[starts[k0]:starts[k1]], specs[vname])
+            # pieces run chunk after chunk: consecutive ones of one region summed at once,
+            # every run in one compiled pass
+            runs = list(_id_runs(pix.field_ids))
+            bounds = [*(starts[k0] for _, k0, _ in runs), starts[runs[-1][2]]] if runs else [0]
+            for (region_id, _, _), part in zip(runs, Partial.from_runs(values, bounds,
+                                                                       specs[vname]), strict=True):
                 key = (region_id, period, vname)
                 prev = partials.get(key)
                 partials[key] = part if prev is None else prev.merge(part)

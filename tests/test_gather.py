@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -263,3 +264,19 @@ def test_band_values_and_cloud_masks_equal_direct_arithmetic(dtype: str) -> None
                          cloud_classes=classes, cloud_bits=bits)
         assert np.array_equal(_cloud_mask(raw, band, ctx), _cloudy(raw, 0, classes, bits or ()))
         assert not _cloud_mask(raw, band, ctx)[:50].any()
+
+
+@pytest.mark.parametrize(("env", "backend"), [({}, "jemalloc"), ({"ARROW_DEFAULT_MEMORY_POOL": "system"}, "system")])
+def test_arrow_pool_is_jemalloc_unless_the_user_chose(env: dict[str, str], backend: str) -> None:
+    """Units stage their rows through Arrow's jemalloc pool (it hands freed pages back;
+    the default mimalloc pool kept ~200 MB more at 100,000 fields); a pool the user chose
+    with ARROW_DEFAULT_MEMORY_POOL stays."""
+    import subprocess
+    import sys
+
+    code = ("import pyarrow as pa; from pixelquery_batch.gather import tune_allocator; "
+            "tune_allocator(); print(pa.default_memory_pool().backend_name)")
+    base = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, check=True,
+                         capture_output=True, text=True).stdout.strip()
+    assert out == backend

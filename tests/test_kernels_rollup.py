@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import pickle
 
@@ -118,6 +119,47 @@ def test_binning_is_exact_at_edges() -> None:
     for x in inside:
         k = int(np.flatnonzero(Partial.from_values(np.array([x]), spec).hist)[0])
         assert e[k - 1] <= x <= e[k]
+
+
+def test_compiled_runs_equal_numpy() -> None:
+    """The compiled one-pass kernel (rollup units) against numpy itself on every run:
+    ``np.histogram`` on the same edges (values on and next to edges, outside the range,
+    ±inf, NaN), counts, min/max exact; sum and M2 against ``np.sum`` to 1e-12; empty
+    and all-NaN runs; and equal to :meth:`Partial.from_values` of each run."""
+    rng = np.random.default_rng(3)
+    spec = HistogramSpec(-0.3, 0.7, 7)
+    e = spec.edges
+    tricky = np.concatenate([e, np.nextafter(e, -np.inf), np.nextafter(e, np.inf),
+                             [-5.0, 5.0, np.inf, -np.inf, np.nan]])
+    v = np.concatenate([rng.permutation(tricky), _values(rng, 50_000) * 0.5, [np.nan] * 9])
+    bounds = np.array([0, 0, tricky.size, tricky.size + 7, 20_000, 20_000, v.size - 9, v.size])
+    parts = Partial.from_runs(v, bounds, spec)
+    assert len(parts) == bounds.size - 1
+    for (a, b), part in zip(itertools.pairwise(bounds), parts, strict=True):
+        run = v[a:b]
+        finite = run[np.isfinite(run)]
+        inside = finite[(finite >= spec.lo) & (finite <= spec.hi)]
+        np.testing.assert_array_equal(part.hist[1:-1], np.histogram(inside, bins=e)[0])
+        assert part.hist[0] == np.sum(finite < spec.lo) and part.hist[-1] == np.sum(finite > spec.hi)
+        assert part.count == finite.size
+        if finite.size:
+            assert (part.moments.min, part.moments.max) == (finite.min(), finite.max())
+            assert part.moments.sum == pytest.approx(np.sum(finite), rel=1e-12, abs=1e-12)
+            m2 = np.sum(np.square(finite - finite.mean()))
+            assert part.moments.m2 == pytest.approx(m2, rel=1e-12, abs=1e-12)
+            _assert_same(part, Partial.from_values(run, spec))
+        else:
+            assert math.isnan(part.moments.min) and math.isnan(part.moments.max)
+            assert part.moments.sum == 0.0 == part.moments.m2
+            np.testing.assert_array_equal(part.hist, Partial.empty(spec).hist)
+    # the NDVI histogram over a large run: one pass equals numpy's dozen
+    big = _values(rng, 400_000)
+    (one,) = Partial.from_runs(big, [0, big.size], INDEX_HISTOGRAM)
+    _assert_same(one, Partial.from_values(big, INDEX_HISTOGRAM), rtol=1e-11)
+    with pytest.raises(ValueError, match="bounds must ascend"):
+        Partial.from_runs(big, [0, 10, 5], INDEX_HISTOGRAM)
+    with pytest.raises(ValueError, match="bounds must ascend"):
+        Partial.from_runs(big, [0, big.size + 1], INDEX_HISTOGRAM)
 
 
 # --------------------------------------------------------------------------- merge invariance

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -47,14 +48,20 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def arrow_bytes(table: pa.Table) -> bytes:
-    """``table`` as an Arrow IPC stream with zstd-compressed buffers (staging: no Parquet
-    encoding, read back without decoding pages)."""
+def arrow_bytes(data: pa.Table | Iterable[pa.Table]) -> bytes | memoryview:
+    """``data`` (a table, or tables of one schema written one after another) as an
+    Arrow IPC stream with zstd-compressed buffers (staging: no Parquet encoding, read
+    back without decoding pages). Empty for no table."""
+    tables = iter([data] if isinstance(data, pa.Table) else data)
+    first = next(tables, None)
+    if first is None:
+        return b""
     sink = pa.BufferOutputStream()
     options = pa.ipc.IpcWriteOptions(compression="zstd")
-    with pa.ipc.new_stream(sink, table.schema, options=options) as writer:
-        writer.write_table(table, max_chunksize=65_536)  # read back a batch at a time
-    return sink.getvalue().to_pybytes()
+    with pa.ipc.new_stream(sink, first.schema, options=options) as writer:
+        for table in itertools.chain([first], tables):
+            writer.write_table(table, max_chunksize=65_536)  # read back a batch at a time
+    return memoryview(sink.getvalue())
 
 
 def read_parquet_prefix(loc: Location, prefix: str) -> pa.Table | None:
