@@ -31,7 +31,6 @@ from .catalog.store import RepoRef
 from .errors import TaskError
 from .planner import SceneTask, WorkUnit
 from .storage import OutputSink
-from .types import STATS_KEY
 
 __all__ = ["JobContext", "UnitResult", "read_bands", "result_schema", "run_unit"]
 
@@ -355,41 +354,44 @@ def read_bands(reader: ChunkReader, scene: SceneTask, bands: dict[str, BandInfo]
 
 
 class _Rows:
-    """Output rows of one unit, appended a (scene, variable) batch of fields at a time."""
+    """Output rows of one unit, appended a (scene, variable) batch of fields at a time.
+
+    Held compact until asked for: per batch the statistics as numpy columns, the fields
+    as a range of the unit's field ids and the batch's constants (scene, time, variable,
+    cloud flag) once; Arrow rows are built slice by slice (:meth:`slices`), so a unit's
+    670,000 rows take ~100 bytes each, never a second sorted copy."""
 
     def __init__(self, stats: Sequence[str], ctx: JobContext) -> None:
         self.stats = stats
         self.cols = stat_columns(stats)
         self.ctx = ctx
-        self.parts: list[pa.Table] = []
+        self.ids: pa.Array | None = None  # the unit's field ids (every batch's range of them)
+        self.ranges: list[tuple[int, int]] = []
+        self.consts: list[tuple[str, dt.datetime, str, bool]] = []
+        self.values: dict[str, list[np.ndarray]] = {
+            c: [] for c in [*self.cols, "pixel_count", "nodata_count", "cloud_count"]}
+        self.taken = False  # the numpy columns are let go of once the rows are built
 
-    def add(self, field_ids: pa.Array, scene_id: str, when: dt.datetime, variable: str,
-            res: dict[str, np.ndarray], total: np.ndarray, nodata: np.ndarray,
+    @property
+    def num_rows(self) -> int:
+        return sum(f1 - f0 for f0, f1 in self.ranges)
+
+    def add(self, ids: pa.Array, f0: int, f1: int, scene_id: str, when: dt.datetime,
+            variable: str, res: dict[str, np.ndarray], total: np.ndarray, nodata: np.ndarray,
             cloud: np.ndarray, cloud_masked: bool) -> None:
-        """Rows of ``field_ids`` (an Arrow string array: no Python string per row)."""
-        n = len(field_ids)
-        if n == 0:
+        """Rows of the fields ``ids[f0:f1]`` (``ids``: the unit's, an Arrow string array)."""
+        if f1 <= f0:
             return
-        schema = result_schema(self.stats)
-
-        def same(value: Any, name: str) -> pa.Array:
-            return pa.repeat(pa.scalar(value, schema.field(name).type), n)
-
-        cols: dict[str, Any] = {
-            "field_id": field_ids,
-            "scene_id": same(scene_id, "scene_id"),
-            "datetime": same(when, "datetime"),
-            "variable": same(variable, "variable"),
-        }
+        if self.ids is None:
+            self.ids = ids
+        elif ids is not self.ids:
+            raise ValueError("every batch of a unit's rows must come from the same field ids")
+        self.ranges.append((f0, f1))
+        self.consts.append((scene_id, when, variable, cloud_masked))
         for c in self.cols:
-            cols[c] = pa.array(np.asarray(res[c], dtype=np.float64))
-        cols["pixel_count"] = pa.array(total)
-        cols["nodata_count"] = pa.array(nodata)
-        cols["cloud_count"] = pa.array(cloud)
-        cols["cloud_masked"] = same(cloud_masked, "cloud_masked")
-        cols["snapshot_id"] = same(self.ctx.repo.snapshot_id, "snapshot_id")
-        cols["job_hash"] = same(self.ctx.job_hash, "job_hash")
-        self.parts.append(pa.Table.from_pydict(cols, schema=schema))
+            self.values[c].append(np.asarray(res[c], dtype=np.float64))
+        for c, v in (("pixel_count", total), ("nodata_count", nodata), ("cloud_count", cloud)):
+            self.values[c].append(np.asarray(v, dtype=np.float64))
 
     def add_group(self, grp: Any, ids: pa.Array, scene_id: str, when: dt.datetime,
                   variable: str, values: np.ndarray, cloud: np.ndarray, cloud_masked: bool, *,
@@ -403,29 +405,71 @@ class _Rows:
         invalid = ~np.isfinite(values)
         cloud_w = _weighted_sums(grp.segments, weights, invalid & cloud, keep)
         nodata_w = _weighted_sums(grp.segments, weights, invalid, keep) - cloud_w
-        self.add(ids.slice(grp.f0, grp.f1 - grp.f0), scene_id, when, variable, res,
-                 res["_total"], nodata_w, cloud_w, cloud_masked)
+        self.add(ids, grp.f0, grp.f1, scene_id, when, variable, res, res["_total"], nodata_w,
+                 cloud_w, cloud_masked)
+
+    def _index(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per row: its field's position in :attr:`ids` and its batch."""
+        sizes = np.asarray([f1 - f0 for f0, f1 in self.ranges], dtype=np.int64)
+        fidx = np.concatenate([np.arange(f0, f1, dtype=np.int32) for f0, f1 in self.ranges])
+        return fidx, np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
+
+    def pairs(self) -> pa.Table:
+        """``(field_id, scene_id)`` of every row, dictionary-encoded (8 bytes a row)."""
+        if not self.ranges or self.ids is None:
+            return pa.table({"field_id": pa.array([], pa.string()),
+                             "scene_id": pa.array([], pa.string())})
+        fidx, part = self._index()
+        scenes = pa.array([k[0] for k in self.consts], pa.string())
+        return pa.table({"field_id": pa.DictionaryArray.from_arrays(pa.array(fidx), self.ids),
+                         "scene_id": pa.DictionaryArray.from_arrays(pa.array(part), scenes)})
 
     def table(self, *, sort: bool = False) -> pa.Table:
         """The rows; ``sort``: by field, scene and variable (the stats table's order: the
         worker sorts, in parallel, so the client streams the rows into the table)."""
-        if not self.parts:
-            return result_schema(self.stats).empty_table()
-        table = pa.concat_tables(self.parts)  # no copy: the parts' chunks
-        if sort:
-            table = table.sort_by([(c, "ascending") for c in STATS_KEY])
-        return table
+        parts = list(self.slices(sort=sort))
+        return pa.concat_tables(parts) if parts else result_schema(self.stats).empty_table()
 
     def slices(self, *, sort: bool = False, rows: int = 65_536) -> Iterator[pa.Table]:
-        """The rows of :meth:`table` as consecutive slices of ``rows`` rows, each taken
-        when asked: a sorted copy of every row (~150 MB for 670,000 rows) never exists
-        at once."""
-        table = self.table()
-        order = (pc.sort_indices(table, [(c, "ascending") for c in STATS_KEY]) if sort
-                 else None)
-        for i in range(0, table.num_rows, rows):
-            yield (table.slice(i, rows) if order is None
-                   else table.take(order.slice(i, rows)))
+        """The rows as consecutive tables of up to ``rows`` rows (``sort``: in
+        :data:`~pixelquery_batch.types.STATS_KEY` order), each built when asked. The
+        batches' numpy columns are joined once (and let go of)."""
+        if not self.ranges or self.ids is None:
+            return
+        if self.taken:
+            raise RuntimeError("a unit's rows are built once")
+        self.taken = True
+        fidx, part = self._index()
+        cols = {c: np.concatenate(v) for c, v in self.values.items()}
+        for v in self.values.values():
+            v.clear()
+        scene = pa.array([k[0] for k in self.consts], pa.string())
+        when = pa.array([k[1] for k in self.consts], pa.timestamp("us", tz="UTC"))
+        variable = pa.array([k[2] for k in self.consts], pa.string())
+        masked = pa.array([k[3] for k in self.consts], pa.bool_())
+        order = None
+        if sort:  # by field id, then by (scene, variable): one rank per batch
+            id_rank = np.empty(len(self.ids), dtype=np.int64)
+            id_rank[pc.sort_indices(self.ids).to_numpy()] = np.arange(len(self.ids))
+            keys = sorted(range(len(self.consts)), key=lambda k: self.consts[k][::2])
+            part_rank = np.empty(len(keys), dtype=np.int64)
+            part_rank[keys] = np.arange(len(keys))
+            order = np.lexsort((part_rank[part], id_rank[fidx]))
+        schema = result_schema(self.stats)
+        snapshot, job_hash = self.ctx.repo.snapshot_id, self.ctx.job_hash
+        for i in range(0, fidx.size, rows):
+            sel = slice(i, i + rows) if order is None else order[i:i + rows]
+            p = pa.array(part[sel])
+            n = len(p)
+            arrays = {
+                "field_id": self.ids.take(pa.array(fidx[sel])),
+                "scene_id": scene.take(p), "datetime": when.take(p), "variable": variable.take(p),
+                **{c: pa.array(v[sel]) for c, v in cols.items()},
+                "cloud_masked": masked.take(p),
+                "snapshot_id": pa.repeat(pa.scalar(snapshot, pa.string()), n),
+                "job_hash": pa.repeat(pa.scalar(job_hash, pa.string()), n),
+            }
+            yield pa.Table.from_pydict({f.name: arrays[f.name] for f in schema}, schema=schema)
 
 
 def _weighted_sums(segments: Any, weights: np.ndarray | None, mask: np.ndarray,
@@ -591,18 +635,16 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
 
 def _stage_rows(to: RowStage, unit: WorkUnit, rows: _Rows, day_rows: _Rows | None) -> pa.Table:
     """Stage a unit's rows in the run's work area, slice by slice; returns its (field,
-    scene) pairs, dictionary-encoded (a few MB for 300,000 pairs instead of the rows)."""
+    scene) pairs, dictionary-encoded (2.4 MB for 300,000 pairs instead of the rows)."""
     from .incremental import FieldHashes, stage_unit
 
     if unit.fields.hashes is None:
         raise ValueError(f"unit {unit.unit_id}: its fields carry no geometry hashes")
-    schema = result_schema(rows.stats)
-    stage_unit(to.work, unit, (t.cast(schema) for t in rows.slices(sort=True)),
-               None if day_rows is None else (t.cast(schema) for t in day_rows.slices()),
+    pairs = rows.pairs()
+    stage_unit(to.work, unit, rows.slices(sort=True),
+               None if day_rows is None else day_rows.slices(),
                hashes=FieldHashes(unit.fields.ids, unit.fields.hashes), run_id=to.run_id)
-    table = rows.table()
-    return pa.table({c: pc.dictionary_encode(table.column(c)).combine_chunks()
-                     for c in ("field_id", "scene_id")})
+    return pairs
 
 
 def _decode_bands(reader: ChunkReader, scene: SceneTask, bands: dict[str, BandInfo],

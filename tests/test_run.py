@@ -269,3 +269,45 @@ def test_chunks_read_equal_the_tiles_holding_field_pixels(sync_run, sample_small
                     r, c = rasterio.transform.rowcol(src.transform, xs, ys)
                     expected += len({(int(i) // by, int(j) // bx) for i, j in zip(r, c, strict=True)})
     assert sync_run.manifest["execution"]["chunks_read"] == expected
+
+
+def test_unit_rows_sorted_in_slices_equal_pandas() -> None:
+    """A unit's rows, held compact and built slice by slice, against the same rows put
+    together and sorted by pandas (field id, scene id, variable: code-point order, with
+    ids that sort differently as numbers, by case and beyond ASCII); slices of 7 rows
+    join to the whole table; the returned pairs decode to the rows' pairs."""
+    import datetime as dt
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+
+    from pixelquery_batch.tasks import _Rows, stat_columns
+
+    rng = np.random.default_rng(5)
+    ids = pa.array(rng.permutation(["f10", "f2", "F3", "é1", "e9", "f1", *[f"g{i}" for i in range(44)]]).tolist())
+    ctx = SimpleNamespace(repo=SimpleNamespace(snapshot_id="SNAP"), job_hash="JH")
+    stats = ["mean", "median", "count"]
+    rows = _Rows(stats, ctx)  # type: ignore[arg-type]
+    expect = []
+    batches = [(s, v, g) for s in ("S2", "S10", "S1") for v in ("ndvi", "evi") for g in ((0, 20), (20, 50))]
+    for k in rng.permutation(len(batches)):
+        scene, var, (f0, f1) = batches[k]
+        when = dt.datetime(2022, 1, 1 + int(k), tzinfo=dt.UTC)
+        res = {c: rng.normal(size=f1 - f0) for c in stat_columns(stats)}
+        total, nodata, cloud = (rng.integers(0, 9, f1 - f0).astype(float) for _ in range(3))
+        rows.add(ids, f0, f1, scene, when, var, res, total, nodata, cloud, k % 2 == 0)
+        for i in range(f0, f1):
+            expect.append({"field_id": ids[i].as_py(), "scene_id": scene, "datetime": when,
+                           "variable": var, **{c: res[c][i - f0] for c in res},
+                           "pixel_count": total[i - f0], "nodata_count": nodata[i - f0],
+                           "cloud_count": cloud[i - f0], "cloud_masked": k % 2 == 0,
+                           "snapshot_id": "SNAP", "job_hash": "JH"})
+    want = (pd.DataFrame(expect).sort_values(["field_id", "scene_id", "variable"])
+            .reset_index(drop=True))
+    pairs = rows.pairs()
+    got = pa.concat_tables(list(rows.slices(sort=True, rows=7)))
+    assert got.num_rows == len(want) == 50 * 3 * 2
+    pd.testing.assert_frame_equal(got.to_pandas(), want, check_dtype=False)
+    assert sorted(zip(pairs["field_id"].cast(pa.string()).to_pylist(),
+                      pairs["scene_id"].cast(pa.string()).to_pylist(), strict=True)) == \
+        sorted(zip(want["field_id"], want["scene_id"], strict=True))
