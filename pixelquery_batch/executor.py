@@ -14,7 +14,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -340,10 +340,13 @@ def _execute_on(client: Any, units: list[WorkUnit], ctx: JobContext, summary: Ex
     # every unit with "already forgotten"; in the task it survives any worker
     by_key: dict[str, WorkUnit] = {}
     futures = []
+    prefer = strip_affinity(units, sorted(info.get("workers", {})))
     for unit in units:
         key = f"pqb-unit-{ctx.job_hash}-{unit.unit_id}"
         by_key[key] = unit
-        futures.append(client.submit(run_unit, unit, ctx, key=key, retries=retries, pure=False))
+        where = prefer.get(unit.unit_id)
+        futures.append(client.submit(run_unit, unit, ctx, key=key, retries=retries, pure=False,
+                                     workers=where, allow_other_workers=where is not None))
     done = 0
     try:
         for fut in as_completed(futures):
@@ -357,6 +360,38 @@ def _execute_on(client: Any, units: list[WorkUnit], ctx: JobContext, summary: Ex
         raise
     summary.wall_s = time.perf_counter() - t0
     return summary
+
+
+def strip_affinity(units: Sequence[WorkUnit], workers: Sequence[str]) -> dict[str, list[str]]:
+    """A preferred worker for each unit: the units of one set of fields (a grid's strip:
+    the same ``fields_key``) on one worker, which then works out their pixels once
+    instead of every worker that gets one of them doing it again. Sets go largest first
+    to the least loaded worker (by field-scene pairs). Empty when there is one worker or
+    fewer sets of fields than workers (pinning would leave workers idle). The
+    preference is loose: Dask still moves units to other workers when it must.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace as U
+    >>> us = [U(unit_id=f"{k}{i}", fields_key=k, n_pairs=n) for k, n in (("a", 6), ("b", 5), ("c", 2))
+    ...       for i in range(2)]
+    >>> strip_affinity(us, ["w1", "w2"])
+    {'a0': ['w1'], 'a1': ['w1'], 'b0': ['w2'], 'b1': ['w2'], 'c0': ['w2'], 'c1': ['w2']}
+    >>> strip_affinity(us, ["w1"])
+    {}
+    """
+    sets: dict[str, list[Any]] = {}
+    for u in units:
+        sets.setdefault(u.fields_key or u.unit_id, []).append(u)
+    if len(workers) < 2 or len(sets) < len(workers):
+        return {}
+    load = dict.fromkeys(workers, 0)
+    out: dict[str, list[str]] = {}
+    for members in sorted(sets.values(), key=lambda m: -sum(u.n_pairs for u in m)):
+        w = min(workers, key=lambda w: (load[w], w))
+        load[w] += sum(u.n_pairs for u in members)
+        out.update({u.unit_id: [w] for u in members})
+    return dict(sorted(out.items()))
 
 
 def execute_rollup(

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -311,3 +312,46 @@ def test_unit_rows_sorted_in_slices_equal_pandas() -> None:
     assert sorted(zip(pairs["field_id"].cast(pa.string()).to_pylist(),
                       pairs["scene_id"].cast(pa.string()).to_pylist(), strict=True)) == \
         sorted(zip(want["field_id"], want["scene_id"], strict=True))
+
+
+def _cached_field_sets() -> list[str]:
+    from pixelquery_batch import gather
+
+    return sorted({k[0] for k in gather._CACHE})
+
+
+def test_units_of_one_strip_run_on_one_worker_process(sample_small, sample_repo, tmp_path) -> None:
+    """Cut into strips, the units of each strip prefer one worker process (the strips
+    spread over both): each process works out only its strips' pixels (its cache holds
+    no other strip) and the rows equal the synchronous run's."""
+    from distributed import Client, LocalCluster
+
+    from pixelquery_batch.executor import execute
+    from pixelquery_batch.pipeline import prepare_job
+    from pixelquery_batch.planner import plan_job
+
+    spec = write_spec(tmp_path, repo=sample_repo, fields=sample_small.fields_path)
+    job = prepare_job(spec)
+    plan = plan_job(job.scenes, job.fields, bands=job.bands, optional_bands=job.optional_bands,
+                    n_variables=len(job.variables), min_units=4, max_unit_pixels=20_000)
+    strips = {u.fields_key for u in plan.units}
+    assert len(strips) >= 3 and len(plan.units) > len(strips)  # several units per strip
+    ctx = job.context()
+
+    def rows(cluster: Any) -> pd.DataFrame:
+        tables: list[Any] = []
+        execute(plan, ctx, on_result=lambda r: tables.append(r.table), cluster=cluster)
+        import pyarrow as pa
+
+        return (pa.concat_tables(tables).to_pandas().sort_values(["field_id", "scene_id", "variable"])
+                .reset_index(drop=True))
+
+    want = rows("sync")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as lc, \
+            Client(lc) as client:
+        got = rows(client)
+        cached = client.run(_cached_field_sets)
+    pd.testing.assert_frame_equal(got, want)
+    held = [set(v) for v in cached.values()]
+    assert len(held) == 2 and all(held) and not (held[0] & held[1])
+    assert held[0] | held[1] == strips
