@@ -75,9 +75,7 @@ class WorkArea:
         """Stage a unit's rows (a table, or slices of it written one after another) as an
         Arrow IPC stream (zstd buffers): ~4x cheaper to write than Parquet for rows that
         are read back once, by the same version. Nothing is written for no rows."""
-        if isinstance(data, pa.Table):
-            data = [data]
-        stream = arrow_bytes(t for t in data if t.num_rows)
+        stream = arrow_bytes([data] if isinstance(data, pa.Table) else data)
         if len(stream):
             self.out.put(f"{self.prefix}/{table}/part-{unit_id}.arrow", stream)
 
@@ -210,16 +208,16 @@ def day_keys(table: pa.Table, unit: Any) -> pa.Table:
     return table.append_column("day_key", pa.array(keys, pa.string()))
 
 
-def stage_unit(work: WorkArea, unit: Any, rows: pa.Table | Iterable[pa.Table],
-               day_rows: pa.Table | Iterable[pa.Table] | None, *,
+def stage_unit(work: WorkArea, unit: Any, rows: Iterable[pa.Table],
+               day_rows: Iterable[pa.Table] | None, *,
                hashes: dict[str, str] | FieldHashes, run_id: str) -> None:
     """Stage one unit's rows in the run's work area, with their run columns: the day rows
     first, the stats part last. The stats part is what marks the unit's pairs done for a
     resumed run, so a kill between the two puts never leaves done pairs without their
     day rows (or pictures: those are written before the unit's rows). Rows may come as
     slices (the columns are added slice by slice: a unit's rows are never copied whole)."""
-    def run_columns(tables: pa.Table | Iterable[pa.Table]) -> Iterator[pa.Table]:
-        for t in [tables] if isinstance(tables, pa.Table) else tables:
+    def run_columns(tables: Iterable[pa.Table]) -> Iterator[pa.Table]:
+        for t in tables:
             yield with_run_columns(t, hashes=hashes, result_hash=work.result_hash, run_id=run_id)
 
     if day_rows is not None:

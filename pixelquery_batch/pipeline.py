@@ -839,8 +839,8 @@ def _run_fields(job: PreparedJob, full: Plan, plan: Plan, state: Any, client: An
         if not res.staged:  # rows (and pictures) relayed by workers that cannot reach us
             for key, data in res.files:
                 render_at.put(key, data)
-            stage_unit(work, units[res.unit_id], res.table.cast(schema),
-                       None if res.day_table is None else res.day_table.cast(schema),
+            stage_unit(work, units[res.unit_id], [res.table.cast(schema)],
+                       None if res.day_table is None else [res.day_table.cast(schema)],
                        hashes=lookup, run_id=run_id)
         computed_parts.append(pa.table({c: res.table.column(c).cast(pa.string())
                                         for c in ("field_id", "scene_id")}))

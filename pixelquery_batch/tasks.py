@@ -372,10 +372,6 @@ class _Rows:
             c: [] for c in [*self.cols, "pixel_count", "nodata_count", "cloud_count"]}
         self.taken = False  # the numpy columns are let go of once the rows are built
 
-    @property
-    def num_rows(self) -> int:
-        return sum(f1 - f0 for f0, f1 in self.ranges)
-
     def add(self, ids: pa.Array, f0: int, f1: int, scene_id: str, when: dt.datetime,
             variable: str, res: dict[str, np.ndarray], total: np.ndarray, nodata: np.ndarray,
             cloud: np.ndarray, cloud_masked: bool) -> None:

@@ -15,6 +15,21 @@ _BLOCK = 4096  # values summed per block before joining the total (error ~ (bloc
 
 
 @njit(nogil=True, cache=True, boundscheck=False)
+def _squared_deviations(values: np.ndarray, a: int, b: int, mean: float) -> float:  # pragma: no cover - compiled
+    """Sum of ``(x - mean) ** 2`` over the finite values of ``values[a:b]``, in blocks."""
+    total = 0.0
+    for i in range(a, b, _BLOCK):
+        part = 0.0
+        for j in range(i, min(i + _BLOCK, b)):
+            x = values[j]
+            if np.isfinite(x):
+                d = x - mean
+                part += d * d
+        total += part
+    return total
+
+
+@njit(nogil=True, cache=True, boundscheck=False)
 def run_partials(values: np.ndarray, bounds: np.ndarray, lo: float, inv_width: float,
                  nbins: int, ext: np.ndarray, hist: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
     """For each run ``values[bounds[r]:bounds[r + 1]]``: histogram slots into ``hist[r]``
@@ -33,11 +48,9 @@ def run_partials(values: np.ndarray, bounds: np.ndarray, lo: float, inv_width: f
         total = 0.0
         mn = np.inf
         mx = -np.inf
-        i = a
-        while i < b:
-            e = min(i + _BLOCK, b)
+        for i in range(a, b, _BLOCK):
             part = 0.0
-            for j in range(i, e):
+            for j in range(i, min(i + _BLOCK, b)):
                 x = values[j]
                 if not np.isfinite(x):
                     continue
@@ -54,26 +67,11 @@ def run_partials(values: np.ndarray, bounds: np.ndarray, lo: float, inv_width: f
                     s += 1
                 hist[r, s] += 1
             total += part
-            i = e
-        m2 = 0.0
-        if count:
-            mean = total / count
-            i = a
-            while i < b:
-                e = min(i + _BLOCK, b)
-                part = 0.0
-                for j in range(i, e):
-                    x = values[j]
-                    if np.isfinite(x):
-                        d = x - mean
-                        part += d * d
-                m2 += part
-                i = e
-        else:
+        if not count:
             mn = np.nan
             mx = np.nan
         out[r, 0] = count
         out[r, 1] = total
-        out[r, 2] = m2
+        out[r, 2] = _squared_deviations(values, a, b, total / count) if count else 0.0
         out[r, 3] = mn
         out[r, 4] = mx

@@ -48,11 +48,11 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def arrow_bytes(data: pa.Table | Iterable[pa.Table]) -> bytes | memoryview:
-    """``data`` (a table, or tables of one schema written one after another) as an
-    Arrow IPC stream with zstd-compressed buffers (staging: no Parquet encoding, read
-    back without decoding pages). Empty for no table."""
-    tables = iter([data] if isinstance(data, pa.Table) else data)
+def arrow_bytes(tables: Iterable[pa.Table]) -> bytes | memoryview:
+    """Tables of one schema, written one after another, as an Arrow IPC stream with
+    zstd-compressed buffers (staging: no Parquet encoding, read back without decoding
+    pages). Empty tables are skipped; empty bytes when no row is left."""
+    tables = (t for t in tables if t.num_rows)
     first = next(tables, None)
     if first is None:
         return b""
