@@ -36,6 +36,11 @@ dates) at several field densities, computed by five peers, each timed as wall an
   offsets read before timing), libdeflate + predictor (imagecodecs), prebuilt masks,
   numpy statistics: what the work costs with nothing around it. Decode and statistics
   seconds are reported apart;
+* **two floors at once**: the floor forked twice, each copy pinned to its own core, both
+  started from a barrier (``--skip-floor-pair`` leaves it out). ``2 x floor wall / the
+  slower copy's wall`` is what this machine gives a second core on this work with
+  nothing shared (memory bandwidth, shared caches): the ceiling printed beside the
+  engine's 1 -> 2 worker speedup (a reference, not a target);
 * **rasterstats**, only if it is installed (it is skipped silently otherwise).
 
 In-process peers are timed with ``perf_counter`` and ``getrusage(RUSAGE_SELF)``. The
@@ -126,6 +131,7 @@ from _field_stats_peers import (
     run_engine,
     run_exactextract,
     run_floor,
+    run_floor_pair,
     run_naive,
     run_rasterstats,
     scene_bounds,
@@ -162,6 +168,7 @@ class Density:
     specs: dict[int, Path] = field(default_factory=dict)  # workers -> spec
     floor: FloorPrep | None = None
     runs: dict[str, list[PeerRun]] = field(default_factory=dict)
+    floor_pairs: list[PeerRun] = field(default_factory=list)  # two floors at once
     tables: dict[str, Any] = field(default_factory=dict)  # peer key -> last table
     touched: dict[str, int] = field(default_factory=dict)  # band -> distinct tiles per scene
 
@@ -305,6 +312,12 @@ def run_repeat(d: Density, rep: int, *, args: argparse.Namespace, workers: list[
         run = run_floor(d.floor, list(scenes))
         keep("floor", run)
         say_peer_run(run, rep)
+        cores = sorted(os.sched_getaffinity(0))
+        if not args.skip_floor_pair and len(cores) >= 2:
+            pair = run_floor_pair(d.floor, list(scenes), (cores[0], cores[1]))
+            d.floor_pairs.append(pair)
+            say(f"  rep {rep}: two floors at once (cores {cores[0]}, {cores[1]})  "
+                f"wall {pair.wall_s:7.2f} s  copies {pair.extra['copy_wall_s']} s")
 
 
 def say_engine_run(r: PeerRun, rep: int) -> None:
@@ -443,6 +456,12 @@ def summarise_density(d: Density, *, main_w: int, workers: list[int], n_scenes: 
         engine["exec_speedup_1_to_2"] = (med_extra(d.runs[engine_key(1)], "exec_wall_s")
                                          / med_extra(d.runs[engine_key(2)], "exec_wall_s"))
         engine["cores_1_to_2"] = [d.runs[engine_key(w)][0].extra.get("cores") for w in (1, 2)]
+    if d.floor_pairs and "floor" in d.runs:
+        # the same work twice on two cores, nothing shared: what the machine allows
+        engine["machine_ceiling_1_to_2"] = (2 * med(d.runs["floor"], "wall_s")
+                                            / med(d.floor_pairs, "wall_s"))
+        engine["floor_pair_wall_s"] = med(d.floor_pairs, "wall_s")
+        engine["floor_pair_runs"] = [r.record() for r in d.floor_pairs]
     checks: dict[str, Any] = {}
     ref_key = "naive" if "naive" in d.tables else ("floor" if "floor" in d.tables else None)
     if ref_key is not None:
@@ -494,6 +513,11 @@ def print_density(s: dict[str, Any], repeats: int) -> None:
         cores = e.get("cores_1_to_2") or [None, None]
         say(f"engine: execution-phase speedup 1 -> 2 workers {e['exec_speedup_1_to_2']:.2f}x "
             f"(on {cores[0]} -> {cores[1]} cores)")
+    if "machine_ceiling_1_to_2" in e:
+        say(f"machine: two floors at once (forked, one per core, nothing shared) "
+            f"{e['floor_pair_wall_s']:.2f} s vs one floor "
+            f"{s['peers']['floor']['wall_s']:.2f} s -> the 1 -> 2 core ceiling for this work "
+            f"{e['machine_ceiling_1_to_2']:.2f}x")
     if e["failures"]:
         say(f"engine: WARNING {e['failures']} field-scene failures in a run (see its manifest)")
     if "floor" in s["peers"]:
@@ -601,6 +625,10 @@ def evaluate_targets(summ: dict[int, dict[str, Any]]) -> list[TargetRow]:
                               "not run" if sp is None else f"{sp:.2f}x",
                               f">= {TARGET_WORKER_SPEEDUP:g}x",
                               None if sp is None else sp >= TARGET_WORKER_SPEEDUP, sp))
+        ceiling = e.get("machine_ceiling_1_to_2")
+        if ceiling is not None:
+            rows.append(TargetRow(f"{n:,} fields: (reference) two floors at once, 1 -> 2 cores",
+                                  f"{ceiling:.2f}x", "(the machine's ceiling)", None, ceiling))
     for n in counts:
         peak = max(summ[n]["engine"]["peak_rss_worker"].values(), default=0)
         rows.append(TargetRow(f"{n:,} fields: peak RSS per worker (all runs"
@@ -681,6 +709,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--skip-naive", action="store_true")
     ap.add_argument("--skip-exactextract", action="store_true")
     ap.add_argument("--skip-floor", action="store_true")
+    ap.add_argument("--skip-floor-pair", action="store_true",
+                    help="do not also run two copies of the floor at once (one per core): "
+                    "the machine's own 1 -> 2 core ceiling for this work")
     ap.add_argument("--check-sample", type=int, default=20,
                     help="seeded pairs reported apart in the correctness check (every common "
                     "pair is compared as well)")

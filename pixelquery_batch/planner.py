@@ -2,8 +2,8 @@
 
 The plan is chunk-aware. Scenes sharing a work grid (same CRS, pixel grid and band
 tiling) are planned together; fields are reprojected once per CRS. A per-field unit
-holds every field of a grid (cut into strips of chunk rows only when their pixels would
-not fit a worker's memory) and a batch of that grid's scenes: it decodes each chunk its
+holds every field of a grid (cut into strips of rows of equal cost only when their
+pixels would not fit a worker's memory) and a batch of that grid's scenes: it decodes each chunk its
 fields touch once per scene and band, works out each field's pixels once, and computes
 each field entirely (exact medians and percentiles). Scene batches never split a day and
 are sized by a small cost model so that the workers share the load.
@@ -475,14 +475,33 @@ def _windows(bounds: np.ndarray, transform: tuple[float, ...], pad: int) -> np.n
     return np.stack([row0, col0, np.maximum(row1 - row0, 1), np.maximum(col1 - col0, 1)], axis=1)
 
 
-def _block_index(pix: np.ndarray, size: int, chunk: int, block_chunks: int) -> np.ndarray:
-    """Block of each pixel index: chunk-aligned blocks of about ``block_chunks`` chunks,
-    spread evenly over the grid (8 chunks with ``block_chunks=6`` give 4 + 4, not 6 + 2)."""
-    n_chunks = max(1, math.ceil(size / chunk))
-    n_blocks = max(1, math.ceil(n_chunks / block_chunks))
-    edges = np.round(np.linspace(0, n_chunks, n_blocks + 1)[1:-1]).astype(np.int64)
-    chunk_idx = np.clip(np.floor_divide(pix, chunk), 0, n_chunks - 1)
-    return np.searchsorted(edges, chunk_idx, side="right")
+def _strip_index(centre_row: np.ndarray, cost: np.ndarray, n_strips: int) -> np.ndarray:
+    """Strip of each field: ``n_strips`` bands of rows (by the field's centre row) of
+    about equal estimated cost, so that workers given one strip each finish together.
+
+    The cuts fall between rows, not on chunk boundaries: fields smaller than a chunk
+    that straddle a cut inside a chunk row make both strips read that one row, while a
+    cut on a chunk boundary makes them read the rows on both sides of it. Fields whose
+    centres share a row stay in one strip.
+
+    Examples
+    --------
+    >>> _strip_index(np.array([50, 0, 10, 20, 30, 40]), np.array([4, 1, 1, 1, 3, 2.0]), 2)
+    array([1, 0, 0, 0, 0, 1])
+    >>> _strip_index(np.array([5, 5, 5]), np.ones(3), 2)
+    array([0, 0, 0])
+    """
+    if n_strips <= 1 or len(centre_row) == 0:
+        return np.zeros(len(centre_row), dtype=np.int64)
+    order = np.argsort(centre_row, kind="stable")
+    cum = np.cumsum(cost[order], dtype=np.float64)
+    share = cum[-1] * np.arange(1, n_strips) / n_strips
+    first = np.searchsorted(cum, share)  # the field whose cost reaches each share
+    below = np.where(first > 0, cum[np.maximum(first - 1, 0)], 0.0)
+    cut = first + (cum[first] - share <= share - below)  # the nearer side of that field
+    edges = np.unique(centre_row[order][cut[cut < len(cum)]])
+    strip = np.searchsorted(edges, centre_row, side="right")
+    return np.unique(strip, return_inverse=True)[1].astype(np.int64)
 
 
 def _unit_id(*parts: Any) -> str:
@@ -514,8 +533,8 @@ def plan_job(
     caches them). Scenes are batched (never splitting a day) so that there are at least
     ``min_units`` units to share among the workers and none lasts much longer than
     ``max_unit_s``; grids whose fields hold more than ``max_unit_pixels`` pixels are cut
-    into strips of chunk rows (memory bound) at the price of re-reading the chunk rows
-    that fields straddling a strip boundary need.
+    into strips of rows of about equal cost (memory bound) at the price of re-reading the
+    chunk row that fields straddling a strip boundary need.
 
     Parameters
     ----------
@@ -568,11 +587,10 @@ def plan_job(
         wkbs = pa.array(shapely.to_wkb(geoms[hit]), pa.binary())
         band_infos = _distinct_bands(members[0][1])
         work = (transform, shape_yx)
-        cy, _ = _work_chunk(work, band_infos)
-        area = int((wins[:, 2] * wins[:, 3]).sum())
-        n_strips = max(1, math.ceil(area / max_unit_pixels))
-        centre_r = wins[:, 0] + wins[:, 2] // 2
-        strip = _block_index(centre_r, shape_yx[0], cy, max(1, math.ceil(shape_yx[0] / cy / n_strips)))
+        field_px = wins[:, 2].astype(np.int64) * wins[:, 3]
+        n_strips = max(1, math.ceil(int(field_px.sum()) / max_unit_pixels))
+        strip = _strip_index(wins[:, 0] + wins[:, 2] // 2,
+                             n_variables * (field_px * COST_PIXEL_S + COST_FIELD_VAR_S), n_strips)
         all_clipped: list[tuple[int, int, int, int]] = []
         for sk in np.unique(strip):
             part = np.flatnonzero(strip == sk)

@@ -224,3 +224,27 @@ def test_units_pickle_as_columns_and_come_back_equal() -> None:
     assert unit.fields.take([1]).hashes is None
     with pytest.raises(ValueError, match="hashes differ in length"):
         unit.fields.with_hashes(hashes[:3])
+
+
+def test_strips_share_the_cost_and_read_one_seam_row_twice() -> None:
+    """Fields crowded into the top of the grid: the strips' cut falls where the cost is
+    halved (not at a chunk row in the middle of the grid), the strips do not interleave,
+    and small fields straddling the cut make both strips read one chunk row, not two."""
+    dense = make_fields(1500, origin=(600000.0, 5300000.0), extent_m=13000.0, size_m=200.0, seed=1)
+    sparse = make_fields(500, extent_m=54000.0, size_m=200.0, seed=2)
+    fields = prepare_fields(gpd.GeoDataFrame(
+        {"id": [f"D{i}" for i in range(len(dense))] + [f"S{i}" for i in range(len(sparse))]},
+        geometry=list(dense.geometry) + list(sparse.geometry), crs=dense.crs))
+    plan = plan_job(make_catalog(2, size=5490), fields, bands=("red", "nir"), max_unit_pixels=500_000)
+    by_strip = {u.fields_key: u.fields for u in plan.units}
+    assert len(by_strip) == 2
+    top, bottom = sorted(by_strip.values(), key=lambda b: b.windows[:, 0].min())
+    area = [int((b.windows[:, 2] * b.windows[:, 3]).sum()) for b in (top, bottom)]
+    assert abs(area[0] - area[1]) <= 0.02 * sum(area)
+    centre = [b.windows[:, 0] + b.windows[:, 2] // 2 for b in (top, bottom)]
+    assert centre[0].max() < centre[1].min()
+    chunk_rows = [set(range(int(b.windows[:, 0].min()) // 512,
+                            int((b.windows[:, 0] + b.windows[:, 2]).max() - 1) // 512 + 1))
+                  for b in (top, bottom)]
+    assert len(chunk_rows[0] & chunk_rows[1]) <= 1
+    assert len(top) + len(bottom) == 2000
