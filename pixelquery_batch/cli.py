@@ -462,20 +462,36 @@ def _announce(summary: Any) -> None:
 def _print_head(location: str | None, n: int = 8) -> None:
     if location is None or location.startswith("s3://"):
         return
-    import pyarrow.dataset as pads
-
-    path = Path(location)
-    if (path / "_delta_log").is_dir():
-        from deltalake import DeltaTable
-
-        table = DeltaTable(str(path)).to_pyarrow_dataset().head(n)
-    else:
-        table = pads.dataset(path, format="csv" if path.suffix == ".csv" else "parquet").head(n)
-    df = table.to_pandas()
+    df = _first_rows(Path(location), n)
     keep = [c for c in ("field_id", "scene_id", "variable", "mean", "median", "std", "count",
                         "valid_fraction") if c in df.columns]
     click.echo("first rows:")
     click.echo(df[keep].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+
+
+def _first_rows(path: Path, n: int) -> Any:
+    """The first ``n`` rows of a local stats output, read in this thread.
+
+    Not ``dataset.head(n)``: a scan stopped early leaves Arrow reading further files in
+    its threads, and a process that exits meanwhile aborts, crashes or hangs (a Delta
+    table's Python filesystem is released by an Arrow thread during finalisation).
+    """
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    if path.suffix == ".csv":
+        return pd.read_csv(path, nrows=n)
+    if (path / "_delta_log").is_dir():
+        from deltalake import DeltaTable
+
+        files = DeltaTable(str(path)).file_uris()
+    else:
+        files = [str(path)] if path.is_file() else sorted(map(str, path.rglob("*.parquet")))
+    for file in files:
+        batch = next(pq.ParquetFile(file).iter_batches(batch_size=n, use_threads=False), None)
+        if batch is not None and batch.num_rows:
+            return batch.to_pandas()
+    return pd.DataFrame()
 
 
 _DEMO_SPEC = """\

@@ -323,6 +323,7 @@ def _execute_on(client: Any, units: list[WorkUnit], ctx: JobContext, summary: Ex
                 on_result: Callable[[UnitResult], None], progress: ProgressFn | None,
                 retries: int, t0: float,
                 on_start: Callable[[ExecutionSummary], None] | None) -> ExecutionSummary:
+    import dask
     from distributed import as_completed
 
     info = client.scheduler_info(n_workers=-1)
@@ -338,15 +339,19 @@ def _execute_on(client: Any, units: list[WorkUnit], ctx: JobContext, summary: Ex
     # the context (~1 KB) travels inside each task rather than scattered: scattered data
     # cannot be recomputed, so a worker dying while holding the only replica would fail
     # every unit with "already forgotten"; in the task it survives any worker
+    # (so does the unit's own set of fields, ~10 MB for 50,000 fields: above Dask's
+    # large-graph warning, whose advice, scattering, is what the lines above rule out)
     by_key: dict[str, WorkUnit] = {}
     futures = []
     prefer = strip_affinity(units, sorted(info.get("workers", {})))
-    for unit in units:
-        key = f"pqb-unit-{ctx.job_hash}-{unit.unit_id}"
-        by_key[key] = unit
-        where = prefer.get(unit.unit_id)
-        futures.append(client.submit(run_unit, unit, ctx, key=key, retries=retries, pure=False,
-                                     workers=where, allow_other_workers=where is not None))
+    with dask.config.set({"distributed.admin.large-graph-warning-threshold": "1GB"}):
+        for unit in units:
+            key = f"pqb-unit-{ctx.job_hash}-{unit.unit_id}"
+            by_key[key] = unit
+            where = prefer.get(unit.unit_id)
+            futures.append(client.submit(run_unit, unit, ctx, key=key, retries=retries,
+                                         pure=False, workers=where,
+                                         allow_other_workers=where is not None))
     done = 0
     try:
         for fut in as_completed(futures):

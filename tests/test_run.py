@@ -332,10 +332,17 @@ def test_units_of_one_strip_run_on_one_worker_process(sample_small, sample_repo,
 
     spec = write_spec(tmp_path, repo=sample_repo, fields=sample_small.fields_path)
     job = prepare_job(spec)
-    plan = plan_job(job.scenes, job.fields, bands=job.bands, optional_bands=job.optional_bands,
-                    n_variables=len(job.variables), min_units=4, max_unit_pixels=20_000)
+
+    def plan_for(max_unit_pixels: int) -> Any:
+        return plan_job(job.scenes, job.fields, bands=job.bands,
+                        optional_bands=job.optional_bands, n_variables=len(job.variables),
+                        min_units=8, max_unit_pixels=max_unit_pixels)
+
+    # four strips of equal cost, two per worker: none left over for Dask to even out
+    whole = plan_for(10**12).units[0].fields.windows
+    plan = plan_for(math.ceil(int((whole[:, 2] * whole[:, 3]).sum()) / 4))
     strips = {u.fields_key for u in plan.units}
-    assert len(strips) >= 3 and len(plan.units) > len(strips)  # several units per strip
+    assert len(strips) == 4 and len(plan.units) > len(strips)  # several units per strip
     ctx = job.context()
 
     def rows(cluster: Any) -> pd.DataFrame:
