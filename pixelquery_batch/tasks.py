@@ -547,7 +547,7 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
     files: list[tuple[str, bytes]] = []
     writes: list[tuple[str, Any]] = []  # pictures being written: (scene id, future)
 
-    groups = pix.groups()
+    groups = pix.groups(_group_pixels())
     days: dict[str, list[SceneTask]] = {}
     for scene in unit.scenes:
         days.setdefault(scene.day or scene.datetime[:10], []).append(scene)
@@ -654,6 +654,20 @@ def _decode_bands(reader: ChunkReader, scene: SceneTask, bands: dict[str, BandIn
     return [(b, decode_band(reader, scene.group, b, work, pix,
                             prefetched=pre.get((scene.scene_id, b.array, b.index))))
             for b in distinct]
+
+
+def _group_pixels() -> int:
+    """Pixels per group of fields computed together.
+
+    A worker running one unit at a time (a worker process, or ``sync``) works in groups
+    whose temporaries stay in the core's cache: 128 Ki pixels (1 MB per float64 array).
+    Threads sharing one worker take 1 Mi: smaller groups mean more numpy calls, and each
+    call's return waits for the GIL while the other threads hold it. Measured on 100,000
+    fields x 12 scenes, execution phase: two worker processes 4.2 -> 3.7 s (1 -> 2
+    workers 1.75x -> 1.93x), one thread 7.2 -> 7.0 s; two threads 4.05 s with 1 Mi,
+    4.2-4.5 s with 128 Ki.
+    """
+    return 1 << 17 if _worker_threads() == 1 else 1 << 20
 
 
 def _worker_threads() -> int:

@@ -48,7 +48,22 @@ def test_stats_match_rasterio_reference(rule, sample_small, sample_repo, tmp_pat
     else:
         spec = write_spec(tmp_path, repo=sample_repo, fields=sample_small.fields_path, pixels=rule)
         result = run_job(spec, cluster="sync")
-    got = read_stats(result.outputs["stats"])
+    assert_equal_to_reference(read_stats(result.outputs["stats"]), sample_small, rule)
+
+
+def test_groups_of_a_few_fields_match_rasterio_reference(monkeypatch, sample_small, sample_repo,
+                                                        tmp_path) -> None:
+    """Fields computed in groups of ~97 pixels (a larger field alone in its group): the
+    same exact statistics as the reference."""
+    from pixelquery_batch import tasks
+
+    monkeypatch.setattr(tasks, "_group_pixels", lambda: 97)
+    spec = write_spec(tmp_path, repo=sample_repo, fields=sample_small.fields_path)
+    result = run_job(spec, cluster="sync")
+    assert_equal_to_reference(read_stats(result.outputs["stats"]), sample_small, "centre")
+
+
+def assert_equal_to_reference(got: pd.DataFrame, sample_small: Any, rule: str) -> None:
     fields = gpd.read_file(sample_small.fields_path)
     cogs = cogs_by_date(sample_small.cog_dir)
     checked = 0
