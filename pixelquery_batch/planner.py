@@ -3,10 +3,10 @@
 The plan is chunk-aware. Scenes sharing a work grid (same CRS, pixel grid and band
 tiling) are planned together; fields are reprojected once per CRS. A per-field unit
 holds every field of a grid (cut into strips of rows of equal cost only when their
-pixels would not fit a worker's memory) and a batch of that grid's scenes: it decodes each chunk its
-fields touch once per scene and band, works out each field's pixels once, and computes
-each field entirely (exact medians and percentiles). Scene batches never split a day and
-are sized by a small cost model so that the workers share the load.
+pixels would not fit a worker's memory) and a batch of that grid's scenes: it decodes
+each chunk its fields touch once per scene and band, works out each field's pixels once,
+and computes each field entirely (exact medians and percentiles). Scene batches never
+split a day and are sized by a small cost model so that the workers share the load.
 """
 
 from __future__ import annotations
@@ -479,10 +479,10 @@ def _strip_index(centre_row: np.ndarray, cost: np.ndarray, n_strips: int) -> np.
     """Strip of each field: ``n_strips`` bands of rows (by the field's centre row) of
     about equal estimated cost, so that workers given one strip each finish together.
 
-    The cuts fall between rows, not on chunk boundaries: fields smaller than a chunk
-    that straddle a cut inside a chunk row make both strips read that one row, while a
-    cut on a chunk boundary makes them read the rows on both sides of it. Fields whose
-    centres share a row stay in one strip.
+    The cuts fall where the cost splits, not snapped to chunk boundaries: fields smaller
+    than a chunk that straddle a cut inside a chunk row make both strips read that one
+    row, where a cut on a chunk boundary makes them read the rows on both sides of it.
+    Fields whose centres share a row stay in one strip.
 
     Examples
     --------

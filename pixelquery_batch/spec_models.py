@@ -627,7 +627,7 @@ class ClusterSpec(BaseModel):
         "default: no worker start-up, one shared cache of field pixels) or separate "
         "processes (`true`: no GIL shared, a memory limit enforced per worker, each "
         "holding only its strips of fields: under 1 GB per worker at 100,000 fields where "
-        "the threaded process peaks at 1.2 GB, for ~0.6 s more start-up).",
+        "the threaded process peaks at 1.2 GB, for 0.6-0.7 s more start-up).",
     )
     memory_limit: str = Field(
         default="auto",

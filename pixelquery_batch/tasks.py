@@ -662,10 +662,9 @@ def _group_pixels() -> int:
     A worker running one unit at a time (a worker process, or ``sync``) works in groups
     whose temporaries stay in the core's cache: 128 Ki pixels (1 MB per float64 array).
     Threads sharing one worker take 1 Mi: smaller groups mean more numpy calls, and each
-    call's return waits for the GIL while the other threads hold it. Measured on 100,000
-    fields x 12 scenes, execution phase: two worker processes 4.2 -> 3.7 s (1 -> 2
-    workers 1.75x -> 1.93x), one thread 7.2 -> 7.0 s; two threads 4.05 s with 1 Mi,
-    4.2-4.5 s with 128 Ki.
+    call's return waits for the GIL while the other threads hold it. Measured by hand on
+    100,000 fields x 12 scenes, execution phase: two worker processes 4.2 -> 3.7 s, one
+    thread 7.2 -> 7.0 s; two threads 4.05 s with 1 Mi, 4.2-4.5 s with 128 Ki.
     """
     return 1 << 17 if _worker_threads() == 1 else 1 << 20
 
