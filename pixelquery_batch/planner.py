@@ -588,11 +588,13 @@ def plan_job(
         band_infos = _distinct_bands(members[0][1])
         work = (transform, shape_yx)
         field_px = wins[:, 2].astype(np.int64) * wins[:, 3]
-        n_strips = max(1, math.ceil(int(field_px.sum()) / max_unit_pixels))
-        strip = _strip_index(wins[:, 0] + wins[:, 2] // 2,
-                             n_variables * (field_px * COST_PIXEL_S + COST_FIELD_VAR_S), n_strips)
+        # estimated seconds per scene of each field's own work (its chunks come per strip)
+        field_s = n_variables * (field_px * COST_PIXEL_S + COST_FIELD_VAR_S)
+        strip = _strip_index(wins[:, 0] + wins[:, 2] // 2, field_s,
+                             max(1, math.ceil(int(field_px.sum()) / max_unit_pixels)))
+        strips = np.unique(strip)
         all_clipped: list[tuple[int, int, int, int]] = []
-        for sk in np.unique(strip):
+        for sk in strips:
             part = np.flatnonzero(strip == sk)
             part = part[np.lexsort((wins[part, 1], wins[part, 0]))]  # row-major: local reads
             block = FieldBlock(ids_arr.take(pa.array(hit[part])), wkbs.take(pa.array(part)),
@@ -600,10 +602,8 @@ def plan_job(
             clipped = _clipped(block.windows, shape_yx)
             all_clipped.extend(clipped)
             n_chunks, _ = _count_chunks(work, band_infos, clipped)
-            pixels = int((wins[part, 2] * wins[part, 3]).sum())
-            per_scene = (n_chunks * COST_CHUNK_S + pixels * n_variables * COST_PIXEL_S
-                         + len(part) * n_variables * COST_FIELD_VAR_S)
-            n_batches = max(math.ceil(per_grid / len(np.unique(strip))),
+            per_scene = n_chunks * COST_CHUNK_S + float(field_s[part].sum())
+            n_batches = max(math.ceil(per_grid / len(strips)),
                             math.ceil(per_scene * len(members) / max_unit_s))
             per_unit = max(1, math.ceil(len(members) / max(1, n_batches)))
             fkey = block.digest()
