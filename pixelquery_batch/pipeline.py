@@ -375,8 +375,10 @@ def _client_for(cluster: Any) -> Iterator[Any]:
     if isinstance(cluster, ClientStarter):
         try:
             yield cluster.client()
-        finally:
+        except BaseException:
             cluster.close()
+            raise
+        cluster.close_soon()  # the caller's last steps overlap the shutdown; close() joins
     else:
         yield cluster  # "sync" or an existing Client
 
@@ -437,7 +439,7 @@ def run_job(
     from .gather import use_jemalloc_for_arrow
     from .incremental import field_hashes, load_state
     from .planner import restrict_plan
-    from .writers import RunOutputs, json_bytes
+    from .writers import RunOutputs
 
     use_jemalloc_for_arrow()  # before the fields and the plan are read into Arrow
     started = dt.datetime.now(dt.UTC)
@@ -569,6 +571,20 @@ def run_job(
         if isinstance(cluster, ClientStarter):  # failed before the cluster was used
             cluster.close()
         raise
+    try:
+        return _finish(out, job, manifest, final, summary, started, t_start, t_prepared,
+                       t_planned, ready_at)
+    finally:
+        if isinstance(cluster, ClientStarter):
+            cluster.close()  # waits for the shutdown started as the cluster's work ended
+
+
+def _finish(out: Location, job: PreparedJob, manifest: dict[str, Any], final: dict[str, str],
+            summary: Any, started: dt.datetime, t_start: float, t_prepared: float,
+            t_planned: float, ready_at: float | None) -> RunResult:
+    """Timings, manifest, run record and report of a finished run."""
+    from .writers import json_bytes
+
     finished = dt.datetime.now(dt.UTC)
     first = summary.first_unit_at
     manifest["timings"] = {  # seconds from the start of run_job: where time to first task goes
