@@ -26,6 +26,7 @@ meanwhile).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -221,8 +222,10 @@ class TreeSampler(BackgroundSampler):
 
     Per pid it keeps the last sampled user + system CPU (the sum over pids is a lower bound
     of the tree's CPU: what ran after a process's last sample is missed), the peak RSS
-    (max of sampled RSS and ``VmHWM``) and a kind: ``main`` (the root), ``worker`` (a
-    ``multiprocessing`` spawn child: a Dask worker), ``other`` (e.g. the resource tracker).
+    (max of sampled RSS and ``VmHWM``) and a kind: ``main`` (the root), ``worker`` (a Dask
+    worker: a ``multiprocessing`` spawn child, or a child of the forkserver), ``forkserver``
+    (the ``multiprocessing`` fork server the workers are forked from), ``other`` (e.g. the
+    resource tracker).
     """
 
     def __init__(self, pid: int, interval: float = SAMPLE_INTERVAL_S) -> None:
@@ -233,6 +236,7 @@ class TreeSampler(BackgroundSampler):
         self.cpu: dict[int, float] = {}
         self.peak_rss: dict[int, int] = {}
         self.kind: dict[int, str] = {}
+        self.parent: dict[int, int] = {}
         self.procs: dict[int, Any] = {}
         self.samples = 0
 
@@ -243,7 +247,11 @@ class TreeSampler(BackgroundSampler):
             cmd = " ".join(p.cmdline())
         except Exception:
             return "other"
-        return "worker" if "spawn_main" in cmd and "resource_tracker" not in cmd else "other"
+        if "resource_tracker" in cmd:
+            return "other"
+        if "multiprocessing.forkserver" in cmd:  # the server, or a worker forked from it
+            return "forkserver" if p.ppid() == self.root.pid else "worker"
+        return "worker" if "spawn_main" in cmd else "other"
 
     def sample(self) -> None:
         import psutil
@@ -263,6 +271,8 @@ class TreeSampler(BackgroundSampler):
             if pid not in self.kind:
                 self.kind[pid] = self._classify(p)
                 self.procs[pid] = p
+                with contextlib.suppress(psutil.Error):
+                    self.parent[pid] = p.ppid()
             self.cpu[pid] = t.user + t.system  # own CPU only (children_* are other pids)
             self.peak_rss[pid] = max(self.peak_rss.get(pid, 0), rss, _vm_hwm(pid))
         self.samples += 1
@@ -288,6 +298,13 @@ class TreeSampler(BackgroundSampler):
                 continue
         return alive
 
+    def unreaped(self) -> dict[int, str]:
+        """Descendants whose CPU ``pqb``'s ``RUSAGE_CHILDREN`` cannot hold: the survivors,
+        and the processes they reaped (workers forked from an orphaned fork server)."""
+        alive = self.survivors()
+        return {pid: self.kind[pid] for pid in self.procs
+                if pid in alive or self.parent.get(pid) in alive}
+
 
 def run_engine(spec: Path, *, python: str, log_path: Path, cpus: set[int] | None = None) -> PeerRun:
     """``pqb run SPEC --json`` as a subprocess; wall, tree CPU, worker RSS, manifest numbers.
@@ -303,7 +320,8 @@ def run_engine(spec: Path, *, python: str, log_path: Path, cpus: set[int] | None
     of ``pqb`` (nannies run in the ``pqb`` process and join their workers on close), so
     once ``pqb`` is reaped the figure covers the whole tree, except descendants that
     ``pqb`` never waited for (``survivors``: the multiprocessing resource tracker, orphaned
-    at exit); their last sampled CPU is added (``cpu_s`` = getrusage + that). The
+    at exit; the ``forkserver`` that forks the workers, and so the workers it reaps); their
+    last sampled CPU is added (``cpu_s`` = getrusage + that). The
     :class:`TreeSampler` per-process sum (a lower bound of the tree's CPU) is returned as
     ``cpu_sampled_s`` so the caller can check the two agree.
     """
@@ -328,7 +346,8 @@ def run_engine(spec: Path, *, python: str, log_path: Path, cpus: set[int] | None
     ex, plan = manifest["execution"], manifest["plan"]
     workers = sampler.peaks("worker")
     survivors = sampler.survivors()
-    missed_s = sum(sampler.cpu.get(pid, 0.0) for pid in survivors)
+    unreaped = sampler.unreaped()
+    missed_s = sum(sampler.cpu.get(pid, 0.0) for pid in unreaped)
     run = PeerRun(peer="engine", wall_s=wall_s, cpu_s=user_s + sys_s + missed_s,
                   pairs=int(plan["field_scene_pairs"]), timed_pairs=int(plan["field_scene_pairs"]))
     run.extra = {
@@ -338,10 +357,13 @@ def run_engine(spec: Path, *, python: str, log_path: Path, cpus: set[int] | None
         "cpu_sampled_by_kind_s": {k: sum(c for pid, c in sampler.cpu.items()
                                          if sampler.kind[pid] == k)
                                   for k in sorted(set(sampler.kind.values()))},
-        "survivors": sorted(survivors.values()),  # kinds of descendants pqb did not reap
+        "survivors": sorted(survivors.values()),  # kinds of descendants that outlived pqb
+        "unreaped": sorted(unreaped.values()),  # ... and of those they reaped
         "survivors_cpu_sampled_s": missed_s,
         "tree_samples": sampler.samples,
         "worker_processes": len(workers),
+        # the LocalCluster's shape the run chose or was given (processes: auto)
+        "processes": bool((manifest.get("cluster") or {}).get("processes")),
         "peak_rss_workers": workers,
         "peak_rss_main": max(sampler.peaks("main"), default=0),
         "exec_wall_s": float(ex["wall_s"]),

@@ -7,14 +7,17 @@ dates) at several field densities, computed by five peers, each timed as wall an
 (user + system) seconds:
 
 * **engine**: ``python -m pixelquery_batch.cli run SPEC --json`` as a subprocess with the
-  spec's LocalCluster (``--workers``, 1 thread each, 2 GiB). Wall = process wall from
-  spawn to exit (interpreter start, imports, cluster start and close included). CPU = the
-  change of ``getrusage(RUSAGE_CHILDREN)`` around the subprocess: the kernel charges a
-  reaped process's CPU, and that of every descendant it reaped, to its parent; the Dask
-  workers are children of the ``pqb`` process (the nannies live in it and join their
-  workers on close), so once ``pqb`` is reaped the figure covers the whole process tree.
-  Descendants ``pqb`` never waits for (the multiprocessing resource tracker, orphaned at
-  exit, ~0.02 s) are added from their last sample. Checked on every run: a psutil sampler
+  embedded default's LocalCluster for ``--workers`` W: W threads, run as threads of the
+  ``pqb`` process or as W single-thread worker processes as the engine chooses by the
+  job's size (``processes: auto``; ``--engine-mode threads`` / ``processes`` force one).
+  Wall = process wall from spawn to exit (interpreter start, imports, cluster start and
+  close included). CPU = the change of ``getrusage(RUSAGE_CHILDREN)`` around the
+  subprocess: the kernel charges a reaped process's CPU, and that of every descendant it
+  reaped, to its parent. Worker processes are forked from a ``multiprocessing`` fork
+  server that ``pqb`` starts and never reaps (it exits when ``pqb`` does): the CPU of
+  the descendants ``pqb`` never waits for (the fork server, the workers it reaps, the
+  resource tracker) is added from their last sample (each sample at most 0.2 s old, when
+  a worker is shutting down). Checked on every run: a psutil sampler
   (every 0.2 s) records each process's CPU and peak RSS (max of sampled RSS and
   ``VmHWM``); the sum of the last samples (a lower bound) is printed beside the getrusage
   figure. On a smoke run (2 workers) getrusage gave 3.79 s against 3.75 s sampled every
@@ -193,17 +196,20 @@ def write_density_fields(src: Path, workdir: Path, counts: list[int], seed: int
     return out
 
 
-ENGINE_MODE = "threads"  # set from --engine-mode
+ENGINE_MODE = "auto"  # set from --engine-mode
 
 
 def cluster_section(workers: int) -> dict[str, Any]:
-    """The spec's LocalCluster: ``workers`` threads of one process (the embedded default's
-    shape), or ``workers`` single-thread worker processes with ``--engine-mode processes``."""
+    """The spec's LocalCluster: the embedded default (``workers`` threads, and the engine
+    chooses threads of one process or single-thread worker processes: ``processes:
+    auto``), or forced to ``workers`` threads of one process (``--engine-mode threads``)
+    or ``workers`` single-thread worker processes (``--engine-mode processes``)."""
     if ENGINE_MODE == "processes":
         return {"n_workers": workers, "threads_per_worker": 1, "processes": True,
                 "memory_limit": "2GiB", "dashboard": False}
-    return {"n_workers": 1, "threads_per_worker": workers, "processes": False,
-            "memory_limit": "auto", "dashboard": False}
+    section = {"n_workers": 1, "threads_per_worker": workers, "memory_limit": "auto",
+               "dashboard": False}
+    return section if ENGINE_MODE == "auto" else {**section, "processes": False}
 
 
 def write_spec(path: Path, *, repo: str, fields: Path, out_dir: Path, workers: int) -> Path:
@@ -266,6 +272,8 @@ def peer_label(key: str) -> str:
         w = int(key.removeprefix("engine_w"))
         if ENGINE_MODE == "processes":
             return f"pqb run, {w} worker process{'es' if w > 1 else ''}"
+        if ENGINE_MODE == "auto":
+            return f"pqb run, {w} worker{'s' if w > 1 else ''}"
         return f"pqb run, {w} thread{'s' if w > 1 else ''}"
     return PEER_LABELS.get(key, key)
 
@@ -326,18 +334,20 @@ def say_engine_run(r: PeerRun, rep: int) -> None:
     rss = ", ".join(f"{v / MB:.0f}" for v in x["peak_rss_workers"])
     cores = x.get("cores")
     on = f" on {cores} core{'s' if cores != 1 else ''}" if cores else ""
-    say(f"  [{rep + 1}] {peer_label(engine_key(x['workers']))}{on}: wall {r.wall_s:.2f} s "
+    shape = ("" if ENGINE_MODE != "auto" else
+             " (worker processes)" if x["processes"] else " (threads of the pqb process)")
+    say(f"  [{rep + 1}] {peer_label(engine_key(x['workers']))}{shape}{on}: wall {r.wall_s:.2f} s "
         f"(execution {x['exec_wall_s']:.2f} s, manifest duration {x['manifest_duration_s']:.2f} s), "
         f"CPU {r.cpu_s:.2f} s; {x['units']} tasks, {x['rows']} rows, {x['chunks_read']} chunks "
         f"fetched, {x['failures']} failures; peak RSS workers [{rss}] MB, pqb process "
         f"{x['peak_rss_main'] / MB:.0f} MB")
     missed = (f" + {x['survivors_cpu_sampled_s']:.2f} s sampled in descendants pqb did not reap "
-              f"({', '.join(x['survivors'])})" if x["survivors"] else "")
+              f"({', '.join(x['unreaped'])})" if x["unreaped"] else "")
     say(f"      CPU = getrusage(children) {x['cpu_rusage_s']:.2f} s (user {x['cpu_user_s']:.2f} + "
         f"sys {x['cpu_sys_s']:.2f}){missed}; psutil tree samples {x['cpu_sampled_s']:.2f} s "
         f"({by_kind}; {x['tree_samples']} samples; a lower bound) -> "
         f"{r.cpu_s - x['cpu_sampled_s']:+.2f} s after the last samples")
-    if r.cpu_s < 0.98 * x["cpu_sampled_s"] or "worker" in x["survivors"]:
+    if r.cpu_s < 0.98 * x["cpu_sampled_s"] or "worker" in x["survivors"]:  # outlived pqb
         say("      WARNING: the CPU figure misses part of the process tree (getrusage saw less "
             "than the samples, or a worker outlived pqb)")
 
@@ -443,10 +453,13 @@ def summarise_density(d: Density, *, main_w: int, workers: list[int], n_scenes: 
         # with the threaded engine the worker lives in the pqb process: its RSS is the worker's
         "peak_rss_worker": {engine_key(w): max((v for r in d.runs[engine_key(w)]
                                                 for v in (r.extra["peak_rss_workers"]
-                                                          if ENGINE_MODE == "processes"
+                                                          if r.extra["processes"]
                                                           else [r.extra["peak_rss_main"]])),
                                                default=0)
                             for w in workers},
+        "worker_processes": {engine_key(w): sorted({r.extra["processes"]
+                                                    for r in d.runs[engine_key(w)]})
+                             for w in workers},
         "peak_rss_main": {engine_key(w): max(r.extra["peak_rss_main"] for r in d.runs[engine_key(w)])
                           for w in workers},
         "cpu_sampled_s": med_extra(eng, "cpu_sampled_s"),
@@ -631,8 +644,10 @@ def evaluate_targets(summ: dict[int, dict[str, Any]]) -> list[TargetRow]:
                                   f"{ceiling:.2f}x", "(the machine's ceiling)", None, ceiling))
     for n in counts:
         peak = max(summ[n]["engine"]["peak_rss_worker"].values(), default=0)
+        procs = {p for v in summ[n]["engine"]["worker_processes"].values() for p in v}
         rows.append(TargetRow(f"{n:,} fields: peak RSS per worker (all runs"
-                              + ("" if ENGINE_MODE == "processes" else "; the pqb process") + ")",
+                              + ("" if procs == {True} else "; the pqb process" if procs == {False}
+                                 else "; worker processes, or the pqb process") + ")",
                               f"{peak / MB:.0f} MB", f"<= {TARGET_MEMORY / GB:g} GB",
                               peak <= TARGET_MEMORY if peak else None, peak))
     label = f"{name(large, LARGE) if large else f'{LARGE:,} fields'}: pairs per task"
@@ -689,9 +704,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--workers", type=lambda t: parse_counts(t, "--workers"),
                     default=[1, 2], help="engine worker counts (default 1,2); ratios use the "
                     "largest")
-    ap.add_argument("--engine-mode", choices=("threads", "processes"), default="threads",
-                    help="the engine's LocalCluster: W threads of one process (the embedded "
-                    "default) or W single-thread worker processes")
+    ap.add_argument("--engine-mode", choices=("auto", "threads", "processes"), default="auto",
+                    help="the engine's LocalCluster: the embedded default (W threads; the "
+                    "engine picks threads of one process or worker processes by the job's "
+                    "size), or forced to W threads of one process, or W single-thread "
+                    "worker processes")
     ap.add_argument("--unpinned", action="store_true",
                     help="do not pin a W-worker engine run to W cores (by default a run with "
                     "fewer workers than cores runs on that many cores only, so 1 -> 2 "

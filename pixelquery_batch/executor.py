@@ -11,6 +11,7 @@ distributed runs are compared with in tests.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -22,7 +23,8 @@ from .errors import ConfigError, TaskError
 from .planner import Plan, WorkUnit
 from .tasks import JobContext, UnitResult, run_unit
 
-__all__ = ["ClientStarter", "ClusterOptions", "ExecutionSummary", "execute", "open_client"]
+__all__ = ["ClientStarter", "ClusterOptions", "ExecutionSummary", "choose_processes", "execute",
+           "open_client"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ class ClusterOptions:
     threads_per_worker: int | None = None  # None: one per CPU core
     memory_limit: str = "auto"
     dashboard: bool = True
-    processes: bool = False
+    processes: bool | str = False  # or "auto": see :func:`choose_processes`
     slurm: Any = None  # SlurmClusterSpec: workers as SLURM jobs (dask-jobqueue)
     kubernetes: Any = None  # KubernetesClusterSpec: a KubeCluster (dask-kubernetes)
 
@@ -126,6 +128,7 @@ def _connect(options: ClusterOptions) -> tuple[Any, Any]:
     """A connected ``distributed.Client`` and the LocalCluster it started (or ``None``)."""
     from distributed import Client, LocalCluster
 
+    options = choose_processes(options, None, None)  # "auto" of unknown size: threads
     if options.address:
         try:
             return Client(options.address, timeout="20s", set_as_default=True), None
@@ -160,6 +163,40 @@ def _connect(options: ClusterOptions) -> tuple[Any, Any]:
     # not to; remember what the spec asked for, so no link is announced
     client.pqb_dashboard = options.dashboard
     return client, cluster
+
+
+#: Field-scene pairs from which ``processes: auto`` starts worker processes.
+AUTO_PROCESSES_PAIRS = 1_000_000
+
+
+def choose_processes(options: ClusterOptions, n_fields: int | None,
+                     n_scenes: int | None) -> ClusterOptions:
+    """Resolve ``processes="auto"``: threads of this process for jobs under
+    :data:`AUTO_PROCESSES_PAIRS` field-scene pairs (or of unknown size), else one
+    single-thread worker process per thread asked for.
+
+    Threads start at once and share one cache of field pixels; worker processes start in
+    ~1.5 s (while the job is prepared) but share no GIL, and each holds only its strips
+    of fields. Measured on 2 cores, 12 scenes: 20,000 and 50,000 fields, threads 0.5-0.6 s
+    sooner end to end; 100,000 fields (1.2 M pairs), the same wall time, execution
+    3.6-3.8 s instead of 4.2-4.4 s, each worker under 0.5 GB where the threaded process
+    peaks at 1.1-1.2 GB.
+
+    >>> o = ClusterOptions(n_workers=1, threads_per_worker=2, processes="auto")
+    >>> big = choose_processes(o, 100_000, 12)
+    >>> big.processes, big.n_workers, big.threads_per_worker
+    (True, 2, 1)
+    >>> choose_processes(o, 20_000, 12).processes, choose_processes(o, None, 12).processes
+    (False, False)
+    """
+    if options.processes != "auto":
+        return options
+    threads = options.n_workers * options.threads
+    pairs = (n_fields or 0) * (n_scenes or 0)
+    if threads >= 2 and pairs >= AUTO_PROCESSES_PAIRS:
+        return dataclasses.replace(options, processes=True, n_workers=threads,
+                                   threads_per_worker=1)
+    return dataclasses.replace(options, processes=False)
 
 
 def _start_method(options: ClusterOptions) -> dict[str, str]:
@@ -207,10 +244,20 @@ class ClientStarter:
     The client goes on reading the catalog, loading fields and planning meanwhile; the
     workers import the task modules at the same time (instead of when the first unit
     arrives). :meth:`client` waits for it; :meth:`close` shuts down what was started.
+
+    With ``processes="auto"`` the thread first sizes the job: ``count_fields`` (run on
+    it, e.g. the feature count in the fields file's header) and the number of scenes,
+    which the caller reports with :meth:`scenes_found` once the catalog is searched;
+    :attr:`options` then holds the cluster's resolved shape.
     """
 
-    def __init__(self, options: ClusterOptions) -> None:
+    def __init__(self, options: ClusterOptions, *,
+                 count_fields: Callable[[], int | None] | None = None) -> None:
         self._options = options
+        self.options = options  # resolved (processes True/False) once started
+        self._count_fields = count_fields
+        self._n_scenes: int | None = None
+        self._sized = threading.Event()
         self._client: Any = None
         self._cluster: Any = None
         self._error: BaseException | None = None
@@ -225,15 +272,31 @@ class ClientStarter:
         from .tasks import warm_worker
 
         try:
-            self._client, self._cluster = _connect(self._options)
+            options = self._options
+            if options.processes == "auto":
+                n_fields = _quietly(self._count_fields)
+                self._sized.wait(timeout=60)  # the catalog search: well under a second
+                options = choose_processes(options, n_fields, self._n_scenes)
+                self.options = options
+                if options.processes:
+                    logger.info("starting %d single-thread worker processes (processes: auto, "
+                                "%s fields x %s scenes)", options.n_workers, n_fields,
+                                self._n_scenes)
+            self._client, self._cluster = _connect(options)
             self.start_s = time.perf_counter() - self._t0
             self._client.run(warm_worker)
             self.ready_at = time.time()
         except BaseException as exc:  # re-raised on the caller's thread by client()
             self._error = exc
 
+    def scenes_found(self, n_scenes: int) -> None:
+        """The job's scene count (sizes a ``processes="auto"`` cluster)."""
+        self._n_scenes = n_scenes
+        self._sized.set()
+
     def client(self) -> Any:
         """The connected ``distributed.Client`` (raises what starting it raised)."""
+        self._sized.set()  # sizes not reported by now: decide without them
         self._thread.join()
         if self._error is not None:
             raise self._error
@@ -241,6 +304,7 @@ class ClientStarter:
 
     def close(self) -> None:
         """Shut down what was started (waits for a :meth:`close_soon` under way)."""
+        self._sized.set()
         self._thread.join()
         if self._closing is not None:
             self._closing.join()
@@ -254,6 +318,7 @@ class ClientStarter:
 
         Stopping worker processes takes ~0.35 s of waiting on them; the client writes
         its manifest and report meanwhile."""
+        self._sized.set()
         self._thread.join()
         if self._client is None or self._closing is not None:
             return
@@ -267,6 +332,17 @@ class ClientStarter:
 
         self._closing = threading.Thread(target=stop, name="pqb-cluster-stop", daemon=True)
         self._closing.start()
+
+
+def _quietly(count: Callable[[], int | None] | None) -> int | None:
+    """``count()``, or ``None`` if there is none or it fails (the job's own reading of the
+    file reports the problem)."""
+    if count is None:
+        return None
+    try:
+        return count()
+    except Exception:
+        return None
 
 
 def _unit_failed(summary: ExecutionSummary, unit: WorkUnit, exc: BaseException,

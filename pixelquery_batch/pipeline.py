@@ -193,11 +193,13 @@ def _load_points_file(path: str, id_column: str, layer: str | None) -> Any:
     return out.sort_values("field_id", kind="stable").reset_index(drop=True)
 
 
-def prepare_job(spec: str | os.PathLike[str] | Any, *, check_only: bool = False) -> PreparedJob:
+def prepare_job(spec: str | os.PathLike[str] | Any, *, check_only: bool = False,
+                on_scenes: Callable[[int], None] | None = None) -> PreparedJob:
     """Resolve a job spec: snapshot, matched scenes, fields, points, regions, bands.
 
     With ``check_only`` the consistency problems (bands missing from scenes, empty time
-    window) are collected in ``problems`` instead of raised.
+    window) are collected in ``problems`` instead of raised. ``on_scenes`` is told the
+    number of matched scenes as soon as the catalog is searched.
     """
     from .config import load_storage_profile
     from .fields import load_fields
@@ -208,6 +210,8 @@ def prepare_job(spec: str | os.PathLike[str] | Any, *, check_only: bool = False)
     sc = spec.scenes
     scenes = ref.catalog().search(start=sc.start, end=sc.end, product=sc.product,
                                   max_cloud=sc.max_cloud, scene_ids=sc.ids)
+    if on_scenes is not None:
+        on_scenes(len(scenes))
     problems: list[str] = []
     if sc.ids:
         unknown = sorted(set(sc.ids) - set(scenes.ids))
@@ -383,6 +387,14 @@ def _client_for(cluster: Any) -> Iterator[Any]:
         yield cluster  # "sync" or an existing Client
 
 
+def _cluster_record(options: Any, asked: Any) -> dict[str, Any]:
+    """The manifest's record of the cluster a run started or joined."""
+    if options.address or options.slurm is not None or options.kubernetes is not None:
+        return {"address": options.address, "deployed": options.address is None}
+    return {"processes": bool(options.processes), "n_workers": options.n_workers,
+            "threads_per_worker": options.threads, "chosen": asked.processes == "auto"}
+
+
 def _cluster_options(spec: Any, cluster: Any) -> Any:
     from .executor import ClusterOptions
 
@@ -436,6 +448,7 @@ def run_job(
 
     from . import __version__
     from .executor import ClientStarter, ClusterOptions, ExecutionSummary
+    from .fields import count_features
     from .gather import use_jemalloc_for_arrow
     from .incremental import field_hashes, load_state
     from .planner import restrict_plan
@@ -453,9 +466,12 @@ def run_job(
                         cluster.slurm.jobs * cluster.slurm.cores if cluster.slurm else
                         cluster.kubernetes.n_workers * 2 if cluster.kubernetes else
                         cluster.n_workers * cluster.threads)
-        cluster = ClientStarter(cluster)
+        fields = spec.fields
+        cluster = ClientStarter(cluster, count_fields=None if fields is None else (
+            lambda: count_features(fields.path, layer=fields.layer)))
     try:
-        job = prepare_job(spec)
+        job = prepare_job(spec, on_scenes=cluster.scenes_found
+                          if isinstance(cluster, ClientStarter) else None)
         spec = job.spec
         out = output_location(spec, job.ref.profile)
         result_hash = spec.result_hash()
@@ -533,6 +549,7 @@ def run_job(
             with _client_for(cluster) as client:
                 if isinstance(cluster, ClientStarter):
                     ready_at = cluster.ready_at
+                    manifest["cluster"] = _cluster_record(cluster.options, spec.cluster)
                 io_before = _io_counters(client)
                 sink = output_sink(client, stage)
                 manifest["output"] = {"location": out.display(),

@@ -86,3 +86,25 @@ def test_sub_pixel_field_gives_count_zero_and_a_warning(tmp_path: Path, sample_s
     spec = write_spec(tmp_path, repo=sample_repo, fields=path, pixels="all_touched")
     df = read_table(run_job(spec, cluster="sync").outputs["stats"], None)
     assert (df["pixel_count"] == 1).all()
+
+
+@pytest.mark.parametrize("name", ["f.geojson", "f.gpkg", "f.fgb", "f.parquet", "f.shp"])
+def test_count_features_sizes_any_format(name, tmp_path) -> None:
+    from pixelquery_batch.fields import count_features
+
+    gdf = gpd.GeoDataFrame({"id": [f"a{i}" for i in range(7)]},
+                           geometry=[box(i, 0, i + 1, 1) for i in range(7)], crs="EPSG:32633")
+    path = tmp_path / name
+    if name.endswith(".parquet"):
+        gdf.to_parquet(path)
+    else:
+        gdf.to_file(path)
+    assert count_features(path) == len(load_fields(path)) == 7
+
+
+def test_count_features_cannot_tell(tmp_path) -> None:
+    from pixelquery_batch.fields import count_features
+
+    assert count_features(tmp_path / "missing.gpkg") is None
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet")
+    assert count_features(tmp_path / "bad.parquet") is None

@@ -211,6 +211,40 @@ def test_embedded_default_threads_match_sync(sync_run, sample_small, sample_repo
     pd.testing.assert_frame_equal(read_stats(result.outputs["stats"]), read_stats(sync_run.outputs["stats"]))
 
 
+@pytest.mark.parametrize("threshold", [1, 10**12])
+def test_processes_auto_sizes_the_cluster(threshold, monkeypatch, sync_run, sample_small, sample_repo,
+                                          tmp_path) -> None:
+    """The embedded default (``processes: auto``) starts single-thread worker processes
+    for jobs of at least ``AUTO_PROCESSES_PAIRS`` field-scene pairs, else threads of this
+    process; the manifest records the choice; the table is the same either way."""
+    from pixelquery_batch import executor
+
+    monkeypatch.setattr(executor, "AUTO_PROCESSES_PAIRS", threshold)
+    spec = write_spec(tmp_path, repo=sample_repo, fields=sample_small.fields_path,
+                      cluster={"n_workers": 1, "threads_per_worker": 2, "dashboard": False})
+    result = run_job(spec)
+    big = threshold == 1
+    assert result.manifest["cluster"] == {"processes": big, "n_workers": 2 if big else 1,
+                                          "threads_per_worker": 1 if big else 2, "chosen": True}
+    assert result.manifest["execution"]["workers"] == (2 if big else 1)
+    assert result.manifest["execution"]["scheduler"].startswith("tcp://" if big else "inproc://")
+    pd.testing.assert_frame_equal(read_stats(result.outputs["stats"]), read_stats(sync_run.outputs["stats"]))
+
+
+def test_choose_processes_keeps_what_the_spec_says() -> None:
+    from pixelquery_batch.executor import ClusterOptions, choose_processes
+
+    auto = ClusterOptions(n_workers=2, threads_per_worker=3, processes="auto")
+    assert choose_processes(auto, 10**6, 1) == ClusterOptions(n_workers=6, threads_per_worker=1,
+                                                              processes=True)
+    assert choose_processes(auto, 10**6 - 1, 1).processes is False  # below the threshold
+    one = ClusterOptions(n_workers=1, threads_per_worker=1, processes="auto")
+    assert choose_processes(one, 10**9, 10).processes is False  # one thread: nothing to share
+    for given in (True, False):
+        opts = ClusterOptions(n_workers=1, threads_per_worker=2, processes=given)
+        assert choose_processes(opts, 10**9, 10) is opts
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -90,7 +90,7 @@ def test_defaults_and_relative_dirs(tmp_path):
     assert spec.masks.nodata is True
     assert spec.masks.cloud == "auto"
     assert spec.outputs.stats == StatsOutput(format="parquet")
-    assert (spec.cluster.n_workers, spec.cluster.threads_per_worker, spec.cluster.processes) == (1, None, False)
+    assert (spec.cluster.n_workers, spec.cluster.threads_per_worker, spec.cluster.processes) == (1, None, "auto")
     assert spec.cluster.address is None
     assert spec.on_error == "skip"
     assert spec.scenes.start is None
