@@ -183,7 +183,8 @@ def test_segment_sums_equal_per_field_sums_with_empty_fields(counts: list[int]) 
 
 def test_pixel_cache_drops_older_sets_over_its_byte_budget(monkeypatch) -> None:
     """A worker moving on to the next strip of fields drops the last strip's cached pixels
-    once together they exceed the budget (the newest is always kept); ``nbytes`` counts
+    when a set as large would not fit beside them in the budget, before building the next
+    one (the newest is always kept); ``nbytes`` counts
     the arrays a set holds, derived ones included; ``release_memory`` empties the cache."""
     from pixelquery_batch import gather
 
@@ -195,8 +196,14 @@ def test_pixel_cache_drops_older_sets_over_its_byte_budget(monkeypatch) -> None:
     assert a.nbytes > own  # the size buckets derived since
     monkeypatch.setattr(gather, "_CACHE_BYTES", a.nbytes + 1)
     assert field_pixels(_fields(200, seed=1), T, (2000, 2000), "centre", key="strip-a") is a
+    cached_at_build: list[int] = []
+    build = gather._build
+    monkeypatch.setattr(gather, "_build", lambda *a, **k: (cached_at_build.append(len(gather._CACHE)),
+                                                           build(*a, **k))[1])
     b = field_pixels(_fields(200, seed=2), T, (2000, 2000), "centre", key="strip-b")
     assert list(gather._CACHE.values()) == [b]  # a + b over the budget: a dropped
+    assert cached_at_build == [0]  # ... before b was built: never both held at once
+    monkeypatch.setattr(gather, "_build", build)
     again = field_pixels(_fields(200, seed=1), T, (2000, 2000), "centre", key="strip-a")
     assert again is not a and np.array_equal(again.rows, a.rows)  # rebuilt, same pixels
     monkeypatch.setattr(gather, "_CACHE_BYTES", 1 << 40)
