@@ -507,11 +507,9 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
     TaskError
         With ``on_error: fail``, on the first failing field or scene (ids attached).
     """
-    from .gather import field_pixels, trim_heap, tune_allocator
+    from .gather import field_pixels, tune_allocator
 
     tune_allocator()
-    if _worker_threads() == 1:  # alone on this worker: the last unit's garbage goes back
-        trim_heap()
     if _TEST_DELAY_S:  # fault-injection hook of the kill tests: slow units down
         time.sleep(_TEST_DELAY_S)
     started_at = time.time()
