@@ -273,7 +273,9 @@ class ClientStarter:
 
         try:
             options = self._options
-            if options.processes == "auto":
+            local = not (options.address or options.slurm is not None
+                         or options.kubernetes is not None)
+            if options.processes == "auto" and local:  # a LocalCluster: size it first
                 n_fields = _quietly(self._count_fields)
                 self._sized.wait(timeout=60)  # the catalog search: well under a second
                 options = choose_processes(options, n_fields, self._n_scenes)
