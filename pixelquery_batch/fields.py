@@ -55,13 +55,32 @@ def count_features(path: str | os.PathLike[str], *, layer: str | None = None) ->
 
             return int(pq.ParquetFile(p).metadata.num_rows)
         if suffix in (".geojson", ".json"):
-            return p.read_bytes().count(b'"Feature"')
+            return _count_in_file(p, b'"Feature"')
         import pyogrio
 
         n = int(pyogrio.read_info(p, layer=layer)["features"])
     except Exception:  # load_fields reports what is wrong with the file
         return None
     return n if n >= 0 else None
+
+
+def _count_in_file(path: Path, needle: bytes, block: int = 16 << 20) -> int:
+    """Occurrences of ``needle`` in a file, read a block at a time.
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "x"
+    >>> _ = p.write_bytes(b'"Feature""Feature"x"Feature"')
+    >>> [_count_in_file(p, b'"Feature"', block=n) for n in (1, 4, 9, 10, 100)]
+    [3, 3, 3, 3, 3]
+    """
+    count, tail = 0, b""
+    with open(path, "rb") as f:
+        while data := f.read(block):
+            buf = tail + data
+            count += buf.count(needle)
+            # keep what could start a match cut by the block's end (never a whole match)
+            tail = buf[-(len(needle) - 1):] if len(needle) > 1 else b""
+    return count
 
 
 def load_fields(
