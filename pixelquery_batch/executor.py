@@ -46,6 +46,11 @@ class ClusterOptions:
     kubernetes: Any = None  # KubernetesClusterSpec: a KubeCluster (dask-kubernetes)
 
     @property
+    def local(self) -> bool:
+        """Whether these options start a LocalCluster (not an address, SLURM or Kubernetes)."""
+        return not (self.address or self.slurm is not None or self.kubernetes is not None)
+
+    @property
     def threads(self) -> int:
         """Threads per worker, with ``None`` resolved to the CPU count."""
         import os
@@ -136,7 +141,7 @@ def _connect(options: ClusterOptions) -> tuple[Any, Any]:
             raise ConfigError(f"cannot connect to the Dask scheduler at {options.address}: {exc}",
                               hint="check cluster.address / --cluster and that the scheduler runs",
                               address=options.address) from exc
-    if options.slurm is not None or options.kubernetes is not None:
+    if not options.local:
         return _connect_deployed(options)
     import dask
 
@@ -273,9 +278,7 @@ class ClientStarter:
 
         try:
             options = self._options
-            local = not (options.address or options.slurm is not None
-                         or options.kubernetes is not None)
-            if options.processes == "auto" and local:  # a LocalCluster: size it first
+            if options.processes == "auto" and options.local:  # size a LocalCluster first
                 n_fields = _quietly(self._count_fields)
                 self._sized.wait(timeout=60)  # the catalog search: well under a second
                 options = choose_processes(options, n_fields, self._n_scenes)
@@ -296,35 +299,45 @@ class ClientStarter:
         self._n_scenes = n_scenes
         self._sized.set()
 
+    def _join_start(self) -> None:
+        """Wait for the start (sizes not reported by now: decided without them)."""
+        self._sized.set()
+        self._thread.join()
+
+    def _take(self) -> tuple[Any, Any] | None:
+        """The client and cluster to shut down, once (``None``: nothing or done)."""
+        if self._client is None:
+            return None
+        taken, self._client, self._cluster = (self._client, self._cluster), None, None
+        return taken
+
     def client(self) -> Any:
         """The connected ``distributed.Client`` (raises what starting it raised)."""
-        self._sized.set()  # sizes not reported by now: decide without them
-        self._thread.join()
+        self._join_start()
         if self._error is not None:
             raise self._error
         return self._client
 
     def close(self) -> None:
         """Shut down what was started (waits for a :meth:`close_soon` under way)."""
-        self._sized.set()
-        self._thread.join()
+        self._join_start()
         if self._closing is not None:
             self._closing.join()
             self._closing = None
-        if self._client is not None:
-            client, cluster, self._client, self._cluster = self._client, self._cluster, None, None
-            _disconnect(client, cluster)
+        taken = self._take()
+        if taken is not None:
+            _disconnect(*taken)
 
     def close_soon(self) -> None:
         """Start shutting down in the background (:meth:`close` waits for the end).
 
         Stopping worker processes takes ~0.35 s of waiting on them; the client writes
         its manifest and report meanwhile."""
-        self._sized.set()
-        self._thread.join()
-        if self._client is None or self._closing is not None:
+        self._join_start()
+        taken = self._take()
+        if taken is None:
             return
-        client, cluster, self._client, self._cluster = self._client, self._cluster, None, None
+        client, cluster = taken
 
         def stop() -> None:
             try:

@@ -389,7 +389,7 @@ def _client_for(cluster: Any) -> Iterator[Any]:
 
 def _cluster_record(options: Any, asked: Any) -> dict[str, Any]:
     """The manifest's record of the cluster a run started or joined."""
-    if options.address or options.slurm is not None or options.kubernetes is not None:
+    if not options.local:
         return {"address": options.address, "deployed": options.address is None}
     return {"processes": bool(options.processes), "n_workers": options.n_workers,
             "threads_per_worker": options.threads, "chosen": asked.processes == "auto"}
