@@ -182,7 +182,7 @@ def choose_processes(options: ClusterOptions, n_fields: int | None,
 
     Threads start at once and share one cache of field pixels; worker processes start in
     ~1.5 s (while the job is prepared) but share no GIL, and each holds only its strips
-    of fields. Measured on 2 cores, 12 scenes: 20,000 and 50,000 fields, threads 0.5-0.6 s
+    of fields. Measured by hand on 2 cores, 12 scenes: 20,000 and 50,000 fields, threads 0.5-0.6 s
     sooner end to end; 100,000 fields (1.2 M pairs), the same wall time, execution
     3.6-3.8 s instead of 4.2-4.4 s, each worker under 0.5 GB where the threaded process
     peaks at 1.1-1.2 GB.
@@ -210,7 +210,7 @@ def _start_method(options: ClusterOptions) -> dict[str, str]:
     default ``spawn``.
 
     Spawned workers each import everything again while the client reads the fields
-    and plans on the same cores. Measured on 2 cores, 100,000 fields x 12 scenes, two
+    and plans on the same cores. Measured by hand on 2 cores, 100,000 fields x 12 scenes, two
     worker processes, three runs each: execution 3.81-4.19 s spawned, 3.58-3.64 s
     forked from the server (the units themselves took 7.4-8.0 s of worker time
     against 7.0-7.1 s); the whole run 9.65-9.98 s against 8.88-9.36 s. Nothing that

@@ -259,7 +259,7 @@ _CACHE_SIZE = 4
 #: hold more than this, and before a new set is built while one as large as the largest
 #: would not fit beside them: a worker moving on to the next strip of fields frees the last
 #: one's (~130 MB for 50,000 fields) instead of holding both at once or carrying it to
-#: the end of the run, and hands glibc's free pages back to the OS then (one thread,
+#: the end of the run, and hands glibc's free pages back to the OS then (by hand, one thread,
 #: 100,000 fields: peak RSS 0.98-1.03 -> 0.95-0.99 GB, and 0.85-0.86 GB with the trim;
 #: trimming as every unit starts instead cost worker processes, which keep their strip,
 #: 2-3 % of their time in page faults).

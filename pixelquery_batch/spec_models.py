@@ -628,7 +628,7 @@ class ClusterSpec(BaseModel):
         "no GIL shared, a memory limit enforced per worker, each holding only its strips "
         "of fields). `auto` (the default): threads for jobs under 1,000,000 field-scene "
         "pairs, else as many single-thread worker processes as the threads asked for. "
-        "Measured on 2 cores with 12 scenes: 100,000 fields, the same wall time, "
+        "Measured by hand on 2 cores with 12 scenes: 100,000 fields, the same wall time, "
         "execution 3.6-3.8 s instead of 4.2-4.4 s, under 0.5 GB per worker where the "
         "threaded process peaks at 1.1-1.2 GB; 20,000 and 50,000 fields, threads 0.5-0.6 s "
         "sooner (worker start-up).",
