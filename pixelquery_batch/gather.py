@@ -377,11 +377,12 @@ def _centre_parallel(fields: FieldBlock, windows: np.ndarray, transform: tuple[f
 def _pixels(ids: tuple[str, ...], counts: np.ndarray, rows: np.ndarray, cols: np.ndarray,
             shape_yx: tuple[int, int], weights: np.ndarray | None,
             failed: dict[str, str]) -> FieldPixels:
-    rows = np.asarray(rows, dtype=np.int64)
-    cols = np.asarray(cols, dtype=np.int64)
-    if len(rows) and max(abs(int(rows.min())), int(rows.max()), abs(int(cols.min())),
-                         int(cols.max())) < 2**31:
-        rows, cols = rows.astype(np.int32), cols.astype(np.int32)
+    rows, cols = np.asarray(rows), np.asarray(cols)
+    if rows.dtype != np.int32 or cols.dtype != np.int32:  # int32 where the grid allows
+        rows, cols = rows.astype(np.int64, copy=False), cols.astype(np.int64, copy=False)
+        if len(rows) and max(abs(int(rows.min())), int(rows.max()), abs(int(cols.min())),
+                             int(cols.max())) < 2**31:
+            rows, cols = rows.astype(np.int32), cols.astype(np.int32)
     inside = (rows >= 0) & (rows < shape_yx[0]) & (cols >= 0) & (cols < shape_yx[1])
     return FieldPixels(field_ids=ids, segments=Segments.from_counts(counts), rows=rows,
                        cols=cols, inside=inside, weights=weights, failed=failed)

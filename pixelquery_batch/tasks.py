@@ -661,12 +661,16 @@ def _group_pixels() -> int:
 
     A worker running one unit at a time (a worker process, or ``sync``) works in groups
     whose temporaries stay in the core's cache: 128 Ki pixels (1 MB per float64 array).
-    Threads sharing one worker take 1 Mi: smaller groups mean more numpy calls, and each
-    call's return waits for the GIL while the other threads hold it. Measured by hand on
-    100,000 fields x 12 scenes, execution phase: two worker processes 4.2 -> 3.7 s, one
-    thread 7.2 -> 7.0 s; two threads 4.05 s with 1 Mi, 4.2-4.5 s with 128 Ki.
+    Threads sharing one worker take 256 Ki: fewer numpy calls, each of whose returns
+    waits for the GIL while another thread holds it, and temporaries (2 MB per array)
+    that still fit the shared L3 cache for two threads, where 1 Mi (8 MB) spilled it.
+    Measured by hand, execution phase: 100,000 fields x 12 scenes, two worker processes
+    4.2 -> 3.7 s, one thread 7.2 -> 7.0 s (from 1 Mi); two threads, 4 runs each at
+    20,000 fields: 1.87-2.05 s and 3.50-3.81 s of CPU with 1 Mi, 1.80-1.96 s and
+    3.37-3.61 s with 256 Ki (at 100,000 fields 3.92-4.29 vs 3.94-4.17 s; at 2,000 fields
+    1.44-1.46 vs 1.41-1.43 s).
     """
-    return 1 << 17 if _worker_threads() == 1 else 1 << 20
+    return 1 << 17 if _worker_threads() == 1 else 1 << 18
 
 
 def _worker_threads() -> int:

@@ -56,6 +56,30 @@ def test_parallel_batched_centre_pixels_equal_the_per_field_rasteriser() -> None
     assert (~pix.inside).any() and pix.inside.any()
 
 
+def test_batched_centre_pixels_on_scan_lines_with_large_windows() -> None:
+    """Boxes whose horizontal edges lie exactly on pixel-centre lines (GDAL fills those
+    that run towards -x) beside windows of 50,000 x 50,000 px: the batch packs (field,
+    row, col) into one integer key, (2 * 50,001 + r) * 50,001 + c for the third field,
+    past int32 while the pixel arrays themselves are int32."""
+    from pixelquery_batch.rasterize import centre_pixels_batch
+
+    t = (10.0, 0.0, 0.0, 0.0, -10.0, 100000.0)
+    on_lines = box(20.0, 100000.0 - 10 * 6.5, 70.0, 100000.0 - 10 * 2.5)  # y = 2.5 .. 6.5 px
+    geoms = [box(10.0, 99990.0, 20.0, 99980.0), on_lines, on_lines]
+    windows = np.array([[0, 0, 50000, 50000], [0, 0, 50000, 50000], [1, 1, 8, 8]])
+    counts, rows, cols = centre_pixels_batch(geoms, windows, t)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    for k, (geom, win) in enumerate(zip(geoms, windows, strict=True)):
+        if win[2] > 100:  # the per-field rasteriser would allocate the whole window
+            continue
+        w = geometry_weights(geom, t, tuple(int(v) for v in win), "centre")
+        rr, cc = np.nonzero(w > 0)
+        assert counts[k] == len(rr) > 0
+        assert np.array_equal(rows[starts[k]:starts[k + 1]], rr + win[0])
+        assert np.array_equal(cols[starts[k]:starts[k + 1]], cc + win[1])
+    assert counts[1] == counts[2]  # the same box, in a large and in a small window
+
+
 def test_field_pixels_are_cached_by_key_and_a_bad_geometry_is_isolated() -> None:
     fields = _fields(50, seed=1)
     a = field_pixels(fields, T, (2000, 2000), "centre", key="k1")
