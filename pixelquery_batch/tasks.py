@@ -532,7 +532,8 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
         info["traceback"] = "".join(traceback.format_exception(exc))[-2000:]
         failures.append(info)
 
-    pix = field_pixels(unit.fields, unit.transform, unit.shape_yx, ctx.rule, key=unit.fields_key)
+    pix = field_pixels(unit.fields, unit.transform, unit.shape_yx, ctx.rule, key=unit.fields_key,
+                       threads=_worker_threads())
     for fid, err in pix.failed.items():
         fail(ValueError(err), scene_id=None, field_id=fid)
     counts = pix.segments.counts
@@ -884,7 +885,7 @@ def run_rollup_unit(unit: Any, rctx: RollupContext, reader: ChunkReader | None =
     digest = hashlib.sha256(repr((window, tiling)).encode()
                             + b"".join(p.wkb for p in unit.regions))
     pix = field_pixels(parts, unit.transform, unit.shape_yx, "centre",
-                       key=f"rollup-{digest.hexdigest()[:24]}")
+                       key=f"rollup-{digest.hexdigest()[:24]}", threads=_worker_threads())
     work = (unit.transform, unit.shape_yx)
     starts = pix.segments.starts
     period_of = dict(unit.periods)

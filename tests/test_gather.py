@@ -42,7 +42,7 @@ def test_parallel_batched_centre_pixels_equal_the_per_field_rasteriser() -> None
     """9,000 fields take the threaded batched path; every field gets exactly the pixels of
     the per-field rasteriser (itself checked against GDAL in test_rasterize_stats)."""
     fields = _fields(9000)
-    pix = _build(fields, T, (2000, 2000), "centre")
+    pix = _build(fields, T, (2000, 2000), "centre", threads=2)
     starts = pix.segments.starts
     assert pix.field_ids == tuple(f.field_id for f in fields) and not pix.failed
     for k in range(0, len(fields), 7):
