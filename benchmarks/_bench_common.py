@@ -391,7 +391,7 @@ def cluster_options(spec_path: Path) -> Any:
 
     c = load_job(spec_path).cluster
     return ClusterOptions(address=c.address, n_workers=c.n_workers,
-                          threads_per_worker=c.threads_per_worker,
+                          threads_per_worker=c.threads_per_worker, processes=c.processes,
                           memory_limit=c.memory_limit, dashboard=c.dashboard)
 
 
