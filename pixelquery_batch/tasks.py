@@ -532,8 +532,9 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
         info["traceback"] = "".join(traceback.format_exception(exc))[-2000:]
         failures.append(info)
 
+    threads = _worker_threads()
     pix = field_pixels(unit.fields, unit.transform, unit.shape_yx, ctx.rule, key=unit.fields_key,
-                       threads=_worker_threads())
+                       threads=threads)
     for fid, err in pix.failed.items():
         fail(ValueError(err), scene_id=None, field_id=fid)
     counts = pix.segments.counts
@@ -548,7 +549,7 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
     files: list[tuple[str, bytes]] = []
     writes: list[tuple[str, Any]] = []  # pictures being written: (scene id, future)
 
-    groups = pix.groups(_group_pixels())
+    groups = pix.groups(_group_pixels(threads))
     days: dict[str, list[SceneTask]] = {}
     for scene in unit.scenes:
         days.setdefault(scene.day or scene.datetime[:10], []).append(scene)
@@ -559,7 +560,7 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
         with contextlib.suppress(Exception):  # each scene's own read reports its problem
             warm({(s.group, b.array) for s in unit.scenes
                   for b in _needed_bands(s, ctx).values()})
-    prefetch = _worker_threads() == 1
+    prefetch = threads == 1
     prefetched = _prefetch(reader, order[0] if order else None, ctx, work, pix) if prefetch else {}
 
     for day_scenes in days.values():
@@ -657,8 +658,8 @@ def _decode_bands(reader: ChunkReader, scene: SceneTask, bands: dict[str, BandIn
             for b in distinct]
 
 
-def _group_pixels() -> int:
-    """Pixels per group of fields computed together.
+def _group_pixels(threads: int) -> int:
+    """Pixels per group of fields computed together, on a worker with ``threads`` threads.
 
     A worker running one unit at a time (a worker process, or ``sync``) works in groups
     whose temporaries stay in the core's cache: 128 Ki pixels (1 MB per float64 array).
@@ -671,7 +672,7 @@ def _group_pixels() -> int:
     3.37-3.61 s with 256 Ki (at 100,000 fields 3.92-4.29 vs 3.94-4.17 s; at 2,000 fields
     1.44-1.46 vs 1.41-1.43 s).
     """
-    return 1 << 17 if _worker_threads() == 1 else 1 << 18
+    return 1 << 17 if threads == 1 else 1 << 18
 
 
 def _worker_threads() -> int:

@@ -57,7 +57,7 @@ def test_groups_of_a_few_fields_match_rasterio_reference(monkeypatch, sample_sma
     same exact statistics as the reference."""
     from pixelquery_batch import tasks
 
-    monkeypatch.setattr(tasks, "_group_pixels", lambda: 97)
+    monkeypatch.setattr(tasks, "_group_pixels", lambda threads: 97)
     spec = write_spec(tmp_path, repo=sample_repo, fields=sample_small.fields_path)
     result = run_job(spec, cluster="sync")
     assert_equal_to_reference(read_stats(result.outputs["stats"]), sample_small, "centre")
