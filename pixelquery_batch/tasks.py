@@ -229,9 +229,11 @@ def result_schema(stats: Sequence[str]) -> pa.Schema:
 def warm_worker() -> None:
     """Import what units need and tune the allocator (run on each worker at connect)."""
     import icechunk  # noqa: F401
+    import pyarrow.pandas_compat  # noqa: F401  (Arrow tables of the rows)
+    import tifffile  # noqa: F401  (tile index of local sources)
     import zarr  # noqa: F401
 
-    from . import gather, rasterize  # noqa: F401
+    from . import expr, gather, rasterize  # noqa: F401
     from ._logging import quiet_own_task_errors
     from .kernels import segments  # noqa: F401
 
