@@ -385,14 +385,12 @@ class RssSampler(BackgroundSampler):
 
 
 def cluster_options(spec_path: Path) -> Any:
-    """The spec's ``cluster`` section as executor options (what ``pqb run`` would start)."""
+    """The spec's ``cluster`` section as executor options (what ``pqb run`` would start:
+    the engine's own translation, so no setting of the spec is left out)."""
     from pixelquery_batch.api import load_job
-    from pixelquery_batch.executor import ClusterOptions
+    from pixelquery_batch.pipeline import _cluster_options
 
-    c = load_job(spec_path).cluster
-    return ClusterOptions(address=c.address, n_workers=c.n_workers,
-                          threads_per_worker=c.threads_per_worker, processes=c.processes,
-                          memory_limit=c.memory_limit, dashboard=c.dashboard)
+    return _cluster_options(load_job(spec_path), None)
 
 
 def time_cluster_start(opts: Any) -> tuple[float, float]:
