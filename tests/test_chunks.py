@@ -178,3 +178,43 @@ def test_in_place_reads_check_the_file_once_per_version(flavour_dir: Path, flavo
     copy.unlink()
     with pytest.raises(StorageError, match=rf"of {copy} failed: {copy} not found"):
         local.read([(0, 0)])
+
+
+def test_streamed_tiles_are_the_files_bytes_and_nested_streams_keep_their_own(
+        flavour_dir: Path, flavour_repo: Path, monkeypatch) -> None:
+    """A local source's tiles stream through a buffer the thread keeps: each item holds
+    the bytes at the offset and length the TIFF's own tags give (read here with plain
+    file I/O), a second stream opened while the first runs does not overwrite it, and a
+    read cut short fails naming the file."""
+    import tifffile
+
+    from pixelquery_batch.catalog import chunks as chunks_mod
+    from pixelquery_batch.errors import StorageError
+
+    ref = resolve_snapshot(flavour_repo)
+    scene = ref.catalog().get(f"uint16_deflate_pred2_{FLAVOUR_DATE}")
+    band = scene.bands[0]
+    reader = IcechunkChunkReader(ref.session())
+    plan = reader._plans_for({f"{scene.group}/{band.array}"})[f"{scene.group}/{band.array}"]
+    path = flavour_dir / f"uint16_deflate_pred2_{FLAVOUR_DATE}.tif"
+    local = chunks_mod._open_local_tiff(f"file://{path}", chunks_mod._fingerprint(f"file://{path}"), plan)
+    assert local is not None
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        across = -(-page.imagewidth // page.tilewidth)
+        offsets, counts = page.dataoffsets, page.databytecounts
+    with open(path, "rb") as fh:
+        def tile_bytes(i: int, j: int) -> bytes:
+            fh.seek(offsets[i * across + j])
+            return fh.read(counts[i * across + j])
+        chunks = [(0, 0), (0, 1), (1, 0)]
+        outer = local.stream(chunks)
+        first = next(outer)
+        inner = [bytes(v) for v in local.stream([(1, 0), (0, 1)])]  # runs while outer holds (0, 0)
+        assert bytes(first) == tile_bytes(0, 0)
+        assert inner == [tile_bytes(1, 0), tile_bytes(0, 1)]
+        assert [bytes(v) for v in outer] == [tile_bytes(0, 1), tile_bytes(1, 0)]
+        assert local.read(chunks) == [tile_bytes(i, j) for i, j in chunks]
+    monkeypatch.setattr(chunks_mod.os, "preadv", lambda fd, bufs, off: len(bufs[0]) - 1)
+    with pytest.raises(StorageError, match=rf"chunk \(0, 0\) of {path}: read \d+ of \d+ bytes"):
+        local.read([(0, 0)])

@@ -235,23 +235,61 @@ class _LocalTiff:
                 path=self.path)
         self._verified = ident
 
-    def read(self, chunks: Sequence[tuple[int, int]]) -> list[Any]:
+    def read(self, chunks: Sequence[tuple[int, int]]) -> list[bytes | None]:
         """Raw bytes of each chunk (``None`` for a sparse tile), after checking the file
         is still the one ingested."""
+        return [None if v is None else bytes(v) for v in self.stream(chunks)]
+
+    def stream(self, chunks: Sequence[tuple[int, int]]) -> Iterator[memoryview | None]:
+        """Each chunk's raw bytes in turn (``None`` for a sparse tile), after checking the
+        file is still the one ingested: a view into a buffer the calling thread keeps,
+        valid until the next item.
+
+        A new ``bytes`` object per tile (~400 kB on Sentinel-2-like scenes) costs fresh
+        pages: worker threads allocate from their own malloc arenas, which hand freed
+        pages back, and two threads faulting pages in at once contend in the kernel. By
+        hand, the tiles of 20,000 fields x 6 scenes, 2 bands: reading them 0.064 s on one
+        thread, no faster on two (twice the CPU); into a kept buffer 0.048 s, 1.7x on
+        two; read + libdeflate + predictor 1.28 -> 1.24 s on one thread and 0.73 -> 0.70 s
+        on two.
+        """
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
             raise self._gone(len(chunks)) from None
-        out: list[Any] = []
+        buf = getattr(_READ_BUFFER, "buf", None)
+        _READ_BUFFER.buf = None  # this stream's own while it runs (a nested one makes its own)
         try:
             self._check(fd, len(chunks))
             for i, j in chunks:
                 t = i * self.tiles_across + j
                 n = int(self.counts[t])
-                out.append(os.pread(fd, n, int(self.offsets[t])) if n else None)
+                if not n:
+                    yield None
+                    continue
+                if buf is None or len(buf) < n:
+                    buf = memoryview(bytearray(max(n, 1 << 20)))
+                got = os.preadv(fd, [buf[:n]], int(self.offsets[t]))
+                if got != n:
+                    raise StorageError(
+                        f"chunk {(i, j)} of {self.path}: read {got} of {n} bytes (the file "
+                        "was cut short since ingest)", hint="the source file may have "
+                        "changed since ingest: re-ingest it", path=self.path)
+                yield buf[:n]
         finally:
             os.close(fd)
-        return out
+            _READ_BUFFER.buf = buf
+
+
+_READ_BUFFER = threading.local()  # each thread's buffer of compressed tile bytes
+
+
+def _releasing(raws: list[Any]) -> Iterator[Any]:
+    """The items of ``raws`` in turn, each dropped from the list as it is handed over
+    (a compressed chunk is released once decoded)."""
+    for k in range(len(raws)):
+        raw, raws[k] = raws[k], None
+        yield raw
 
 
 def _fingerprint(url: str) -> str | None:
@@ -476,8 +514,9 @@ class IcechunkChunkReader:
             yield from self._tiles_via_zarr(plan, band, chunks, fill)
             return
         local = _local_tiff(band, plan) if self.direct_local else None
+        raws: Any
         if local is not None:  # a local source: straight from the file, no I/O runtime
-            raws = local.read(chunks)
+            raws = local.stream(chunks)
             keys = [band.source] * len(chunks)
         else:
             keys = self._tile_keys(plan, band, chunks)
@@ -488,8 +527,9 @@ class IcechunkChunkReader:
         self._count(len(chunks))
         tile = np.empty(plan.chunk_shape[-2:], plan.dtype)
         buf = tile.reshape(-1).view(np.uint8)
-        for k in range(len(raws)):
-            raw, raws[k] = raws[k], None  # release each compressed chunk once decoded
+        if isinstance(raws, list):
+            raws = _releasing(raws)
+        for k, raw in enumerate(raws):
             if raw is None:
                 tile[...] = fill
                 yield k, tile
