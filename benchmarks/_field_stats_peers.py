@@ -662,6 +662,44 @@ def prepare_floor(ids: list[str], bounds: np.ndarray, geoms_scene: list[dict[str
                      touched_tiles(wins[keep], grid), files)
 
 
+def _decode_scene(prep: FloorPrep, sid: str, bands: dict[str, np.ndarray], buf: np.ndarray,
+                  tile: np.ndarray) -> int:
+    """The floor's reading and decoding of one scene: every touched tile of red and nir
+    ``os.pread``, libdeflate into ``buf``, the predictor undone in place, pasted into
+    ``bands``. Returns the bytes read."""
+    import imagecodecs
+
+    grid = prep.grid
+    ty, tx = grid.tile_yx
+    _, ntx = grid.n_tiles_yx
+    h, w = grid.shape_yx
+    nbytes = 0
+    for band, arr in bands.items():
+        tf = prep.files[sid][band]
+        for tr, tc in prep.tiles:
+            i = tr * ntx + tc
+            count = int(tf.counts[i])
+            r0, c0 = tr * ty, tc * tx
+            r1, c1 = min(r0 + ty, h), min(c0 + tx, w)
+            if count == 0:  # sparse tile: nodata
+                arr[r0:r1, c0:c1] = 0
+                continue
+            raw = os.pread(tf.fd, count, int(tf.offsets[i]))
+            nbytes += count
+            imagecodecs.deflate_decode(raw, out=buf)
+            imagecodecs.delta_decode(tile, axis=-1, out=tile)
+            arr[r0:r1, c0:c1] = tile[: r1 - r0, : c1 - c0]
+    return nbytes
+
+
+def _decode_buffers(grid: Grid) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """The band arrays (allocated once) and the tile buffer the floor decodes into."""
+    ty, tx = grid.tile_yx
+    bands = {b: np.zeros(grid.shape_yx, np.uint16) for b in ("red", "nir")}
+    buf = np.empty(ty * tx * 2, np.uint8)
+    return bands, buf, buf.view("<u2").reshape(ty, tx)
+
+
 def run_floor(prep: FloorPrep, scene_ids: list[str]) -> PeerRun:
     """One thread: read exactly the touched tiles, libdeflate + predictor, numpy statistics.
 
@@ -671,15 +709,7 @@ def run_floor(prep: FloorPrep, scene_ids: list[str]) -> PeerRun:
     into a band array allocated once. Per field: the window slice, the prebuilt mask,
     NDVI with nodata masked, the same numpy statistics as the naive loop. No output file.
     """
-    import imagecodecs
-
-    grid = prep.grid
-    ty, tx = grid.tile_yx
-    _, ntx = grid.n_tiles_yx
-    h, w = grid.shape_yx
-    bands = {b: np.zeros(grid.shape_yx, np.uint16) for b in ("red", "nir")}
-    buf = np.empty(ty * tx * 2, np.uint8)
-    tile = buf.view("<u2").reshape(ty, tx)
+    bands, buf, tile = _decode_buffers(prep.grid)
     n = len(prep.field_ids)
     values = np.empty((n * len(scene_ids), len(STATS)), np.float64)
     wins = prep.windows.tolist()
@@ -688,21 +718,7 @@ def run_floor(prep: FloorPrep, scene_ids: list[str]) -> PeerRun:
     with Stopwatch() as sw:
         for si, sid in enumerate(scene_ids):
             w0, c0_ = time.perf_counter(), time.thread_time()
-            for band, arr in bands.items():
-                tf = prep.files[sid][band]
-                for tr, tc in prep.tiles:
-                    i = tr * ntx + tc
-                    count = int(tf.counts[i])
-                    r0, c0 = tr * ty, tc * tx
-                    r1, c1 = min(r0 + ty, h), min(c0 + tx, w)
-                    if count == 0:  # sparse tile: nodata
-                        arr[r0:r1, c0:c1] = 0
-                        continue
-                    raw = os.pread(tf.fd, count, int(tf.offsets[i]))
-                    nbytes += count
-                    imagecodecs.deflate_decode(raw, out=buf)
-                    imagecodecs.delta_decode(tile, axis=-1, out=tile)
-                    arr[r0:r1, c0:c1] = tile[: r1 - r0, : c1 - c0]
+            nbytes += _decode_scene(prep, sid, bands, buf, tile)
             w1, c1_ = time.perf_counter(), time.thread_time()
             offset = reflectance_offset(sid)
             red, nir = bands["red"], bands["nir"]
@@ -724,28 +740,51 @@ def run_floor(prep: FloorPrep, scene_ids: list[str]) -> PeerRun:
                           "bytes_read": nbytes})
 
 
-def _floor_child(prep: FloorPrep, scene_ids: list[str], core: int, start: Any, out: Any) -> None:
+def run_decode(prep: FloorPrep, scene_ids: list[str]) -> PeerRun:
+    """The floor's reading and decoding alone, on one thread (no statistics): the part of
+    the work that dominates once statistics are batched."""
+    bands, buf, tile = _decode_buffers(prep.grid)
+    nbytes = 0
+    with Stopwatch() as sw:
+        for sid in scene_ids:
+            nbytes += _decode_scene(prep, sid, bands, buf, tile)
+    pairs = len(prep.field_ids) * len(scene_ids)
+    return PeerRun(peer="decode", wall_s=sw.wall_s, cpu_s=sw.cpu_s, pairs=pairs,
+                   timed_pairs=pairs, extra={"bytes_read": nbytes})
+
+
+def _floor_child(prep: FloorPrep, scene_ids: list[str], core: int, start: Any, out: Any,
+                 decode_only: bool) -> None:
     os.sched_setaffinity(0, {core})
     start.wait()
-    run = run_floor(prep, scene_ids)
+    run = (run_decode if decode_only else run_floor)(prep, scene_ids)
     out.put((core, run.wall_s, run.cpu_s))
 
 
-def run_floor_pair(prep: FloorPrep, scene_ids: list[str], cores: tuple[int, int]) -> PeerRun:
-    """Two copies of the floor at once, each in a forked process pinned to its own core.
+def run_floor_pair(prep: FloorPrep, scene_ids: list[str], cores: tuple[int, int], *,
+                   decode_only: bool = False) -> PeerRun:
+    """Two copies of the floor at once, each in a forked process pinned to its own core;
+    ``decode_only``: the floor's reading and decoding, the scenes shared out between the
+    two (alternate scenes), as the engine's workers share theirs out.
 
     What this machine gives two cores doing this work with nothing shared between them
-    (no GIL, no lock, no common data structure): its throughput against the one-thread
-    floor's, ``2 * floor wall / this wall``, is the 1 -> 2 core ceiling that memory
-    bandwidth and shared caches leave, the yardstick beside the engine's own speedup.
-    Wall = the slower copy, from a common start (a barrier after both are pinned).
+    (no GIL, no lock, no common data structure): the same work twice,
+    ``2 * one copy's wall / this wall``, is the 1 -> 2 core ceiling that memory
+    bandwidth and shared caches leave, the yardstick beside the engine's own speedup. Both
+    copies decode the same tiles at the same moments, so the compressed bytes one reads
+    are often still in the shared cache for the other: the decoding shared out (each
+    core its own scenes, ``one copy's wall / this wall``) is the ceiling for the
+    engine's decode-bound work. Wall = the slower copy, from a common start (a barrier
+    after both are pinned).
     """
     import multiprocessing as mp
 
+    parts = ([scene_ids[k::len(cores)] for k in range(len(cores))] if decode_only
+             else [scene_ids] * len(cores))
     ctx = mp.get_context("fork")  # the children inherit the prebuilt masks and open files
     start, out = ctx.Barrier(len(cores) + 1), ctx.SimpleQueue()
-    procs = [ctx.Process(target=_floor_child, args=(prep, scene_ids, c, start, out))
-             for c in cores]
+    procs = [ctx.Process(target=_floor_child, args=(prep, part, c, start, out, decode_only))
+             for c, part in zip(cores, parts, strict=True)]
     for p in procs:
         p.start()
     start.wait()
@@ -755,8 +794,9 @@ def run_floor_pair(prep: FloorPrep, scene_ids: list[str], cores: tuple[int, int]
     for p in procs:
         p.join()
         if p.exitcode != 0:
-            raise RuntimeError(f"floor copy exited with {p.exitcode}")
-    pairs = 2 * len(prep.field_ids) * len(scene_ids)
-    return PeerRun(peer="floor_pair", wall_s=wall, cpu_s=sum(g[2] for g in got), pairs=pairs,
-                   timed_pairs=pairs,
+            raise RuntimeError(f"{'decode' if decode_only else 'floor'} copy exited with "
+                               f"{p.exitcode}")
+    pairs = len(prep.field_ids) * sum(len(part) for part in parts)
+    return PeerRun(peer="decode_pair" if decode_only else "floor_pair", wall_s=wall,
+                   cpu_s=sum(g[2] for g in got), pairs=pairs, timed_pairs=pairs,
                    extra={"copy_wall_s": [round(g[1], 3) for g in sorted(got)]})
