@@ -173,17 +173,26 @@ class PixelGroup:
 
 
 _MMAP_THRESHOLD = 32 << 20
+_TRIM_THRESHOLD = 16 << 20
 _TUNED = False
 
 
 def tune_allocator() -> None:
-    """Let glibc serve the unit's working arrays (up to 32 MiB) from its heap.
+    """Let glibc serve the unit's working arrays (up to 32 MiB) from its heap, and keep
+    up to 16 MiB of freed memory at the top of each heap for the next ones.
 
     Dask workers start with ``MALLOC_TRIM_THRESHOLD_`` set, which also freezes glibc's
     mmap threshold at 128 KiB: every array larger than that is then mapped and unmapped
     on each allocation, and the fresh pages are faulted in again and again (measured:
     ~500,000 page faults and +0.9 s of system time per 20,000-field x 3-scene unit,
     +60 % wall). Raising the mmap threshold restores the heap reuse a plain process gets.
+    Setting it also leaves the trim threshold at its 128 KiB default (glibc only moves
+    it along with a threshold it adjusts itself), so each thread's heap handed back
+    whatever was free at its top after every band and group, and faulted it in again
+    for the next. By hand, 20,000 fields x 12 scenes on two threads, 10 interleaved
+    runs each: execution 1.76-1.84 s instead of 1.80-1.90 s, 150,000-160,000 page faults
+    instead of 154,000-197,000, peak RSS +0-30 MB; one thread at 100,000 fields and
+    worker processes unchanged in time and memory (worker faults 86,000 -> 71,000).
     Once per process; a no-op off glibc.
     """
     global _TUNED
@@ -193,6 +202,7 @@ def tune_allocator() -> None:
     libc = _glibc()
     if libc is not None:
         libc.mallopt(-3, _MMAP_THRESHOLD)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, _TRIM_THRESHOLD)  # M_TRIM_THRESHOLD
     use_jemalloc_for_arrow()
 
 
