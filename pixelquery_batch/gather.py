@@ -189,10 +189,11 @@ def tune_allocator() -> None:
     Setting it also leaves the trim threshold at its 128 KiB default (glibc only moves
     it along with a threshold it adjusts itself), so each thread's heap handed back
     whatever was free at its top after every band and group, and faulted it in again
-    for the next. By hand, 20,000 fields x 12 scenes on two threads, 10 interleaved
-    runs each: execution 1.76-1.84 s instead of 1.80-1.90 s, 150,000-160,000 page faults
-    instead of 154,000-197,000, peak RSS +0-30 MB; one thread at 100,000 fields and
-    worker processes unchanged in time and memory (worker faults 86,000 -> 71,000).
+    for the next. By hand, 20,000 fields x 12 scenes on two threads, runs interleaved
+    with the default's: execution 1.76-1.84 s (7 runs) instead of 1.80-1.90 s (10),
+    155,000-160,000 page faults instead of 153,000-197,000, peak RSS +0-45 MB; one thread
+    at 100,000 fields and worker processes unchanged in time and memory (worker faults
+    86,000 -> 71,000).
     Once per process; a no-op off glibc.
     """
     global _TUNED
