@@ -180,7 +180,7 @@ class Density:
     runs: dict[str, list[PeerRun]] = field(default_factory=dict)
     floor_pairs: list[PeerRun] = field(default_factory=list)  # two floors at once
     decodes: list[PeerRun] = field(default_factory=list)  # the floor's decoding alone
-    decode_pairs: list[PeerRun] = field(default_factory=list)  # two of those at once
+    decode_pairs: list[PeerRun] = field(default_factory=list)  # it shared out on two cores
     tables: dict[str, Any] = field(default_factory=dict)  # peer key -> last table
     touched: dict[str, int] = field(default_factory=dict)  # band -> distinct tiles per scene
 

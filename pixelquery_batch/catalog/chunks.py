@@ -247,11 +247,12 @@ class _LocalTiff:
 
         A new ``bytes`` object per tile (~400 kB on Sentinel-2-like scenes) costs fresh
         pages: worker threads allocate from their own malloc arenas, which hand freed
-        pages back, and two threads faulting pages in at once contend in the kernel. By
-        hand, the tiles of 20,000 fields x 6 scenes, 2 bands: reading them 0.064 s on one
-        thread, no faster on two (twice the CPU); into a kept buffer 0.048 s, 1.7x on
-        two; read + libdeflate + predictor 1.28 -> 1.24 s on one thread and 0.73 -> 0.70 s
-        on two.
+        pages back. By hand, the tiles of 20,000 fields, 2 bands: reading 6 scenes into new
+        objects took 0.056-0.069 s on one thread, and two threads reading 6 other scenes
+        (3 each) as long with twice the CPU; into a kept buffer 0.048 s and 0.029-0.036 s.
+        One and two threads read different scenes there, so only the two ways of reading
+        compare exactly: read + libdeflate + predictor 1.28 -> 1.24 s on one thread,
+        0.73 -> 0.70 s on two.
         """
         try:
             fd = os.open(self.path, os.O_RDONLY)
