@@ -356,6 +356,10 @@ def say_engine_run(r: PeerRun, rep: int) -> None:
         f"CPU {r.cpu_s:.2f} s; {x['units']} tasks, {x['rows']} rows, {x['chunks_read']} chunks "
         f"fetched, {x['failures']} failures; peak RSS workers [{rss}] MB, pqb process "
         f"{x['peak_rss_main'] / MB:.0f} MB")
+    if x.get("per_worker"):
+        say("      worker threads (busy / their CPU / last unit ended, s): " + "; ".join(
+            f"{t['busy_s']:.2f} / {t['cpu_s']:.2f} / {t['last_end_s']:.2f}"
+            for t in x["per_worker"]))
     missed = (f" + {x['survivors_cpu_sampled_s']:.2f} s sampled in descendants pqb did not reap "
               f"({', '.join(x['unreaped'])})" if x["unreaped"] else "")
     say(f"      CPU = getrusage(children) {x['cpu_rusage_s']:.2f} s (user {x['cpu_user_s']:.2f} + "

@@ -76,6 +76,19 @@ class ExecutionSummary:
     unit_s_total: float = 0.0
     unit_s_max: float = 0.0
     first_unit_at: float | None = None  # wall clock when the first unit started
+    #: per worker thread ("address thread-name"): units, busy_s (sum of unit durations),
+    #: cpu_s (that thread's CPU in them), first_start / last_end (wall clock): how evenly
+    #: the work was spread
+    per_worker: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def worker_record(self) -> dict[str, dict[str, float]]:
+        """:attr:`per_worker` with times in seconds from the first unit's start."""
+        t0 = self.first_unit_at or 0.0
+        return {w: {"units": int(r["units"]), "busy_s": round(r["busy_s"], 3),
+                    "cpu_s": round(r["cpu_s"], 3),
+                    "first_start_s": round(r["first_start"] - t0, 3),
+                    "last_end_s": round(r["last_end"] - t0, 3)}
+                for w, r in sorted(self.per_worker.items())}
 
 
 def slurm_cluster_kwargs(spec: Any) -> dict[str, Any]:
@@ -397,6 +410,14 @@ def _record(summary: ExecutionSummary, res: UnitResult, on_result: Callable[[Uni
     summary.unit_s_max = max(summary.unit_s_max, res.duration_s)
     if res.started_at and (summary.first_unit_at is None or res.started_at < summary.first_unit_at):
         summary.first_unit_at = res.started_at
+    if res.started_at:
+        w = summary.per_worker.setdefault(res.worker or "?", {
+            "units": 0, "busy_s": 0.0, "cpu_s": 0.0, "first_start": res.started_at, "last_end": 0.0})
+        w["units"] += 1
+        w["busy_s"] += res.duration_s
+        w["cpu_s"] += res.cpu_s
+        w["first_start"] = min(w["first_start"], res.started_at)
+        w["last_end"] = max(w["last_end"], res.started_at + res.duration_s)
     on_result(res)
 
 

@@ -443,8 +443,12 @@ class _BandIndex:
 
     chunks: list[tuple[int, int]]  # chunk ids to decode
     bounds: np.ndarray  # (len(chunks) + 1,) slices of pos/local per chunk
-    pos: np.ndarray  # pixel positions (into the unit's P pixels), chunk by chunk
-    local: np.ndarray  # int32 row-major offset of each of those pixels in its chunk
+    #: pixel positions (into the unit's P pixels), chunk by chunk, and the row-major offset
+    #: of each in its chunk; both ``intp``, which numpy's fancy indexing takes as they are
+    #: (int32 indices are converted on every gather: by hand, 55,000 pixels in runs of 8
+    #: from a 512 x 512 uint16 tile, 0.38 ms with int32 indices, 0.20 ms with intp)
+    pos: np.ndarray
+    local: np.ndarray
     missing: np.ndarray  # pixel positions no chunk holds (outside the raster or grid)
     #: per chunk: 2 when its pixels are one run of positions holding the whole chunk in
     #: row-major order (a copy), 1 when they are one run of positions (a gather), else 0
@@ -471,9 +475,8 @@ def _band_index(pix: FieldPixels, band: BandInfo, work: Work) -> _BandIndex:
     cy, cx = band.chunks_yx
     ncx = -(-grid[1][1] // cx)
     lin = (r // cy) * ncx + (c // cx)
-    pos_type = np.int32 if pix.n_pixels < 2**31 else np.int64
-    pos = np.flatnonzero(inside).astype(pos_type)
-    local = ((r % cy) * cx + (c % cx)).astype(np.int32)
+    pos = np.flatnonzero(inside)
+    local = ((r % cy) * cx + (c % cx)).astype(np.intp)
     if len(lin) and not bool((lin[1:] >= lin[:-1]).all()):  # else laid out chunk by chunk
         order = np.argsort(lin, kind="stable")
         lin, pos, local = lin[order], pos[order], local[order]
@@ -482,7 +485,7 @@ def _band_index(pix: FieldPixels, band: BandInfo, work: Work) -> _BandIndex:
     needed = lin[starts]
     bounds = np.append(starts, len(lin)).astype(np.int64)
     out = _BandIndex(chunks=[(int(k // ncx), int(k % ncx)) for k in needed], bounds=bounds,
-                     pos=pos, local=local, missing=np.flatnonzero(~inside).astype(pos_type),
+                     pos=pos, local=local, missing=np.flatnonzero(~inside),
                      runs=_runs(bounds, pos, local, cy * cx))
     with _CACHE_LOCK:
         pix._derived[key] = out

@@ -809,6 +809,7 @@ def _execution_record(summary: ExecutionSummary) -> dict[str, Any]:
         "rows": summary.rows, "chunks_read": summary.chunks_read,
         "wall_s": round(summary.wall_s, 3), "unit_s_total": round(summary.unit_s_total, 3),
         "unit_s_max": round(summary.unit_s_max, 3),
+        "per_worker": summary.worker_record(),
     }
 
 

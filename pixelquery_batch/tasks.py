@@ -199,6 +199,8 @@ class UnitResult:
     started_at: float = 0.0  # wall clock (time.time()) when the unit started on its worker
     files: list[tuple[str, bytes]] = field(default_factory=list)  # renders sent back
     staged: bool = False  # rows staged by the unit: ``table`` holds its (field, scene) pairs
+    worker: str = ""  # Dask worker address and thread that ran it ("local ..." outside one)
+    cpu_s: float = 0.0  # CPU time of the thread that ran it (not of threads it started)
 
 
 def stat_columns(stats: Sequence[str]) -> list[str]:
@@ -522,6 +524,7 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
         time.sleep(_TEST_DELAY_S)
     started_at = time.time()
     t0 = time.perf_counter()
+    cpu0 = time.thread_time()
     reader = reader or _reader_for(ctx.repo)
     before = reader.chunks_read
     rows = _Rows(ctx.stats, ctx)
@@ -636,7 +639,8 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
         day_table = day_rows.table() if day_rows is not None else None
     return UnitResult(unit.unit_id, table, reader.chunks_read - before,
                       time.perf_counter() - t0, failures, warnings, day_table=day_table,
-                      started_at=started_at, files=files, staged=ctx.rows_to is not None)
+                      started_at=started_at, files=files, staged=ctx.rows_to is not None,
+                      worker=_worker_address(), cpu_s=time.thread_time() - cpu0)
 
 
 def _stage_rows(to: RowStage, unit: WorkUnit, rows: _Rows, day_rows: _Rows | None) -> pa.Table:
@@ -691,6 +695,18 @@ def _worker_threads() -> int:
         return int(get_worker().state.nthreads)
     except (ImportError, ValueError, AttributeError):
         return 1
+
+
+def _worker_address() -> str:
+    """Address of the Dask worker running this task ("local" outside one) and the
+    thread's name."""
+    try:
+        from distributed import get_worker
+
+        address = str(get_worker().address)
+    except (ImportError, ValueError, AttributeError):
+        address = "local"
+    return f"{address} {threading.current_thread().name}"
 
 
 def _prefetch(reader: ChunkReader, scene: SceneTask | None, ctx: JobContext, work: Work,

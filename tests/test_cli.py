@@ -53,6 +53,16 @@ def test_sample_ingest_scenes_validate_plan_run(tmp_path: Path) -> None:
     summary = json.loads(out.stdout)
     assert summary["execution"]["workers"] == 2  # the spec's LocalCluster
     assert summary["execution"]["rows"] == plan["field_scene_pairs"] * 3
+    # where the units ran: each worker thread's units, busy and CPU seconds, first start
+    # and last end (from the first unit's start), adding up to the execution's totals
+    threads = summary["execution"]["per_worker"]
+    assert threads and all(k.startswith(("tcp://", "inproc://")) for k in threads)
+    assert sum(t["units"] for t in threads.values()) == summary["execution"]["units_done"]
+    assert sum(t["busy_s"] for t in threads.values()) == pytest.approx(
+        summary["execution"]["unit_s_total"], abs=0.01)
+    assert min(t["first_start_s"] for t in threads.values()) == 0
+    for t in threads.values():
+        assert t["cpu_s"] > 0 and t["first_start_s"] + t["busy_s"] <= t["last_end_s"] + 0.002
     assert Path(summary["outputs"]["stats"]).is_dir()
     human = run("run", str(spec), "--cluster", "sync").stdout
     assert "first rows:" in human
