@@ -515,7 +515,8 @@ class BandTiles:
     """One band of one scene at a unit's pixels: the raw values, gathered right after the
     chunks were decoded (the decoded chunks themselves are not kept)."""
 
-    gathered: np.ndarray  # (P,) raw dtype
+    gathered: np.ndarray  # (P,) raw dtype, or bool: a cloud mask (``decode_band(table=)``)
+    is_mask: bool = False
 
     def values(self, p0: int, p1: int) -> np.ndarray:
         """Raw values of gathered pixels ``p0:p1`` (fill where the band has none)."""
@@ -540,7 +541,8 @@ def prefetch_band(reader: ChunkReader, group: str, band: BandInfo, work: Work,
 
 
 def decode_band(reader: ChunkReader, group: str, band: BandInfo, work: Work,
-                pix: FieldPixels, *, prefetched: Any = None) -> BandTiles:
+                pix: FieldPixels, *, prefetched: Any = None,
+                table: np.ndarray | None = None) -> BandTiles:
     """Decode the chunks of one band (of one scene) that hold the unit's pixels.
 
     Which chunks, and where each pixel sits in them, is worked out once per band grid
@@ -548,6 +550,11 @@ def decode_band(reader: ChunkReader, group: str, band: BandInfo, work: Work,
     and each one's pixels picked out (one fancy index) while it is still in the core's
     cache. Pixels outside the raster (or the band's grid) read as the band's nodata
     (else 0).
+
+    ``table``: a boolean table of the band's 8/16-bit values (a cloud band's cloudy
+    values): the result is then ``table[value]`` of each pixel (a mask, False outside
+    the raster), looked up on the whole chunk where the chunk serves more pixels than it
+    holds (a 20 m band under 10 m pixels), else on the chunk's pixels.
     """
     idx = _band_index(pix, band, work)
     kwargs = {} if prefetched is None else {"prefetched": prefetched}
@@ -555,9 +562,17 @@ def decode_band(reader: ChunkReader, group: str, band: BandInfo, work: Work,
     bounds, pos, local, runs = idx.bounds, idx.pos, idx.local, idx.runs
     for k, tile in reader.tiles(group, band, idx.chunks, **kwargs):
         if out is None:
-            out = np.empty(pix.n_pixels, dtype=tile.dtype)
+            out = np.empty(pix.n_pixels, dtype=tile.dtype if table is None else table.dtype)
+            if table is not None and len(table) != 1 << (8 * tile.dtype.itemsize):
+                raise ValueError(f"band {band.name}: {tile.dtype} chunks cannot be looked up "
+                                 f"in a table of {len(table)} values")
         b0, b1 = bounds[k], bounds[k + 1]
         flat = tile.reshape(-1)
+        if table is not None:
+            if b1 - b0 <= flat.size:  # fewer pixels than the chunk holds: look those up
+                out[pos[b0:b1]] = table[flat[local[b0:b1]]]
+                continue
+            flat = table[flat]
         if runs[k] == 2:  # the whole chunk, in order (pixel sets laid out chunk by chunk)
             p0 = pos[b0]
             out[p0:p0 + (b1 - b0)] = flat
@@ -566,6 +581,11 @@ def decode_band(reader: ChunkReader, group: str, band: BandInfo, work: Work,
             np.take(flat, local[b0:b1], out=out[p0:p0 + (b1 - b0)])
         else:
             out[pos[b0:b1]] = flat[local[b0:b1]]
+    if table is not None:
+        if out is None:
+            out = np.empty(pix.n_pixels, dtype=table.dtype)
+        out[idx.missing] = False
+        return BandTiles(out, is_mask=True)
     if out is None:  # no chunk holds any pixel
         out = np.empty(pix.n_pixels, dtype=_dtype(band))
     nodata = band.nodata

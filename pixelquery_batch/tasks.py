@@ -584,7 +584,7 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
                 current, prefetched = prefetched, {} if not prefetch else _prefetch(
                     reader, following[scene.scene_id], ctx, work, pix)
                 tiles = {(b.array, b.index): t for b, t in
-                         _decode_bands(reader, scene, bands, work, pix, current)}
+                         _decode_bands(reader, scene, bands, work, pix, current, ctx)}
                 masked = _cloud_applies(scene, ctx)
                 when = dt.datetime.fromisoformat(scene.datetime)
                 for g, grp in enumerate(groups):
@@ -659,14 +659,17 @@ def _stage_rows(to: RowStage, unit: WorkUnit, rows: _Rows, day_rows: _Rows | Non
 
 def _decode_bands(reader: ChunkReader, scene: SceneTask, bands: dict[str, BandInfo],
                   work: Work, pix: Any, prefetched: dict[Any, Any] | None = None,
-                  ) -> list[tuple[BandInfo, Any]]:
-    """The chunks each distinct stored band of ``bands`` needs, decoded."""
+                  ctx: JobContext | None = None) -> list[tuple[BandInfo, Any]]:
+    """The chunks each distinct stored band of ``bands`` needs, decoded (with ``ctx``, the
+    cloud band straight to its cloud mask where :func:`_cloud_tables` allows)."""
     from .gather import decode_band
 
     distinct = {(b.array, b.index): b for b in bands.values()}.values()
     pre = prefetched or {}
+    tables = _cloud_tables(bands, ctx) if ctx is not None else {}
     return [(b, decode_band(reader, scene.group, b, work, pix,
-                            prefetched=pre.get((scene.scene_id, b.array, b.index))))
+                            prefetched=pre.get((scene.scene_id, b.array, b.index)),
+                            table=tables.get((b.array, b.index))))
             for b in distinct]
 
 
@@ -731,19 +734,54 @@ def _prefetch(reader: ChunkReader, scene: SceneTask | None, ctx: JobContext, wor
 
 def _group_env(grp: Any, bands: dict[str, BandInfo], tiles: dict[tuple[str, int | None], Any],
                pix: Any, ctx: JobContext) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Physical band values (NaN = invalid or outside the raster) and the cloud mask of
-    one group of fields' pixels."""
+    """Physical band values (NaN = invalid or outside the raster) of the bands the
+    expressions read, and the cloud mask, of one group of fields' pixels."""
     inside = pix.inside[grp.p0:grp.p1]
+    used = _expression_bands(ctx.variables)
     env: dict[str, np.ndarray] = {}
     cloud = np.zeros(grp.p1 - grp.p0, bool)
     for name, band in bands.items():
-        raw = tiles[(band.array, band.index)].values(grp.p0, grp.p1)
-        values = _physical(raw, band, ctx.mask_nodata)
-        values[~inside] = np.nan
-        env[name] = values
+        got = tiles[(band.array, band.index)]
+        if got.is_mask:  # the cloud band, decoded straight to its cloud mask
+            cloud = got.values(grp.p0, grp.p1) & inside
+            continue
+        raw = got.values(grp.p0, grp.p1)
+        if name in used:
+            values = _physical(raw, band, ctx.mask_nodata)
+            values[~inside] = np.nan
+            env[name] = values
         if ctx.cloud_band and name == ctx.cloud_band:
             cloud = _cloud_mask(raw, band, ctx) & inside
     return env, cloud
+
+
+@lru_cache(maxsize=64)
+def _expression_bands(variables: tuple[tuple[str, str], ...]) -> frozenset[str]:
+    """The band names the expressions of ``variables`` read."""
+    return frozenset(n for v, text in variables for n in _expression(v, text).names)
+
+
+def _cloud_tables(bands: dict[str, BandInfo], ctx: JobContext) -> dict[tuple[str, int | None], np.ndarray]:
+    """The cloud band's table of cloudy values, keyed by its stored band, when the band is
+    decoded straight to its cloud mask: no expression reads it and it is 8/16-bit
+    (Sentinel-2's SCL, Landsat's QA_PIXEL). Its pixels are then looked up once per chunk
+    where a chunk serves more pixels than it holds (a 20 m band under 10 m pixels) and
+    carried as one byte each instead of two, with no physical values made of them."""
+    band = bands.get(ctx.cloud_band or "")
+    if band is None:
+        return {}
+    key = (band.array, band.index)
+    used = _expression_bands(ctx.variables)
+    if any((b.array, b.index) == key for n, b in bands.items() if n in used):
+        return {}
+    try:
+        dtype = np.dtype(band.dtype)
+    except TypeError:
+        return {}
+    if dtype not in (np.uint8, np.uint16):
+        return {}
+    return {key: _cloud_lut(dtype.str, band.nodata, ctx.cloud_classes,
+                            tuple(ctx.cloud_bits or ()))}
 
 
 def _evaluate(expr: Any, env: dict[str, np.ndarray], n: int) -> np.ndarray:
@@ -926,7 +964,8 @@ def run_rollup_unit(unit: Any, rctx: RollupContext, reader: ChunkReader | None =
         try:
             for scene in scenes:
                 bands = _needed_bands(scene, ctx)
-                tiles = {(b.array, b.index): t for b, t in _decode_bands(reader, scene, bands, work, pix)}
+                tiles = {(b.array, b.index): t for b, t in
+                         _decode_bands(reader, scene, bands, work, pix, ctx=ctx)}
                 env, cloud = _group_env(whole, bands, tiles, pix, ctx)
                 for vname, expr in exprs:
                     values = _evaluate(expr, env, pix.n_pixels)

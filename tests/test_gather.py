@@ -270,6 +270,48 @@ def test_chunk_by_chunk_pixel_sets_are_copied_and_equal_plain_indexing() -> None
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "uint16"])
+def test_a_20m_cloud_band_decoded_to_its_mask_equals_the_mask_of_its_values(dtype: str) -> None:
+    """A cloud band decoded straight to its mask (``decode_band(table=)``) under 10 m
+    pixels: a 20 m band read through the nearest mapping, each 20 m pixel serving up to
+    four 10 m ones, for a sparse set of fields (their pixels looked up) and for whole
+    chunks laid out chunk by chunk (the chunk looked up, then gathered). Compared with
+    numpy ``isin`` on the 20 m array at ``row // 2, col // 2``; nodata and pixels outside
+    the raster are never cloudy."""
+    from pixelquery_batch.catalog.chunks import ArrayChunkReader
+    from pixelquery_batch.catalog.models import BandInfo
+    from pixelquery_batch.gather import decode_band
+    from pixelquery_batch.tasks import _cloud_lut
+
+    shape10 = (1000, 1000)
+    scl = np.random.default_rng(3).integers(0, 12, (500, 500)).astype(dtype)
+    t20 = (20.0, 0.0, T[2], 0.0, -20.0, T[5])
+    band = BandInfo("scl", None, "scl", None, dtype, 0, 1.0, 0.0, (128, 128), "mem://scl",
+                    transform=t20, shape_yx=(500, 500))
+    reader = ArrayChunkReader({("s", "scl"): scl})
+    classes = (3, 8, 9, 10)
+    table = _cloud_lut(np.dtype(dtype).str, 0, classes, ())
+    x0, y0 = T[2], T[5]
+    whole = [_Field(f"w{k}", shapely.to_wkb(box(x0 + c * 10, y0 - (r + 256) * 10,
+                                                 x0 + (c + 256) * 10, y0 - r * 10)), (r, c, 256, 256))
+             for k, (r, c) in enumerate([(0, 0), (0, 256), (256, 0)])]
+    # one field reaching past the raster's east edge: its outside pixels are not cloudy
+    edge = _Field("edge", shapely.to_wkb(box(x0 + 9950, y0 - 5000, x0 + 10100, y0 - 4900)),
+                  (490, 995, 10, 15))
+    for name, fields in [("sparse", [*_fields(300, seed=4), edge]), ("chunks", whole)]:
+        pix = field_pixels(fields, T, shape10, "centre", key=f"cloud-table-{name}-{dtype}")
+        got = decode_band(reader, "s", band, (T, shape10), pix, table=table)
+        assert got.is_mask and got.gathered.dtype == bool
+        inside = pix.inside
+        want = np.zeros(pix.n_pixels, bool)
+        values = scl[pix.rows[inside] // 2, pix.cols[inside] // 2]
+        want[inside] = np.isin(values, classes)
+        assert want.any() and (~want).any()
+        np.testing.assert_array_equal(got.values(0, pix.n_pixels), want)
+        if name == "sparse":
+            assert not inside.all()  # the edge field's outside pixels were checked
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16"])
 def test_band_values_and_cloud_masks_equal_direct_arithmetic(dtype: str) -> None:
     """Band values (scale, offset, nodata; computed in place) and cloud masks (classes or
     bits, nodata never cloudy; 8/16-bit arrays of any size through a per-dtype table) equal the
