@@ -238,6 +238,38 @@ def test_pixel_cache_drops_older_sets_over_its_byte_budget(monkeypatch) -> None:
     assert len(gather._CACHE) == 0
 
 
+def test_threads_asking_for_one_band_index_build_it_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker's threads starting on the same pixels get one band index: the first
+    builds it, the others wait for it rather than building it again beside it."""
+    import threading
+    import time
+
+    from pixelquery_batch import gather
+    from pixelquery_batch.catalog.models import BandInfo
+
+    pix = field_pixels(_fields(300, seed=6), T, (2000, 2000), "centre", key="one-index")
+    band = BandInfo("b", None, "b", None, "uint16", 0, 1.0, 0.0, (256, 256), "mem://b")
+    built = []
+    build = gather._build_band_index
+
+    def slow_build(*args: object) -> object:
+        built.append(threading.get_ident())
+        time.sleep(0.2)  # the other threads arrive while it builds
+        return build(*args)
+
+    monkeypatch.setattr(gather, "_build_band_index", slow_build)
+    got: list[object] = []
+    threads = [threading.Thread(target=lambda: got.append(gather._band_index(pix, band, (T, (2000, 2000)))))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(built) == 1 and len(got) == 3 and all(g is got[0] for g in got)
+    idx = got[0]
+    assert sorted(idx.pos.tolist()) == np.flatnonzero(pix.inside).tolist()  # every pixel once
+
+
 def test_chunk_by_chunk_pixel_sets_are_copied_and_equal_plain_indexing() -> None:
     """Pixel sets laid out chunk by chunk (a rollup block cut along the chunks): whole
     chunks are copied in one piece, partial ones gathered into one run, and pixels of a
