@@ -39,11 +39,16 @@ def _fields(n: int, seed: int = 0) -> list[_Field]:
     return out
 
 
-def test_parallel_batched_centre_pixels_equal_the_per_field_rasteriser() -> None:
-    """9,000 fields take the threaded batched path; every field gets exactly the pixels of
-    the per-field rasteriser (itself checked against GDAL in test_rasterize_stats)."""
+@pytest.mark.parametrize("threads", [1, 2])
+def test_parallel_batched_centre_pixels_equal_the_per_field_rasteriser(threads: int) -> None:
+    """9,000 fields take the batched path in slices (on one thread, or on two); every
+    field gets exactly the pixels of the per-field rasteriser (itself checked against GDAL
+    in test_rasterize_stats)."""
+    from pixelquery_batch import gather
+
     fields = _fields(9000)
-    pix = _build(fields, T, (2000, 2000), "centre", threads=2)
+    assert len(fields) > 3 * gather._SLICE_FIELDS  # four slices
+    pix = _build(fields, T, (2000, 2000), "centre", threads=threads)
     starts = pix.segments.starts
     assert pix.field_ids == tuple(f.field_id for f in fields) and not pix.failed
     for k in range(0, len(fields), 7):
