@@ -381,9 +381,9 @@ def _centre_parallel(fields: FieldBlock, windows: np.ndarray, transform: tuple[f
     (:data:`_SLICE_FIELDS` each), in up to ``threads`` threads (its numpy work releases
     the GIL): a worker's other threads would only wait for it. A worker with one thread
     builds on that thread: two worker processes building their strips at once gained
-    nothing from extra threads and paid for them (fresh malloc arenas to fault in; by hand, 100,000 fields x 12 scenes, two
-    processes, 3 runs each: the first unit 1.96-2.19 s with two build threads each,
-    1.84-1.94 s with none)."""
+    nothing from extra threads and paid for them (fresh malloc arenas to fault in; by
+    hand, 100,000 fields x 12 scenes, two processes, 3 runs each: the first unit
+    1.96-2.19 s with two build threads each, 1.84-1.94 s with none)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from .rasterize import centre_pixels_batch

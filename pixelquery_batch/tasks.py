@@ -658,15 +658,15 @@ def _stage_rows(to: RowStage, unit: WorkUnit, rows: _Rows, day_rows: _Rows | Non
 
 
 def _decode_bands(reader: ChunkReader, scene: SceneTask, bands: dict[str, BandInfo],
-                  work: Work, pix: Any, prefetched: dict[Any, Any] | None = None,
-                  ctx: JobContext | None = None) -> list[tuple[BandInfo, Any]]:
-    """The chunks each distinct stored band of ``bands`` needs, decoded (with ``ctx``, the
-    cloud band straight to its cloud mask where :func:`_cloud_tables` allows)."""
+                  work: Work, pix: Any, prefetched: dict[Any, Any] | None,
+                  ctx: JobContext) -> list[tuple[BandInfo, Any]]:
+    """The chunks each distinct stored band of ``bands`` needs, decoded (the cloud band
+    straight to its cloud mask where :func:`_cloud_tables` allows)."""
     from .gather import decode_band
 
     distinct = {(b.array, b.index): b for b in bands.values()}.values()
     pre = prefetched or {}
-    tables = _cloud_tables(bands, ctx) if ctx is not None else {}
+    tables = _cloud_tables(bands, ctx)
     return [(b, decode_band(reader, scene.group, b, work, pix,
                             prefetched=pre.get((scene.scene_id, b.array, b.index)),
                             table=tables.get((b.array, b.index))))
@@ -690,25 +690,27 @@ def _group_pixels(threads: int) -> int:
     return 1 << 17 if threads == 1 else 1 << 18
 
 
-def _worker_threads() -> int:
-    """Threads of the Dask worker running this task (1 outside a worker)."""
+def _dask_worker() -> Any:
+    """The Dask worker running this task (``None`` outside one)."""
     try:
         from distributed import get_worker
 
-        return int(get_worker().state.nthreads)
+        return get_worker()
     except (ImportError, ValueError, AttributeError):
-        return 1
+        return None
+
+
+def _worker_threads() -> int:
+    """Threads of the Dask worker running this task (1 outside a worker)."""
+    worker = _dask_worker()
+    return int(worker.state.nthreads) if worker is not None else 1
 
 
 def _worker_address() -> str:
     """Address of the Dask worker running this task ("local" outside one) and the
     thread's name."""
-    try:
-        from distributed import get_worker
-
-        address = str(get_worker().address)
-    except (ImportError, ValueError, AttributeError):
-        address = "local"
+    worker = _dask_worker()
+    address = str(worker.address) if worker is not None else "local"
     return f"{address} {threading.current_thread().name}"
 
 
@@ -965,7 +967,7 @@ def run_rollup_unit(unit: Any, rctx: RollupContext, reader: ChunkReader | None =
             for scene in scenes:
                 bands = _needed_bands(scene, ctx)
                 tiles = {(b.array, b.index): t for b, t in
-                         _decode_bands(reader, scene, bands, work, pix, ctx=ctx)}
+                         _decode_bands(reader, scene, bands, work, pix, None, ctx)}
                 env, cloud = _group_env(whole, bands, tiles, pix, ctx)
                 for vname, expr in exprs:
                     values = _evaluate(expr, env, pix.n_pixels)
