@@ -59,7 +59,10 @@ workdir), so field sizes do not change with the density (they are those of the l
 density: 0.5-1.2 ha at 100,000 fields on 5490 px). Before timing, the red and nir COGs
 and the repository are read once (warm page cache for every peer) and the engine's
 imports are warmed by one untimed interpreter start. ``--repeats`` runs are interleaved (engine
-per worker count, naive, exactextract, floor, engine, ...) and medians reported.
+per worker count, naive, exactextract, floor, engine, ...) and medians reported;
+``--engine-repeats`` adds rounds of the engine's runs alone (each worker count back to back),
+whose 1 -> 2 ratio is the noisiest figure: it is read from the medians, and each round's own
+ratio is printed beside it.
 
 Also in the same run: a correctness check (the engine's NDVI table equals the naive
 loop's on every pair both computed, mean/median/p25/p75/min/max/std within 1e-9 and
@@ -87,7 +90,8 @@ second-smallest density stand in for them, labelled as such.
 
 Usage (from the repository root)::
 
-    python benchmarks/bench_field_stats.py --workdir /data/bench --naive-pairs 24000  # full
+    python benchmarks/bench_field_stats.py --workdir /data/bench --naive-pairs 24000 \\
+        --engine-repeats 5                                                           # full
     python benchmarks/bench_field_stats.py --size 1024 --scenes 2 --fields 300,1000 \\
         --repeats 1 --workers 1,2 --workdir /tmp/bench_small                        # smoke
 """
@@ -288,8 +292,10 @@ def peer_label(key: str) -> str:
 
 
 def run_repeat(d: Density, rep: int, *, args: argparse.Namespace, workers: list[int],
-               scenes: dict[str, dict[str, str]], runs_dir: Path) -> None:
-    """One interleaved round: the engine per worker count, naive, exactextract, floor."""
+               scenes: dict[str, dict[str, str]], runs_dir: Path, engine: bool = True,
+               peers: bool = True) -> None:
+    """One interleaved round: the engine per worker count, naive, exactextract, floor
+    (``engine`` / ``peers`` False: without the engine runs / without the others)."""
     ddir = runs_dir / f"d{d.n_fields}"
 
     def keep(key: str, run: PeerRun) -> None:
@@ -298,7 +304,7 @@ def run_repeat(d: Density, rep: int, *, args: argparse.Namespace, workers: list[
             d.tables[key] = run.table
             run.table = None  # only the last table is kept
 
-    for w in workers:
+    for w in workers if engine else ():
         out = ddir / f"w{w}_out"
         shutil.rmtree(out, ignore_errors=True)
         cores = sorted(os.sched_getaffinity(0))
@@ -311,6 +317,8 @@ def run_repeat(d: Density, rep: int, *, args: argparse.Namespace, workers: list[
         run.table = read_engine_table(run.extra["stats_path"])
         keep(engine_key(w), run)
         say_engine_run(run, rep)
+    if not peers:
+        return
     if not args.skip_naive:
         run = run_naive(d.fields_path, scenes, ddir / "naive.parquet",
                         max_pairs=args.naive_pairs, seed=args.seed)
@@ -487,6 +495,11 @@ def summarise_density(d: Density, *, main_w: int, workers: list[int], n_scenes: 
     if 1 in workers and 2 in workers:
         engine["exec_speedup_1_to_2"] = (med_extra(d.runs[engine_key(1)], "exec_wall_s")
                                          / med_extra(d.runs[engine_key(2)], "exec_wall_s"))
+        # beside the ratio of the medians (the figure the target reads): each round's own
+        # ratio (its two runs back to back), whose spread shows the machine's noise
+        engine["exec_speedup_1_to_2_rounds"] = [
+            a.extra["exec_wall_s"] / b.extra["exec_wall_s"]
+            for a, b in zip(d.runs[engine_key(1)], d.runs[engine_key(2)], strict=True)]
         engine["cores_1_to_2"] = [d.runs[engine_key(w)][0].extra.get("cores") for w in (1, 2)]
     if d.floor_pairs and "floor" in d.runs:
         # the same work twice on two cores, nothing shared: what the machine allows
@@ -518,12 +531,14 @@ def summarise_density(d: Density, *, main_w: int, workers: list[int], n_scenes: 
 # --------------------------------------------------------------------------- report
 
 
-def print_density(s: dict[str, Any], repeats: int) -> None:
+def print_density(s: dict[str, Any], repeats: int, engine_repeats: int) -> None:
     e = s["engine"]
     say("")
     say("=" * 100)
+    extra = (f"; the engine's of {engine_repeats} rounds, the first {repeats} interleaved"
+             if engine_repeats > repeats else "")
     say(f"{s['n_fields']:,} fields x {s['scenes']} scenes = {s['pairs']:,} field-scene pairs "
-        f"(median of {repeats} interleaved repeat{'s' if repeats > 1 else ''})")
+        f"(median of {repeats} interleaved repeat{'s' if repeats > 1 else ''}{extra})")
     say("-" * 100)
     say(f"{'peer':<34}{'wall s':>10}{'CPU s':>10}{'engine faster (wall)':>23}{'CPU / floor':>13}")
     say("-" * 100)
@@ -549,8 +564,11 @@ def print_density(s: dict[str, Any], repeats: int) -> None:
         f"process: {main} MB")
     if "exec_speedup_1_to_2" in e:
         cores = e.get("cores_1_to_2") or [None, None]
+        rounds = e.get("exec_speedup_1_to_2_rounds") or []
         say(f"engine: execution-phase speedup 1 -> 2 workers {e['exec_speedup_1_to_2']:.2f}x "
-            f"(on {cores[0]} -> {cores[1]} cores)")
+            f"(on {cores[0]} -> {cores[1]} cores; ratio of the medians); round by round "
+            + ", ".join(f"{r:.2f}" for r in rounds)
+            + (f" (median {statistics.median(rounds):.2f}x)" if rounds else ""))
     if "machine_ceiling_1_to_2" in e:
         say(f"machine: two floors at once (forked, one per core, nothing shared) "
             f"{e['floor_pair_wall_s']:.2f} s vs one floor "
@@ -747,6 +765,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "fewer workers than cores runs on that many cores only, so 1 -> 2 "
                     "workers measures 1 -> 2 cores)")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats (medians)")
+    ap.add_argument("--engine-repeats", type=int, default=None,
+                    help="rounds of the engine runs (each round every worker count, back to "
+                         "back; the first --repeats rounds interleaved with the peers); "
+                         "default: --repeats. The engine's runs are short and its 1 -> 2 "
+                         "worker ratio is the noisiest figure: more rounds steady it")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default=None,
                     help="keep sample + repository here and reuse them (default: a temp dir)")
@@ -780,6 +803,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.repeats < 1:
         ap.error("--repeats must be >= 1")
+    if args.engine_repeats is None:
+        args.engine_repeats = args.repeats
+    if args.engine_repeats < 1:
+        ap.error("--engine-repeats must be >= 1")
     return args
 
 
@@ -846,8 +873,9 @@ def main(argv: list[str] | None = None) -> int:
         for d in densities:
             say("")
             say(f"## {d.n_fields:,} fields ({d.fields_path.name}) x {len(scenes)} scenes")
-            for rep in range(args.repeats):
-                run_repeat(d, rep, args=args, workers=workers, scenes=scenes, runs_dir=runs_dir)
+            for rep in range(max(args.repeats, args.engine_repeats)):
+                run_repeat(d, rep, args=args, workers=workers, scenes=scenes, runs_dir=runs_dir,
+                           engine=rep < args.engine_repeats, peers=rep < args.repeats)
             bands = list(d.runs[engine_key(main_w)][-1].extra["plan"]["bands_read"])
             for b in bands:
                 grid = grids.get(b) or Grid.of(scenes[scene_ids[0]][b])
@@ -860,7 +888,7 @@ def main(argv: list[str] | None = None) -> int:
             if summaries[d.n_fields]["engine"]["scenes_matched"] != len(scenes):
                 say(f"WARNING: the engine matched {summaries[d.n_fields]['engine']['scenes_matched']}"
                     f" scenes, the chunk count assumes {len(scenes)}")
-            print_density(summaries[d.n_fields], args.repeats)
+            print_density(summaries[d.n_fields], args.repeats, args.engine_repeats)
             d.tables.clear()
         for files in tile_files.values():
             for tf in files.values():
