@@ -449,12 +449,12 @@ def run_job(
     from . import __version__
     from .executor import ClientStarter, ClusterOptions, ExecutionSummary
     from .fields import count_features
-    from .gather import use_jemalloc_for_arrow
+    from .gather import use_system_pool_for_arrow
     from .incremental import field_hashes, load_state
     from .planner import restrict_plan
     from .writers import RunOutputs
 
-    use_jemalloc_for_arrow()  # before the fields and the plan are read into Arrow
+    use_system_pool_for_arrow()  # before the fields and the plan are read into Arrow
     started = dt.datetime.now(dt.UTC)
     t_start = time.time()
     run_id = started.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
