@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import io
 import os
 import random
 import re
@@ -338,6 +339,18 @@ class Location:
             raise OutputError(f"cannot write {self.display(key)}: {exc}",
                               path=self.display(key)) from exc
 
+    def put_stream(self, key: str, write: Callable[[Any], None]) -> None:
+        """Write one object by handing ``write`` a binary file-like to write it into;
+        readers see the old object or the whole new one. A local object is written
+        straight into a temporary file and renamed (no copy of it in memory); an object
+        in a store is gathered in memory and put in one request."""
+        if self.is_local:
+            self._put_local(key, write)
+            return
+        buf = io.BytesIO()
+        write(buf)
+        self.put(key, buf.getbuffer())
+
     def put_many(self, items: Sequence[tuple[str, bytes]], *, atomic: bool = True) -> None:
         """:meth:`put` each ``(key, data)``. ``atomic=False``, for a run's private staging
         area only: local files are written straight in place (no temporary file and
@@ -349,7 +362,8 @@ class Location:
             else:
                 self.put(key, data)
 
-    def _put_local(self, key: str, data: bytes | memoryview, *, atomic: bool = True) -> None:
+    def _put_local(self, key: str, data: bytes | memoryview | Callable[[Any], None], *,
+                   atomic: bool = True) -> None:
         path = os.path.join(str(self.local_path), key)
         parent = os.path.dirname(path)
         target = (os.path.join(parent, f".{os.path.basename(path)}.{os.getpid()}-"
@@ -359,11 +373,14 @@ class Location:
                 os.makedirs(parent, exist_ok=True)
                 _MADE_DIRS.add(parent)
             try:
-                with open(target, "wb") as fh:
-                    fh.write(data)
+                fh = open(target, "wb")  # noqa: SIM115 (closed below, written once)
             except FileNotFoundError:  # the directory went away since: make it again
                 os.makedirs(parent, exist_ok=True)
-                with open(target, "wb") as fh:
+                fh = open(target, "wb")  # noqa: SIM115
+            with fh:
+                if callable(data):
+                    data(fh)
+                else:
                     fh.write(data)
             if atomic:
                 os.replace(target, path)
@@ -373,6 +390,11 @@ class Location:
                     os.unlink(target)
             _COUNTERS.count("put", failed=True)
             raise OutputError(f"cannot write {path}: {exc}", path=path) from exc
+        except BaseException:  # the writer failed: no temporary file left behind
+            if atomic:
+                with contextlib.suppress(OSError):
+                    os.unlink(target)
+            raise
         _COUNTERS.count("put")
 
     def get(self, key: str) -> bytes:

@@ -83,3 +83,26 @@ def test_put_many_writes_staging_files_in_place_and_remakes_a_vanished_directory
     loc.put_many([("final/z.png", b"4")])
     assert loc.get("final/z.png") == b"4"
     assert not [p for p in (tmp_path / "out").rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_put_stream_writes_in_place_of_a_temporary_file_and_leaves_nothing_when_it_fails(
+        tmp_path: Path) -> None:
+    """A streamed object appears whole under its name; a writer failing half-way leaves
+    the previous object as it was and no temporary file."""
+    loc = Location.of(tmp_path / "out")
+
+    def chunks(fh: object) -> None:
+        for i in range(3):
+            fh.write(bytes([i]) * 1000)  # type: ignore[attr-defined]
+
+    loc.put_stream("work/part-1.arrow", chunks)
+    assert loc.get("work/part-1.arrow") == b"\x00" * 1000 + b"\x01" * 1000 + b"\x02" * 1000
+
+    def broken(fh: object) -> None:
+        fh.write(b"half")  # type: ignore[attr-defined]
+        raise RuntimeError("the writer gave up")
+
+    with pytest.raises(RuntimeError, match="gave up"):
+        loc.put_stream("work/part-1.arrow", broken)
+    assert loc.get("work/part-1.arrow")[:1000] == b"\x00" * 1000
+    assert [p.name for p in (tmp_path / "out" / "work").iterdir()] == ["part-1.arrow"]

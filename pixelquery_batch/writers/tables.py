@@ -17,6 +17,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -38,7 +39,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-__all__ = ["RunOutputs", "TableWriter", "arrow_bytes", "parquet_bytes", "read_parquet_prefix"]
+__all__ = ["RunOutputs", "TableWriter", "parquet_bytes", "read_parquet_prefix", "write_arrow"]
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
@@ -48,20 +49,18 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def arrow_bytes(tables: Iterable[pa.Table]) -> bytes | memoryview:
-    """Tables of one schema, written one after another, as an Arrow IPC stream with
-    zstd-compressed buffers (staging: no Parquet encoding, read back without decoding
-    pages). Empty tables are skipped; empty bytes when no row is left."""
-    tables = (t for t in tables if t.num_rows)
-    first = next(tables, None)
-    if first is None:
-        return b""
-    sink = pa.BufferOutputStream()
+def write_arrow(sink: Any, tables: Iterable[pa.Table]) -> None:
+    """Tables of one schema (the first one's; empty ones skipped), written one after
+    another to ``sink`` (a file-like) as an Arrow IPC stream with zstd-compressed buffers
+    (staging: no Parquet encoding, read back without decoding pages, a batch at a time).
+    """
+    tables = iter(tables)
+    first = next(tables)
     options = pa.ipc.IpcWriteOptions(compression="zstd")
     with pa.ipc.new_stream(sink, first.schema, options=options) as writer:
         for table in itertools.chain([first], tables):
-            writer.write_table(table, max_chunksize=65_536)  # read back a batch at a time
-    return memoryview(sink.getvalue())
+            if table.num_rows:
+                writer.write_table(table, max_chunksize=65_536)
 
 
 def read_parquet_prefix(loc: Location, prefix: str) -> pa.Table | None:
