@@ -213,16 +213,15 @@ def use_system_pool_for_arrow() -> None:
     A unit's rows are built, sorted and staged in slices of Arrow memory. Arrow's default
     mimalloc pool kept the freed slices' pages (at 100,000 fields on one thread, peak RSS
     1.25-1.29 GB); its jemalloc pool hands them back to the OS a second after they are
-    freed, so every unit faults them in afresh: by hand, one 300,000-row unit's staging
-    took ~18,000 page faults with jemalloc and ~5,200 with the system allocator, whose
-    heap keeps and reuses them. Fresh pages are not free: on the 2-core benchmark VM a
-    page touched for the first time (or again seconds after the OS took it back) costs
-    ~15 µs, and two workers faulting at once do not scale. Measured with ``pqb run``, runs interleaved,
-    3 each: 20,000 fields (threads), 1 worker 4.75-5.26 s of execution and 2 workers
-    2.75-3.15 s against 5.04-5.44 and 2.73-3.37 s with jemalloc, peak RSS 463-501 MB
-    against 574-606 MB; 100,000 fields, 1 worker (threads) 11.2-14.9 s, 2 worker processes
-    6.2-8.4 s against 12.8-16.1 and 7.7-8.8 s, peak RSS of the threaded run 793-818 MB
-    against 885-901 MB.
+    freed, so every unit faults them in afresh: by hand, one 300,000-row unit's staging took
+    ~18,000 page faults with jemalloc and ~5,200 with the system allocator, whose heap keeps
+    and reuses them. Fresh pages are not free: on the 2-core benchmark VM a page touched for
+    the first time (or again seconds after the OS took it back) costs ~15 µs. Measured with
+    ``pqb run``, runs interleaved, 3 each: 20,000 fields (threads), 1 worker 4.75-5.26 s of
+    execution and 2 workers 2.75-3.15 s against 5.04-5.44 and 2.73-3.37 s with jemalloc,
+    peak RSS 463-501 MB against 574-606 MB; 100,000 fields, 1 worker (threads) 11.2-14.9 s,
+    2 worker processes 6.2-8.4 s against 12.8-16.1 and 7.7-8.8 s, peak RSS of the threaded
+    run 793-818 MB against 885-901 MB.
     """
     import pyarrow as pa
 

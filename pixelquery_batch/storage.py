@@ -384,17 +384,14 @@ class Location:
                     fh.write(data)
             if atomic:
                 os.replace(target, path)
-        except OSError as exc:
+        except BaseException as exc:  # no temporary file left behind, whatever failed
             if atomic:
                 with contextlib.suppress(OSError):
                     os.unlink(target)
+            if not isinstance(exc, OSError):  # the writer's own error, as it is
+                raise
             _COUNTERS.count("put", failed=True)
             raise OutputError(f"cannot write {path}: {exc}", path=path) from exc
-        except BaseException:  # the writer failed: no temporary file left behind
-            if atomic:
-                with contextlib.suppress(OSError):
-                    os.unlink(target)
-            raise
         _COUNTERS.count("put")
 
     def get(self, key: str) -> bytes:
