@@ -499,34 +499,49 @@ def _band_index(pix: FieldPixels, band: BandInfo, work: Work) -> _BandIndex:
 
 def _build_band_index(pix: FieldPixels, grid: Any, chunks_yx: tuple[int, int],
                       work: Work) -> _BandIndex:
+    """Sort the pixels chunk by chunk, in few passes over narrow integers: each pixel's
+    chunk as a 16-bit key where the grid has fewer than 65,535 chunks (numpy's stable sort
+    of 16-bit keys is a radix sort), pixels no chunk holds under one more key that sorts
+    last, so that the sort order itself gives the positions, and the missing ones after
+    them, without masking the pixels first.
+
+    A fresh page costs more than the arithmetic on it (the first index of a worker process
+    is mostly page faults), so no array is made wider than it needs to be. By hand, one strip
+    of 100,000 fields (3.6 M pixels, some off the raster), fresh processes alternating:
+    0.28-0.48 s the first time in a process and 0.06-0.09 s warm, against 0.44-0.81 s and
+    0.15-0.18 s with the int64 keys, masked copies and argsort this replaced; the same
+    index (tests compare it with a direct construction).
+    """
     gm = grid_map((tuple(work[0]), tuple(work[1])), grid)
-    every = bool(pix.inside.all())
-    inside = pix.inside if every else pix.inside.copy()
-    r = pix.rows if every else pix.rows[inside]
-    c = pix.cols if every else pix.cols[inside]
-    if not gm.identity:
-        r, c = gm.rows[r], gm.cols[c]
-        ok = (r >= 0) & (c >= 0)
-        if not ok.all():
-            inside = inside.copy() if every else inside
-            inside[np.flatnonzero(inside)[~ok]] = False
-            r, c = r[ok], c[ok]
-            every = False
+    valid, r, c = pix.inside, pix.rows, pix.cols
+    if not gm.identity:  # a band on another grid; -1 where the band has no pixel
+        r = np.take(gm.rows.astype(r.dtype), r, mode="clip")  # off-raster ones: clipped,
+        c = np.take(gm.cols.astype(c.dtype), c, mode="clip")  # then dropped by ``valid``
+        valid = valid & (r >= 0) & (c >= 0)
     cy, cx = chunks_yx
-    ncx = -(-grid[1][1] // cx)
-    lin = (r // cy) * ncx + (c // cx)
-    pos = np.arange(len(r)) if every else np.flatnonzero(inside)
+    ncy, ncx = -(-grid[1][0] // cy), -(-grid[1][1] // cx)
+    off = ncy * ncx  # the key of pixels no chunk holds
+    key = np.uint16 if off < (1 << 16) - 1 else np.int64
+    lin = (r // cy).astype(key)
+    lin *= key(ncx)
+    lin += (c // cx).astype(key)
+    if not valid.all():
+        np.putmask(lin, ~valid, key(off))
+    local = (r % cy) * cx + (c % cx)  # row-major offset in the chunk
+    order = None
     if len(lin) and not bool((lin[1:] >= lin[:-1]).all()):  # else laid out chunk by chunk
-        order = np.argsort(lin, kind="stable")
-        lin, r, c, pos = lin[order], r[order], c[order], pos[order]
-    local = ((r % cy) * cx + (c % cx)).astype(np.intp, copy=False)
-    starts = np.flatnonzero(np.diff(lin)) + 1 if len(lin) else np.empty(0, np.int64)
-    starts = np.concatenate([[0], starts]) if len(lin) else starts
-    needed = lin[starts]
-    bounds = np.append(starts, len(lin)).astype(np.int64)
-    return _BandIndex(chunks=[(int(k // ncx), int(k % ncx)) for k in needed], bounds=bounds,
-                      pos=pos, local=local, missing=np.flatnonzero(~inside),
-                      runs=_runs(bounds, pos, local, cy * cx))
+        order = np.argsort(lin, kind="stable")  # positions stay ascending within a chunk
+        lin = lin[order]
+    n_in = int(np.searchsorted(lin, off))
+    starts = np.flatnonzero(np.diff(lin[:n_in])) + 1
+    needed = lin[np.concatenate([[0], starts])] if n_in else lin[:0]
+    bounds = np.concatenate([[0], starts, [n_in]]) if n_in else np.zeros(1, np.int64)
+    every = order if order is not None else np.arange(len(lin))
+    pos, missing = every[:n_in], every[n_in:]
+    local = (local[:n_in] if order is None else local[pos]).astype(np.intp, copy=False)
+    return _BandIndex(chunks=[(int(k) // ncx, int(k) % ncx) for k in needed],
+                      bounds=bounds.astype(np.int64, copy=False), pos=pos, local=local,
+                      missing=missing, runs=_runs(bounds, pos, local, cy * cx))
 
 
 def _runs(bounds: np.ndarray, pos: np.ndarray, local: np.ndarray, size: int) -> np.ndarray:

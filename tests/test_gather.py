@@ -275,6 +275,47 @@ def test_threads_asking_for_one_band_index_build_it_once(monkeypatch: pytest.Mon
     assert sorted(idx.pos.tolist()) == np.flatnonzero(pix.inside).tolist()  # every pixel once
 
 
+@pytest.mark.parametrize(("band_t", "band_shape", "chunks"), [
+    (T, (2000, 2000), (256, 256)),  # the work grid itself
+    ((20.0, 0.0, 600000.0, 0.0, -20.0, 5300000.0), (1000, 1000), (128, 256)),  # a 20 m band
+    ((60.0, 0.0, 600030.0, 0.0, -60.0, 5299970.0), (300, 320), (64, 128)),  # 60 m, shifted
+    (T, (2000, 2000), (7, 3)),  # 95,000+ chunks: keys wider than 16 bits
+])
+def test_band_index_equals_a_pixel_by_pixel_construction(band_t: tuple[float, ...],
+                                                          band_shape: tuple[int, int],
+                                                          chunks: tuple[int, int]) -> None:
+    """Every pixel a chunk holds appears once, under that chunk, at its row-major offset
+    in it, positions ascending within a chunk; chunks in ascending order; the rest are
+    missing. Fields cross the raster's edge, so some pixels lie outside it."""
+    from pixelquery_batch.gather import _build_band_index
+    from pixelquery_batch.grids import grid_map
+
+    work = (T, (2000, 2000))
+    pix = field_pixels(_fields(700, seed=12), T, work[1], "centre", key=("index", chunks, band_t))
+    assert not pix.inside.all()
+    idx = _build_band_index(pix, (band_t, band_shape), chunks, work)
+    gm = grid_map(work, (band_t, band_shape))
+    cy, cx = chunks
+    expect: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    missing = []
+    for p, (r, c, inside) in enumerate(zip(pix.rows.tolist(), pix.cols.tolist(),
+                                           pix.inside.tolist(), strict=True)):
+        br, bc = (int(gm.rows[r]), int(gm.cols[c])) if inside else (-1, -1)
+        if br < 0 or bc < 0:
+            missing.append(p)
+            continue
+        expect.setdefault((br // cy, bc // cx), []).append((p, (br % cy) * cx + bc % cx))
+    order = sorted(expect)
+    assert idx.chunks == order
+    for k, chunk in enumerate(order):
+        b0, b1 = idx.bounds[k], idx.bounds[k + 1]
+        got = list(zip(idx.pos[b0:b1].tolist(), idx.local[b0:b1].tolist(), strict=True))
+        assert got == expect[chunk], chunk
+    assert idx.bounds[-1] == len(idx.pos) == pix.n_pixels - len(missing)
+    assert sorted(idx.missing.tolist()) == missing
+    assert idx.pos.dtype == idx.local.dtype == np.intp
+
+
 def test_chunk_by_chunk_pixel_sets_are_copied_and_equal_plain_indexing() -> None:
     """Pixel sets laid out chunk by chunk (a rollup block cut along the chunks): whole
     chunks are copied in one piece, partial ones gathered into one run, and pixels of a

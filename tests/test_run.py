@@ -416,3 +416,25 @@ def test_units_of_one_strip_run_on_one_worker_process(sample_small, sample_repo,
     held = [set(v) for v in cached.values()]
     assert len(held) == 2 and all(held) and not (held[0] & held[1])
     assert held[0] | held[1] == strips
+
+
+def test_a_local_cluster_without_dashboard_keeps_dasks_monitors_quiet() -> None:
+    """Worker processes of a LocalCluster without dashboard neither profile their threads
+    nor run the 20 ms event-loop tick and 500 ms system monitor in every server (they would
+    take CPU from the units on a machine with no spare core); the scheduler neither."""
+    from pixelquery_batch.executor import ClusterOptions, open_client
+
+    def intervals(dask_worker: Any = None, dask_scheduler: Any = None) -> dict[str, Any]:
+        import dask
+
+        server = dask_worker or dask_scheduler
+        return {"tick_ms": server.periodic_callbacks["tick"].callback_time,
+                "monitor_ms": server.periodic_callbacks["monitor"].callback_time,
+                "profile": dask.config.get("distributed.worker.profile.enabled")}
+
+    opts = ClusterOptions(n_workers=1, threads_per_worker=1, processes=True, dashboard=False)
+    with open_client(opts) as client:
+        (worker,) = client.run(intervals).values()
+        scheduler = client.run_on_scheduler(intervals)
+    assert worker == {"tick_ms": 200, "monitor_ms": 2000, "profile": False}
+    assert scheduler["tick_ms"] == 200 and scheduler["monitor_ms"] == 2000
