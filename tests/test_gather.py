@@ -194,6 +194,42 @@ def test_threads_sharing_a_layout_all_get_every_field_statistic() -> None:
             np.testing.assert_array_equal(got["median"], want, err_msg=f"trial {trial}")
 
 
+def test_segment_statistics_equal_numpy_field_by_field() -> None:
+    """Every statistic of every field against numpy on that field's own pixels: fields of
+    0 to 300 pixels, NaN and +-inf invalid, some pixels dropped (``keep``).
+    Counts and order statistics (numpy's median and linear percentiles) exactly; sums,
+    means and standard deviations to 1e-12."""
+    from pixelquery_batch.kernels.segments import Segments, segment_stats
+
+    rng = np.random.default_rng(11)
+    counts = np.concatenate([[0, 1, 2, 0], rng.integers(0, 300, 2000)])
+    seg = Segments.from_counts(counts)
+    values = rng.normal(0.4, 0.2, seg.n_pixels)
+    values[rng.random(seg.n_pixels) < 0.1] = np.nan
+    values[rng.random(seg.n_pixels) < 0.01] = np.inf
+    values[rng.random(seg.n_pixels) < 0.01] = -np.inf
+    values[seg.starts[5]:seg.starts[6]] = np.nan  # a field with no valid pixel
+    keep = rng.random(seg.n_pixels) > 0.05
+    names = ["mean", "std", "min", "max", "median", "p10", "p25", "p75", "p90", "count",
+             "sum", "valid_fraction"]
+    got = segment_stats(values, seg, names, keep=keep)
+    for f, (a, b) in enumerate(itertools.pairwise(seg.starts.tolist())):
+        v, k = values[a:b][keep[a:b]], keep[a:b]
+        ok = v[np.isfinite(v)]
+        want = {"count": len(ok), "valid_fraction": len(ok) / k.sum() if k.sum() else np.nan}
+        if len(ok):
+            want.update(mean=ok.mean(), std=ok.std(), min=ok.min(), max=ok.max(),
+                        median=np.median(ok), sum=ok.sum(),
+                        **{f"p{p}": np.percentile(ok, p) for p in (10, 25, 75, 90)})
+        for name in names:
+            w, g = want.get(name, np.nan), got[name][f]
+            if name in ("mean", "std", "sum", "valid_fraction"):
+                np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-15, err_msg=f"{name} of {f}")
+            else:
+                assert g == w or (np.isnan(g) and np.isnan(w)), (name, f, g, w)
+        assert got["_total"][f] == k.sum()
+
+
 @pytest.mark.parametrize("counts", [[0, 3, 0, 0, 2, 0], [5], [0, 0], [], [1, 0, 4, 0]])
 def test_segment_sums_equal_per_field_sums_with_empty_fields(counts: list[int]) -> None:
     """Per-field sums (one reduceat pass) against plain per-field numpy sums, with empty
