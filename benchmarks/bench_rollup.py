@@ -28,7 +28,9 @@ Everything is measured in the same run; setup is timed apart and never enters a 
    both then give the client's peak during that run) and read after it. The client
    process also hosts the LocalCluster's scheduler;
 3. the per-field statistics job on the same data (ndvi only: red, nir and scl are read;
-   mean, median, count; parquet), once, with the page cache warm from the rollup runs;
+   mean, median, count; parquet), once, with the page cache warm from the rollup runs, on
+   the cluster ``pqb run`` would start for it (``processes: auto`` sized by its
+   field-scene pairs: worker processes from 1,000,000 pairs on);
 4. chunk reads: the chunks the rollup fetched (manifest ``rollup.chunks_read``) per scene
    and band vs the chunks of one band of one scene (``ceil(H/512) * ceil(W/512)``), and
    vs the chunks the field job fetched (``execution.chunks_read``);
@@ -477,7 +479,17 @@ def main() -> int:
         print_rollup_run("worker processes", proc)
 
         # ---------------------------------------------------------------- 3. field job
-        field = timed_run(spec_field, opts)
+        # on the cluster `pqb run` would start for it: `processes: auto` sized by the job's
+        # field-scene pairs (worker processes from 1,000,000 on), not the rollup's threads
+        from pixelquery_batch.executor import choose_processes
+
+        n_field_scenes = len(prepare_job(spec_field).scenes)
+        opts_field = choose_processes(cluster_options(spec_field), info["n_fields"], n_field_scenes)
+        say(f"field job: {info['n_fields']} fields x {n_field_scenes} scenes on "
+            f"{opts_field.n_workers} x {opts_field.threads_per_worker} "
+            f"{'worker processes' if opts_field.processes else 'threads of this process'} "
+            "(processes: auto, as pqb run sizes it)")
+        field = timed_run(spec_field, opts_field)
         print_field_run(field)
 
         # ---------------------------------------------------------------- 4. chunk reads
