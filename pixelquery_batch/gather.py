@@ -536,8 +536,8 @@ def _build_band_index(pix: FieldPixels, grid: Any, chunks_yx: tuple[int, int],
     starts = np.flatnonzero(np.diff(lin[:n_in])) + 1
     needed = lin[np.concatenate([[0], starts])] if n_in else lin[:0]
     bounds = np.concatenate([[0], starts, [n_in]]) if n_in else np.zeros(1, np.int64)
-    every = order if order is not None else np.arange(len(lin))
-    pos, missing = every[:n_in], every[n_in:]
+    ranked = order if order is not None else np.arange(len(lin))  # pixels in key order
+    pos, missing = ranked[:n_in], ranked[n_in:]
     local = (local[:n_in] if order is None else local[pos]).astype(np.intp, copy=False)
     return _BandIndex(chunks=[(int(k) // ncx, int(k) % ncx) for k in needed],
                       bounds=bounds.astype(np.int64, copy=False), pos=pos, local=local,
