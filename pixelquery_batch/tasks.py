@@ -237,9 +237,10 @@ def warm_worker() -> None:
 
     from . import expr, gather, rasterize  # noqa: F401
     from ._logging import quiet_own_task_errors
-    from .kernels import segments  # noqa: F401
+    from .kernels import segments
 
     gather.tune_allocator()
+    segments.warm_kernels()
     quiet_own_task_errors()
 
 
@@ -584,7 +585,8 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
                 current, prefetched = prefetched, {} if not prefetch else _prefetch(
                     reader, following[scene.scene_id], ctx, work, pix)
                 tiles = {(b.array, b.index): t for b, t in
-                         _decode_bands(reader, scene, bands, work, pix, current, ctx)}
+                         _decode_bands(reader, scene, bands, work, pix, current, ctx,
+                                       threads)}
                 masked = _cloud_applies(scene, ctx)
                 when = dt.datetime.fromisoformat(scene.datetime)
                 for g, grp in enumerate(groups):
@@ -659,9 +661,10 @@ def _stage_rows(to: RowStage, unit: WorkUnit, rows: _Rows, day_rows: _Rows | Non
 
 def _decode_bands(reader: ChunkReader, scene: SceneTask, bands: dict[str, BandInfo],
                   work: Work, pix: Any, prefetched: dict[Any, Any] | None,
-                  ctx: JobContext) -> list[tuple[BandInfo, Any]]:
+                  ctx: JobContext, threads: int = 1) -> list[tuple[BandInfo, Any]]:
     """The chunks each distinct stored band of ``bands`` needs, decoded (the cloud band
-    straight to its cloud mask where :func:`_cloud_tables` allows)."""
+    straight to its cloud mask where :func:`_cloud_tables` allows); ``threads``: the
+    worker's, for building a band's pixel index."""
     from .gather import decode_band
 
     distinct = {(b.array, b.index): b for b in bands.values()}.values()
@@ -669,7 +672,7 @@ def _decode_bands(reader: ChunkReader, scene: SceneTask, bands: dict[str, BandIn
     tables = _cloud_tables(bands, ctx)
     return [(b, decode_band(reader, scene.group, b, work, pix,
                             prefetched=pre.get((scene.scene_id, b.array, b.index)),
-                            table=tables.get((b.array, b.index))))
+                            table=tables.get((b.array, b.index)), threads=threads))
             for b in distinct]
 
 

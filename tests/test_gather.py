@@ -311,6 +311,7 @@ def test_threads_asking_for_one_band_index_build_it_once(monkeypatch: pytest.Mon
     assert sorted(idx.pos.tolist()) == np.flatnonzero(pix.inside).tolist()  # every pixel once
 
 
+@pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize(("band_t", "band_shape", "chunks"), [
     (T, (2000, 2000), (256, 256)),  # the work grid itself
     ((20.0, 0.0, 600000.0, 0.0, -20.0, 5300000.0), (1000, 1000), (128, 256)),  # a 20 m band
@@ -319,17 +320,21 @@ def test_threads_asking_for_one_band_index_build_it_once(monkeypatch: pytest.Mon
 ])
 def test_band_index_equals_a_pixel_by_pixel_construction(band_t: tuple[float, ...],
                                                           band_shape: tuple[int, int],
-                                                          chunks: tuple[int, int]) -> None:
+                                                          chunks: tuple[int, int], threads: int,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """Every pixel a chunk holds appears once, under that chunk, at its row-major offset
     in it, positions ascending within a chunk; chunks in ascending order; the rest are
-    missing. Fields cross the raster's edge, so some pixels lie outside it."""
+    missing. Fields cross the raster's edge, so some pixels lie outside it. Built on
+    three threads (the pixels cut in three parts, each sorted alone), it is the same."""
+    from pixelquery_batch import gather
     from pixelquery_batch.gather import _build_band_index
     from pixelquery_batch.grids import grid_map
 
+    monkeypatch.setattr(gather, "_PARALLEL_MIN_PIXELS", 1000)  # these few pixels in parts
     work = (T, (2000, 2000))
     pix = field_pixels(_fields(700, seed=12), T, work[1], "centre", key=("index", chunks, band_t))
     assert not pix.inside.all()
-    idx = _build_band_index(pix, (band_t, band_shape), chunks, work)
+    idx = _build_band_index(pix, (band_t, band_shape), chunks, work, threads)
     gm = grid_map(work, (band_t, band_shape))
     cy, cx = chunks
     expect: dict[tuple[int, int], list[tuple[int, int]]] = {}
@@ -378,6 +383,17 @@ def test_chunk_by_chunk_pixel_sets_are_copied_and_equal_plain_indexing() -> None
     pix = field_pixels(fields, T, shape, "centre", key="runs-test")
     runs = _band_index(pix, band, (T, shape)).runs
     assert {0, 1, 2} <= set(runs.tolist())
+    # built in parts on threads (the first parts already in chunk order), the same index
+    from pixelquery_batch.gather import _band_index_parts
+    from pixelquery_batch.grids import grid_map
+
+    one = _band_index(pix, band, (T, shape))
+    for n_parts in (2, 3, 5):
+        parts = _band_index_parts(pix, grid_map((T, shape), (T, shape)), (256, 256), (4, 4),
+                                  n_parts)
+        assert parts.chunks == one.chunks
+        for name in ("bounds", "pos", "local", "missing", "runs"):
+            assert np.array_equal(getattr(parts, name), getattr(one, name)), (n_parts, name)
     got = decode_band(reader, "s", band, (T, shape), pix).values(0, pix.n_pixels)
     inside = pix.inside
     assert np.array_equal(got[inside], full[pix.rows[inside], pix.cols[inside]])

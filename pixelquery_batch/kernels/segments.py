@@ -1,4 +1,4 @@
-"""Statistics of many fields at once (kernels layer: numpy only, pure).
+"""Statistics of many fields at once (kernels layer: numpy and compiled kernels, pure).
 
 The pixels of all fields of a work unit are gathered into one flat array, field after
 field (a *segment* per field). :func:`segment_stats` computes every requested statistic
@@ -9,7 +9,8 @@ of every field in a handful of vectorised passes instead of a Python loop per fi
 * min, max, median and percentiles from one sort per *size bucket*: fields of similar
   pixel counts are laid out as rows of a padded 2-D array (padding is NaN, which sorts
   last) and sorted along the rows in one call, then read off at the positions numpy's
-  ``median`` / ``percentile(..., method="linear")`` use.
+  ``median`` / ``percentile(..., method="linear")`` use, by one compiled pass per bucket
+  (:func:`~pixelquery_batch.kernels.compiled.sorted_order_stats`, GIL released).
 
 The definitions are those of :mod:`pixelquery_batch.kernels.stats` for unit weights
 (``centre`` and ``all_touched`` rules); results equal a per-field
@@ -30,7 +31,7 @@ import numpy as np
 
 from .stats import percentile_of, validate_stats, zonal_stats
 
-__all__ = ["Segments", "segment_stats"]
+__all__ = ["Segments", "segment_stats", "warm_kernels"]
 
 _GROWTH = 1.25  # bucket sizes grow geometrically: padding wastes at most 25 %
 _BUILDING = threading.Lock()  # one thread builds a layout's buckets, the others wait
@@ -194,7 +195,6 @@ def segment_stats(
         raise ValueError(f"values must have shape ({segments.n_pixels},); got {values.shape}")
     if weights is not None:
         return _weighted(values, segments, names, keep, weights)
-    n = segments.n_fields
     valid = np.isfinite(values)
     if keep is not None:
         valid &= keep
@@ -222,35 +222,40 @@ def segment_stats(
         out["valid_fraction"] = np.where(total > 0, count / total, np.nan)
     qnames = [q for q in names if q in ("min", "max", "median") or percentile_of(q) is not None]
     if qnames:
-        for q in qnames:
-            out[q] = np.full(n, np.nan)
-        ext = np.empty(len(values) + 1)  # + a NaN slot the padding points at
-        np.copyto(ext[:-1], values)
-        ext[:-1][~valid] = np.nan
-        ext[-1] = np.nan
-        for fids, idx in segments.buckets():
-            rows = np.sort(ext[idx], axis=1)  # NaN (invalid and padding) sorts last
-            c = count[fids].astype(np.int64)
-            ok = c > 0
-            if not ok.any():
-                continue
-            fids, rows, c = fids[ok], rows[ok], c[ok]
-            r = np.arange(len(fids))
-            for q in qnames:
-                if q == "min":
-                    res = rows[:, 0]
-                elif q == "max":
-                    res = rows[r, c - 1]
-                elif q == "median":
-                    lo, hi = rows[r, (c - 1) // 2], rows[r, c // 2]
-                    res = np.where(c % 2 == 1, lo, (lo + hi) / 2.0)  # numpy.median: mean of the two
-                else:
-                    pos = (c - 1) * (percentile_of(q) / 100.0)  # type: ignore[operator]
-                    below = np.floor(pos).astype(np.int64)
-                    above = np.minimum(below + 1, c - 1)
-                    res = _lerp(rows[r, below], rows[r, above], pos - below)
-                out[q][fids] = res
+        order = _order_stats(values, valid, count, segments, qnames)
+        for k, q in enumerate(qnames):
+            out[q] = order[k]
     return {k: out[k] for k in (*names, "_total") if k in out}
+
+
+def warm_kernels() -> None:
+    """Load the compiled kernels :func:`segment_stats` runs (numba: from its disk cache,
+    else compiled), so that a worker's first unit does not pay for it."""
+    segment_stats(np.array([1.0, np.nan]), Segments.from_counts([2]), ["median"])
+
+
+def _order_stats(values: np.ndarray, valid: np.ndarray, count: np.ndarray, segments: Segments,
+                 qnames: Sequence[str]) -> np.ndarray:
+    """``(len(qnames), F)``: min, max, median and percentiles of every field's valid
+    values (``count`` of them per field), NaN where it has none. One sort per size bucket of fields (their values as
+    rows of a padded 2-D array, NaN sorting last), read off by a compiled pass at the
+    positions numpy's ``median`` / ``percentile(..., method="linear")`` use: three calls
+    per bucket that release the GIL, where reading off in numpy took dozens (a worker's
+    threads handed the GIL back and forth between them)."""
+    from .compiled import ORDER_MAX, ORDER_MEDIAN, ORDER_MIN, ORDER_PERCENTILE, sorted_order_stats
+
+    named = {"min": ORDER_MIN, "max": ORDER_MAX, "median": ORDER_MEDIAN}
+    codes = np.array([named.get(q, ORDER_PERCENTILE) for q in qnames], dtype=np.int64)
+    fractions = np.array([(percentile_of(q) or 0) / 100.0 for q in qnames])
+    out = np.full((len(qnames), segments.n_fields), np.nan)
+    ext = np.empty(len(values) + 1)  # + a NaN slot the padding points at
+    np.copyto(ext[:-1], values)
+    ext[:-1][~valid] = np.nan
+    ext[-1] = np.nan
+    for fids, idx in segments.buckets():
+        rows = np.sort(ext[idx], axis=1)  # NaN (invalid and padding) sorts last
+        sorted_order_stats(rows, fids, count, codes, fractions, out)
+    return out
 
 
 def _weighted(values: np.ndarray, segments: Segments, names: tuple[str, ...],
