@@ -237,11 +237,9 @@ def warm_worker() -> None:
 
     from . import expr, gather, rasterize  # noqa: F401
     from ._logging import quiet_own_task_errors
-    from .kernels import segments
+    from .kernels import segments  # noqa: F401
 
     gather.tune_allocator()
-    # the compiled kernels load (0.25 s) beside the rest of the start, not before it
-    threading.Thread(target=segments.warm_kernels, name="pqb-warm-kernels", daemon=True).start()
     quiet_own_task_errors()
 
 

@@ -1,4 +1,4 @@
-"""Statistics of many fields at once (kernels layer: numpy and compiled kernels, pure).
+"""Statistics of many fields at once (kernels layer: numpy only, pure).
 
 The pixels of all fields of a work unit are gathered into one flat array, field after
 field (a *segment* per field). :func:`segment_stats` computes every requested statistic
@@ -9,8 +9,7 @@ of every field in a handful of vectorised passes instead of a Python loop per fi
 * min, max, median and percentiles from one sort per *size bucket*: fields of similar
   pixel counts are laid out as rows of a padded 2-D array (padding is NaN, which sorts
   last) and sorted along the rows in one call, then read off at the positions numpy's
-  ``median`` / ``percentile(..., method="linear")`` use, by one compiled pass per bucket
-  (:func:`~pixelquery_batch.kernels.compiled.sorted_order_stats`, GIL released).
+  ``median`` / ``percentile(..., method="linear")`` use, for all fields at once.
 
 The definitions are those of :mod:`pixelquery_batch.kernels.stats` for unit weights
 (``centre`` and ``all_touched`` rules); results equal a per-field
@@ -31,7 +30,7 @@ import numpy as np
 
 from .stats import percentile_of, validate_stats, zonal_stats
 
-__all__ = ["Segments", "segment_stats", "warm_kernels"]
+__all__ = ["Segments", "segment_stats"]
 
 _GROWTH = 1.25  # bucket sizes grow geometrically: padding wastes at most 25 %
 _BUILDING = threading.Lock()  # one thread builds a layout's buckets, the others wait
@@ -119,6 +118,22 @@ class Segments:
             if not self._buckets:
                 self._buckets[:] = self._build_buckets()  # one step: all or nothing
         return self._buckets
+
+    @functools.cached_property
+    def row_starts(self) -> np.ndarray:
+        """Where each field's padded row starts when the rows of :meth:`buckets` lie one
+        after the other in one flat buffer (of :attr:`padded_size` values)."""
+        out = np.zeros(self.n_fields, dtype=np.int64)
+        at = 0
+        for fids, idx in self.buckets():
+            out[fids] = at + np.arange(len(fids), dtype=np.int64) * idx.shape[1]
+            at += idx.size
+        return out
+
+    @functools.cached_property
+    def padded_size(self) -> int:
+        """Values in all the padded rows of :meth:`buckets`."""
+        return sum(idx.size for _, idx in self.buckets())
 
     def _build_buckets(self) -> list[tuple[np.ndarray, np.ndarray]]:
         built: list[tuple[np.ndarray, np.ndarray]] = []
@@ -228,33 +243,46 @@ def segment_stats(
     return {k: out[k] for k in (*names, "_total") if k in out}
 
 
-def warm_kernels() -> None:
-    """Load the compiled kernels :func:`segment_stats` runs (numba: from its disk cache,
-    else compiled), so that a worker's first unit does not pay for it."""
-    segment_stats(np.array([1.0, np.nan]), Segments.from_counts([2]), ["median"])
-
-
 def _order_stats(values: np.ndarray, valid: np.ndarray, count: np.ndarray, segments: Segments,
                  qnames: Sequence[str]) -> np.ndarray:
     """``(len(qnames), F)``: min, max, median and percentiles of every field's valid
-    values (``count`` of them per field), NaN where it has none. One sort per size bucket of fields (their values as
-    rows of a padded 2-D array, NaN sorting last), read off by a compiled pass at the
-    positions numpy's ``median`` / ``percentile(..., method="linear")`` use: three calls
-    per bucket that release the GIL, where reading off in numpy took dozens (a worker's
-    threads handed the GIL back and forth between them)."""
-    from .compiled import ORDER_MAX, ORDER_MEDIAN, ORDER_MIN, ORDER_PERCENTILE, sorted_order_stats
+    values (``count`` of them per field), NaN where it has none.
 
-    named = {"min": ORDER_MIN, "max": ORDER_MAX, "median": ORDER_MEDIAN}
-    codes = np.array([named.get(q, ORDER_PERCENTILE) for q in qnames], dtype=np.int64)
-    fractions = np.array([(percentile_of(q) or 0) / 100.0 for q in qnames])
+    Each size bucket's fields are gathered as rows of one flat buffer and sorted in place
+    along the rows (NaN, invalid or padding, sorting last): two numpy calls per bucket.
+    Every statistic is then read off all fields at once, at the positions numpy's
+    ``median`` / ``percentile(..., method="linear")`` use, with numpy's arithmetic (equal
+    bit for bit). Reading off bucket by bucket took dozens of small calls per bucket, and
+    a worker's threads handed the GIL to each other between them."""
     out = np.full((len(qnames), segments.n_fields), np.nan)
     ext = np.empty(len(values) + 1)  # + a NaN slot the padding points at
     np.copyto(ext[:-1], values)
     ext[:-1][~valid] = np.nan
     ext[-1] = np.nan
-    for fids, idx in segments.buckets():
-        rows = np.sort(ext[idx], axis=1)  # NaN (invalid and padding) sorts last
-        sorted_order_stats(rows, fids, count, codes, fractions, out)
+    flat = np.empty(segments.padded_size)
+    at = 0
+    for _, idx in segments.buckets():
+        rows = flat[at:at + idx.size].reshape(idx.shape)
+        np.take(ext, idx, out=rows, mode="clip")  # (unbuffered: "raise" copies)
+        rows.sort(axis=1)
+        at += idx.size
+    c = count.astype(np.int64)
+    ok = np.flatnonzero(c > 0)
+    c, first = c[ok], segments.row_starts[ok]  # each field's sorted row in ``flat``
+    for k, q in enumerate(qnames):
+        if q == "min":
+            res = flat[first]
+        elif q == "max":
+            res = flat[first + c - 1]
+        elif q == "median":
+            lo, hi = flat[first + (c - 1) // 2], flat[first + c // 2]
+            res = np.where(c % 2 == 1, lo, (lo + hi) / 2.0)  # numpy.median: mean of the two
+        else:
+            pos = (c - 1) * (percentile_of(q) / 100.0)  # type: ignore[operator]
+            below = np.floor(pos).astype(np.int64)
+            above = np.minimum(below + 1, c - 1)
+            res = _lerp(flat[first + below], flat[first + above], pos - below)
+        out[k, ok] = res
     return out
 
 
