@@ -120,6 +120,46 @@ def machine_context() -> dict[str, Any]:
     }
 
 
+#: /proc/vmstat counters that tell how the host treated memory during a run
+_VMSTAT = ("workingset_refault_file", "pgmajfault", "pgpgin", "compact_stall")
+
+
+def host_events() -> dict[str, float]:
+    """Counters of the host's memory and CPU behaviour (Linux; empty elsewhere): file
+    pages refaulted after eviction, major faults, KB read from disk, compaction stalls
+    (/proc/vmstat) and CPU time stolen by the hypervisor, in seconds (/proc/stat). Their
+    change over a run tells a quiet host from a busy one."""
+    out: dict[str, float] = {}
+    try:
+        with open("/proc/vmstat", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(" ")
+                if key in _VMSTAT:
+                    out[key] = float(value)
+        with open("/proc/stat", encoding="utf-8") as f:
+            cpu = f.readline().split()
+        if cpu and cpu[0] == "cpu" and len(cpu) > 8:
+            out["steal_s"] = float(cpu[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return {}
+    return out
+
+
+def say_host_events(before: dict[str, float], label: str) -> dict[str, float]:
+    """Print (and return) how :func:`host_events` changed since ``before``."""
+    now = host_events()
+    delta = {k: now[k] - before[k] for k in now if k in before}
+    if delta:
+        page_mb = os.sysconf("SC_PAGE_SIZE") / 1e6
+        say(f"host during {label}: file pages refaulted "
+            f"{delta.get('workingset_refault_file', 0):,.0f} "
+            f"({delta.get('workingset_refault_file', 0) * page_mb:,.0f} MB), major faults "
+            f"{delta.get('pgmajfault', 0):,.0f}, read from disk "
+            f"{delta.get('pgpgin', 0) / 1e3:,.0f} MB, compaction stalls "
+            f"{delta.get('compact_stall', 0):,.0f}, CPU stolen {delta.get('steal_s', 0):.1f} s")
+    return delta
+
+
 def say_context(title: str) -> dict[str, Any]:
     """Print the benchmark title, library versions, the machine and the date; return them."""
     ctx = machine_context()

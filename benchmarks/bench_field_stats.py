@@ -121,9 +121,11 @@ from _bench_common import (  # sibling modules of this script
     TARGET_MEMORY,
     cogs_by_scene,
     data_files,
+    host_events,
     resident_fraction,
     say,
     say_context,
+    say_host_events,
     setup_data,
     status,
     warm_page_cache,
@@ -873,6 +875,7 @@ def main(argv: list[str] | None = None) -> int:
         for d in densities:
             say("")
             say(f"## {d.n_fields:,} fields ({d.fields_path.name}) x {len(scenes)} scenes")
+            host0 = host_events()
             for rep in range(max(args.repeats, args.engine_repeats)):
                 run_repeat(d, rep, args=args, workers=workers, scenes=scenes, runs_dir=runs_dir,
                            engine=rep < args.engine_repeats, peers=rep < args.repeats)
@@ -889,6 +892,8 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"WARNING: the engine matched {summaries[d.n_fields]['engine']['scenes_matched']}"
                     f" scenes, the chunk count assumes {len(scenes)}")
             print_density(summaries[d.n_fields], args.repeats, args.engine_repeats)
+            summaries[d.n_fields]["host_events"] = say_host_events(
+                host0, f"the {d.n_fields:,}-field runs")
             d.tables.clear()
         for files in tile_files.values():
             for tf in files.values():
