@@ -548,22 +548,10 @@ def _build_band_index(pix: FieldPixels, grid: Any, chunks_yx: tuple[int, int],
     n_parts = min(threads, 4, pix.n_pixels // _PARALLEL_MIN_PIXELS)
     if n_parts > 1 and ncy * ncx < (1 << 16) - 1:
         return _band_index_parts(pix, gm, chunks_yx, (ncy, ncx), n_parts)
-    valid, r, c = pix.inside, pix.rows, pix.cols
-    if not gm.identity:  # a band on another grid; -1 where the band has no pixel
-        r = np.take(gm.rows.astype(r.dtype), r, mode="clip")  # off-raster ones: clipped,
-        c = np.take(gm.cols.astype(c.dtype), c, mode="clip")  # then dropped by ``valid``
-        valid = valid & (r >= 0) & (c >= 0)
     off = ncy * ncx  # the key of pixels no chunk holds
     key = np.uint16 if off < (1 << 16) - 1 else np.int64
-    lin = (r // cy).astype(key)
-    lin *= key(ncx)
-    lin += (c // cx).astype(key)
-    if not valid.all():
-        np.putmask(lin, ~valid, key(off))
-    local = (r % cy) * cx + (c % cx)  # row-major offset in the chunk
-    order = None
-    if len(lin) and not bool((lin[1:] >= lin[:-1]).all()):  # else laid out chunk by chunk
-        order = np.argsort(lin, kind="stable")  # positions stay ascending within a chunk
+    lin, local, order = _chunk_keys(pix, 0, pix.n_pixels, gm, chunks_yx, ncx, off, key)
+    if order is not None:
         lin = lin[order]
     n_in = int(np.searchsorted(lin, off))
     starts = np.flatnonzero(np.diff(lin[:n_in])) + 1
@@ -575,6 +563,30 @@ def _build_band_index(pix: FieldPixels, grid: Any, chunks_yx: tuple[int, int],
     return _BandIndex(chunks=[(int(k) // ncx, int(k) % ncx) for k in needed],
                       bounds=bounds.astype(np.int64, copy=False), pos=pos, local=local,
                       missing=missing, runs=_runs(bounds, pos, local, cy * cx))
+
+
+def _chunk_keys(pix: FieldPixels, a: int, b: int, gm: Any, chunks_yx: tuple[int, int], ncx: int,
+                off: int, key: type) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Of pixels ``a:b``: each one's chunk as a ``key`` (``off`` where no chunk holds it),
+    its row-major offset in that chunk, and the stable order that sorts the keys
+    (``None`` where they already ascend: a set laid out chunk by chunk), so positions stay
+    ascending within a chunk."""
+    cy, cx = chunks_yx
+    valid, r, c = pix.inside[a:b], pix.rows[a:b], pix.cols[a:b]
+    if not gm.identity:  # a band on another grid; -1 where the band has no pixel
+        r = np.take(gm.rows.astype(r.dtype), r, mode="clip")  # off-raster ones: clipped,
+        c = np.take(gm.cols.astype(c.dtype), c, mode="clip")  # then dropped by ``valid``
+        valid = valid & (r >= 0) & (c >= 0)
+    lin = (r // cy).astype(key)
+    lin *= key(ncx)
+    lin += (c // cx).astype(key)
+    if not valid.all():
+        np.putmask(lin, ~valid, key(off))
+    local = (r % cy) * cx + (c % cx)  # row-major offset in the chunk
+    order = None
+    if len(lin) and not bool((lin[1:] >= lin[:-1]).all()):
+        order = np.argsort(lin, kind="stable")
+    return lin, local, order
 
 
 #: Pixels per thread below which a band index is built on one thread.
@@ -598,27 +610,14 @@ def _band_index_parts(pix: FieldPixels, gm: Any, chunks_yx: tuple[int, int],
     cuts = np.linspace(0, pix.n_pixels, n_parts + 1).astype(np.int64)
     parts = list(itertools.pairwise(cuts.tolist()))
 
-    def keyed(ab: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
-        a, b = ab
-        valid, r, c = pix.inside[a:b], pix.rows[a:b], pix.cols[a:b]
-        if not gm.identity:
-            r = np.take(gm.rows.astype(r.dtype), r, mode="clip")
-            c = np.take(gm.cols.astype(c.dtype), c, mode="clip")
-            valid = valid & (r >= 0) & (c >= 0)
-        lin = (r // cy).astype(np.uint16)
-        lin *= np.uint16(ncx)
-        lin += (c // cx).astype(np.uint16)
-        if not valid.all():
-            np.putmask(lin, ~valid, np.uint16(off))
-        local = (r % cy) * cx + (c % cx)
-        order = None
-        if len(lin) and not bool((lin[1:] >= lin[:-1]).all()):
-            order = np.argsort(lin, kind="stable")
-        return lin, order, local, np.bincount(lin, minlength=off + 1)
+    def keyed(ab: tuple[int, int]) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+        lin, local, order = _chunk_keys(pix, ab[0], ab[1], gm, chunks_yx, ncx, off,
+                                        np.uint16)
+        return order, local, np.bincount(lin, minlength=off + 1)
 
     with ThreadPoolExecutor(n_parts, thread_name_prefix="pqb-index") as pool:
         keyed_parts = list(pool.map(keyed, parts))
-        counts = np.stack([k[3] for k in keyed_parts])  # (parts, keys)
+        counts = np.stack([k[2] for k in keyed_parts])  # (parts, keys)
         total = counts.sum(axis=0)
         first = np.concatenate([[0], np.cumsum(total)[:-1]])  # each chunk's first slot
         before = np.cumsum(counts, axis=0) - counts  # earlier parts' pixels of each chunk
@@ -626,7 +625,7 @@ def _band_index_parts(pix: FieldPixels, gm: Any, chunks_yx: tuple[int, int],
         local_all = np.empty(pix.n_pixels, np.intp)
 
         def place(i: int) -> None:
-            (a, b), (_, order, local, cnt) = parts[i], keyed_parts[i]
+            (a, b), (order, local, cnt) = parts[i], keyed_parts[i]
             own = np.cumsum(cnt) - cnt  # each chunk's first slot within this part's order
             dest = np.repeat(first + before[i] - own, cnt)
             dest += np.arange(b - a, dtype=dest.dtype)
@@ -686,13 +685,13 @@ def _dtype(band: BandInfo) -> np.dtype:
 
 
 def prefetch_band(reader: ChunkReader, group: str, band: BandInfo, work: Work,
-                  pix: FieldPixels, *, threads: int = 1) -> Any:
+                  pix: FieldPixels) -> Any:
     """Start fetching what :func:`decode_band` will decode (readers that can: the
     Icechunk one); the handle goes to ``decode_band(..., prefetched=)``."""
     start = getattr(reader, "prefetch", None)
     if start is None:
         return None
-    return start(group, band, _band_index(pix, band, work, threads).chunks)
+    return start(group, band, _band_index(pix, band, work).chunks)
 
 
 def decode_band(reader: ChunkReader, group: str, band: BandInfo, work: Work,
