@@ -408,9 +408,15 @@ class _Rows:
         from .kernels.segments import segment_stats
 
         res = segment_stats(values, grp.segments, self.cols, keep=keep, weights=weights)
-        invalid = ~np.isfinite(values)
-        cloud_w = _weighted_sums(grp.segments, weights, invalid & cloud, keep)
-        nodata_w = _weighted_sums(grp.segments, weights, invalid, keep) - cloud_w
+        if weights is None:  # the pixels not valid are those of the total not counted
+            invalid_w = res["_total"] - res["_valid"]  # (whole numbers: exact)
+            cloud_w = (_weighted_sums(grp.segments, None, ~np.isfinite(values) & cloud, keep)
+                       if cloud.any() else np.zeros(grp.segments.n_fields))
+        else:
+            invalid = ~np.isfinite(values)
+            cloud_w = _weighted_sums(grp.segments, weights, invalid & cloud, keep)
+            invalid_w = _weighted_sums(grp.segments, weights, invalid, keep)
+        nodata_w = invalid_w - cloud_w
         self.add(ids, grp.f0, grp.f1, scene_id, when, variable, res, res["_total"], nodata_w,
                  cloud_w, cloud_masked)
 

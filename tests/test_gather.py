@@ -62,6 +62,88 @@ def test_parallel_batched_centre_pixels_equal_the_per_field_rasteriser(threads: 
     assert (~pix.inside).any() and pix.inside.any()
 
 
+def _wkb_buffers(geoms: list, **kw) -> tuple[np.ndarray, np.ndarray]:
+    wkb = [shapely.to_wkb(g, **kw) for g in geoms]
+    return (np.frombuffer(b"".join(wkb), np.uint8),
+            np.concatenate([[0], np.cumsum([len(w) for w in wkb])]))
+
+
+def test_centre_pixels_read_from_wkb_equal_those_read_by_shapely() -> None:
+    """The numpy WKB reader gives the shapely reader's pixels, bit for bit, on polygons
+    with holes, multi-polygons (an empty part among them), empty geometries, and shapes
+    offset so their vertices sit at every byte alignment in the buffer; anything it does
+    not read (Z coordinates, big-endian, collections, a cut-off buffer) is handed back."""
+    from shapely.geometry import MultiPolygon, Polygon
+
+    from pixelquery_batch.rasterize import centre_pixels_batch, centre_pixels_wkb
+
+    rng = np.random.default_rng(7)
+    geoms, windows = [], []
+    for i in range(240):
+        x, y = 600000 + rng.uniform(0, 5000), 5300000 - rng.uniform(0, 5000)
+        outer = shapely.affinity.rotate(box(x, y, x + rng.uniform(30, 200),
+                                            y + rng.uniform(30, 200)), rng.uniform(0, 90))
+        hole = shapely.affinity.scale(outer, 0.4, 0.4)
+        kind = i % 6
+        if kind == 0:
+            g = Polygon(outer.exterior.coords, [hole.exterior.coords])
+        elif kind == 1:
+            g = MultiPolygon([outer, shapely.affinity.translate(outer, 400, 0)])
+        elif kind == 2:
+            g = MultiPolygon([Polygon(outer.exterior.coords, [hole.exterior.coords]),
+                              shapely.affinity.translate(outer, 0, -300),
+                              shapely.affinity.translate(outer, 300, -300)])
+        elif kind == 3:
+            g = Polygon()
+        elif kind == 4:
+            g = shapely.from_wkt("MULTIPOLYGON (EMPTY, ((0 0, 1 0, 1 1, 0 0)))")
+            g = shapely.affinity.translate(g, x, y)
+        else:
+            g = outer
+        geoms.append(g)
+        b = g.bounds if not g.is_empty else (x, y, x + 1, y + 1)
+        c0, c1 = int(np.floor((b[0] - T[2]) / 10)), int(np.ceil((b[2] - T[2]) / 10))
+        r0, r1 = int(np.floor((T[5] - b[3]) / 10)), int(np.ceil((T[5] - b[1]) / 10))
+        windows.append((r0, c0, r1 - r0, c1 - c0))
+    windows = np.asarray(windows)
+    want = centre_pixels_batch(geoms, windows, T)
+    assert want[0].sum() > 10_000
+    data, offsets = _wkb_buffers(geoms)
+    for shift in range(8):  # the same WKB at every alignment of the buffer
+        shifted = np.concatenate([np.zeros(shift, np.uint8), data])
+        got = centre_pixels_wkb(shifted, offsets + shift, windows, T)
+        assert got is not None
+        for a, b in zip(want, got, strict=True):
+            assert a.dtype == b.dtype and np.array_equal(a, b)
+    # a slice of the fields: offsets that do not start at 0
+    got = centre_pixels_wkb(data, offsets[60:121], windows[60:120], T)
+    ref = centre_pixels_batch(geoms[60:120], windows[60:120], T)
+    assert got is not None and all(np.array_equal(a, b) for a, b in zip(ref, got, strict=True))
+
+    poly = geoms[5]
+    handed_back = {
+        "z": _wkb_buffers([shapely.force_3d(poly)]),
+        "big-endian": _wkb_buffers([poly], byte_order=0),
+        "collection": _wkb_buffers([shapely.GeometryCollection([poly])]),
+        "cut off": (data[:offsets[6] - 3], offsets[:7]),
+    }
+    for name, (d, o) in handed_back.items():
+        assert centre_pixels_wkb(d, o, windows[: len(o) - 1], T) is None, name
+
+
+def test_fields_the_wkb_reader_hands_back_still_get_their_pixels() -> None:
+    """Fields with Z coordinates (and 8,000 plain ones: the batched path) get the pixels of
+    their 2-D shapes through shapely."""
+    fields = _fields(8000, seed=5)
+    flat = _build(fields, T, (2000, 2000), "centre", threads=2)
+    z = [_Field(f.field_id, shapely.to_wkb(shapely.force_3d(shapely.from_wkb(f.wkb))), f.window)
+         for f in fields]
+    with_z = _build(z, T, (2000, 2000), "centre", threads=2)
+    assert not with_z.failed and with_z.n_pixels == flat.n_pixels > 100_000
+    assert np.array_equal(with_z.rows, flat.rows) and np.array_equal(with_z.cols, flat.cols)
+    assert np.array_equal(with_z.segments.starts, flat.segments.starts)
+
+
 def test_batched_centre_pixels_on_scan_lines_with_large_windows() -> None:
     """Boxes whose horizontal edges lie exactly on pixel-centre lines (GDAL fills those
     that run towards -x) beside windows of 50,000 x 50,000 px: the batch packs (field,
@@ -194,9 +276,10 @@ def test_threads_sharing_a_layout_all_get_every_field_statistic() -> None:
             np.testing.assert_array_equal(got["median"], want, err_msg=f"trial {trial}")
 
 
-def test_segment_statistics_equal_numpy_field_by_field() -> None:
+@pytest.mark.parametrize("with_keep", [True, False])
+def test_segment_statistics_equal_numpy_field_by_field(with_keep: bool) -> None:
     """Every statistic of every field against numpy on that field's own pixels: fields of
-    0 to 300 pixels, NaN and +-inf invalid, some pixels dropped (``keep``).
+    0 to 300 pixels, NaN and +-inf invalid, some pixels dropped (``keep``) or none.
     Counts and order statistics (numpy's median and linear percentiles) exactly; sums,
     means and standard deviations to 1e-12."""
     from pixelquery_batch.kernels.segments import Segments, segment_stats
@@ -209,10 +292,10 @@ def test_segment_statistics_equal_numpy_field_by_field() -> None:
     values[rng.random(seg.n_pixels) < 0.01] = np.inf
     values[rng.random(seg.n_pixels) < 0.01] = -np.inf
     values[seg.starts[5]:seg.starts[6]] = np.nan  # a field with no valid pixel
-    keep = rng.random(seg.n_pixels) > 0.05
+    keep = rng.random(seg.n_pixels) > 0.05 if with_keep else np.ones(seg.n_pixels, bool)
     names = ["mean", "std", "min", "max", "median", "p10", "p25", "p75", "p90", "count",
              "sum", "valid_fraction"]
-    got = segment_stats(values, seg, names, keep=keep)
+    got = segment_stats(values, seg, names, keep=keep if with_keep else None)
     for f, (a, b) in enumerate(itertools.pairwise(seg.starts.tolist())):
         v, k = values[a:b][keep[a:b]], keep[a:b]
         ok = v[np.isfinite(v)]
@@ -227,7 +310,7 @@ def test_segment_statistics_equal_numpy_field_by_field() -> None:
                 np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-15, err_msg=f"{name} of {f}")
             else:
                 assert g == w or (np.isnan(g) and np.isnan(w)), (name, f, g, w)
-        assert got["_total"][f] == k.sum()
+        assert got["_total"][f] == k.sum() and got["_valid"][f] == len(ok)
 
 
 @pytest.mark.parametrize("counts", [[0, 3, 0, 0, 2, 0], [5], [0, 0], [], [1, 0, 4, 0]])

@@ -192,7 +192,9 @@ def segment_stats(
     -------
     dict of str to numpy.ndarray
         One float64 ``(F,)`` array per statistic, plus ``"_total"`` (the weight of the
-        field's pixels, i.e. what ``valid_fraction`` divides by).
+        field's pixels, i.e. what ``valid_fraction`` divides by) and, without
+        ``weights``, ``"_valid"`` (the count of valid pixels, whether or not ``count``
+        was asked for).
 
     Examples
     --------
@@ -237,14 +239,16 @@ def segment_stats(
         out["valid_fraction"] = np.where(total > 0, count / total, np.nan)
     qnames = [q for q in names if q in ("min", "max", "median") or percentile_of(q) is not None]
     if qnames:
-        order = _order_stats(values, valid, count, segments, qnames)
+        order = _order_stats(values, valid, count, segments, qnames, masked=keep is not None)
         for k, q in enumerate(qnames):
             out[q] = order[k]
-    return {k: out[k] for k in (*names, "_total") if k in out}
+    got = {k: out[k] for k in (*names, "_total") if k in out}
+    got["_valid"] = count
+    return got
 
 
 def _order_stats(values: np.ndarray, valid: np.ndarray, count: np.ndarray, segments: Segments,
-                 qnames: Sequence[str]) -> np.ndarray:
+                 qnames: Sequence[str], *, masked: bool = True) -> np.ndarray:
     """``(len(qnames), F)``: min, max, median and percentiles of every field's valid
     values (``count`` of them per field), NaN where it has none.
 
@@ -253,11 +257,16 @@ def _order_stats(values: np.ndarray, valid: np.ndarray, count: np.ndarray, segme
     Every statistic is then read off all fields at once, at the positions numpy's
     ``median`` / ``percentile(..., method="linear")`` use, with numpy's arithmetic (equal
     bit for bit). Reading off bucket by bucket took dozens of small calls per bucket, and
-    a worker's threads handed the GIL to each other between them."""
+    a worker's threads handed the GIL to each other between them.
+
+    ``masked``: ``valid`` may drop finite values; otherwise it is ``isfinite(values)``,
+    whose invalid values are NaN already unless some are infinite (a quarter of the cost
+    of masking them: by hand, 128 Ki values, 0.05 ms against 0.21-0.24 ms)."""
     out = np.full((len(qnames), segments.n_fields), np.nan)
     ext = np.empty(len(values) + 1)  # + a NaN slot the padding points at
     np.copyto(ext[:-1], values)
-    ext[:-1][~valid] = np.nan
+    if masked or bool(np.isinf(values).any()):
+        np.putmask(ext[:-1], ~valid, np.nan)
     ext[-1] = np.nan
     flat = np.empty(segments.padded_size)
     at = 0
