@@ -50,6 +50,12 @@ dates) at several field densities, computed by five peers, each timed as wall an
   statistics are batched), alternate scenes on each of two pinned forked processes,
   against all of it on one core: the ceiling for decode-bound work on different tiles,
   as the engine's workers have;
+* **two engines at once**: after the engine's runs of each round, two 1-worker ``pqb run``s
+  of the same job side by side, each process pinned to a core of its own
+  (``--skip-engine-pair`` leaves it out). ``2 x one worker's execution / the pair's longer
+  execution`` is what this machine gives a second core on the engine's own mix of work
+  with nothing shared inside a process (no GIL, no shared pixel build): the ceiling for the
+  engine's 1 -> 2 worker speedup, printed beside it (a reference, not a target);
 * **rasterstats**, only if it is installed (it is skipped silently otherwise).
 
 In-process peers are timed with ``perf_counter`` and ``getrusage(RUSAGE_SELF)``. The
@@ -187,6 +193,8 @@ class Density:
     floor_pairs: list[PeerRun] = field(default_factory=list)  # two floors at once
     decodes: list[PeerRun] = field(default_factory=list)  # the floor's decoding alone
     decode_pairs: list[PeerRun] = field(default_factory=list)  # it shared out on two cores
+    pair_specs: list[Path] = field(default_factory=list)  # two 1-worker specs for engine pairs
+    engine_pairs: list[list[PeerRun]] = field(default_factory=list)  # two engines at once
     tables: dict[str, Any] = field(default_factory=dict)  # peer key -> last table
     touched: dict[str, int] = field(default_factory=dict)  # band -> distinct tiles per scene
 
@@ -319,6 +327,11 @@ def run_repeat(d: Density, rep: int, *, args: argparse.Namespace, workers: list[
         run.table = read_engine_table(run.extra["stats_path"])
         keep(engine_key(w), run)
         say_engine_run(run, rep)
+    if engine and d.pair_specs:
+        pair = run_engine_pair(d, rep, ddir)
+        d.engine_pairs.append(pair)
+        say(f"  rep {rep}: two 1-worker engines at once (one per core): execution "
+            + ", ".join(f"{r.extra['exec_wall_s']:.2f}" for r in pair) + " s")
     if not peers:
         return
     if not args.skip_naive:
@@ -351,6 +364,24 @@ def run_repeat(d: Density, rep: int, *, args: argparse.Namespace, workers: list[
             d.decode_pairs.append(pair)
             say(f"  rep {rep}: the floor's decoding alone {one.wall_s:7.2f} s, shared out on two "
                 f"cores {pair.wall_s:7.2f} s  halves {pair.extra['copy_wall_s']} s")
+
+
+def run_engine_pair(d: Density, rep: int, ddir: Path) -> list[PeerRun]:
+    """Two 1-worker ``pqb run``s of the same job at once, each pinned to a core of its own
+    (separate processes: nothing shared but the machine). ``2 x one worker's execution /
+    the pair's longer execution`` is what this machine gives a second core on the engine's
+    own work mix: the ceiling printed beside its 1 -> 2 worker speedup. Only the execution
+    walls (from each manifest) are used: the two runs' CPU cannot be told apart."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cores = sorted(os.sched_getaffinity(0))[:2]
+    for k in range(2):
+        shutil.rmtree(ddir / f"pair{k}_out", ignore_errors=True)
+    with ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(lambda k: run_engine(
+            d.pair_specs[k], python=sys.executable, log_path=ddir / f"pair{k}_r{rep}.log",
+            cpus={cores[k]}), range(2)))
+    return runs
 
 
 def say_engine_run(r: PeerRun, rep: int) -> None:
@@ -509,6 +540,15 @@ def summarise_density(d: Density, *, main_w: int, workers: list[int], n_scenes: 
                                             / med(d.floor_pairs, "wall_s"))
         engine["floor_pair_wall_s"] = med(d.floor_pairs, "wall_s")
         engine["floor_pair_runs"] = [r.record() for r in d.floor_pairs]
+    if d.engine_pairs and engine_key(1) in d.runs:
+        # the engine's own work twice at once, one process per core: what the machine allows it
+        longer = [max(r.extra["exec_wall_s"] for r in pair) for pair in d.engine_pairs]
+        alone = med_extra(d.runs[engine_key(1)], "exec_wall_s")
+        engine["engine_pair_exec_wall_s"] = statistics.median(longer)
+        engine["engine_alone_exec_wall_s"] = alone
+        engine["engine_pair_ceiling_1_to_2"] = 2 * alone / statistics.median(longer)
+        engine["engine_pair_runs"] = [[r.extra["exec_wall_s"] for r in pair]
+                                      for pair in d.engine_pairs]
     if d.decode_pairs:
         # the decoding alone (which dominates the engine's execution), scenes shared out
         engine["decode_ceiling_1_to_2"] = med(d.decodes, "wall_s") / med(d.decode_pairs, "wall_s")
@@ -576,6 +616,11 @@ def print_density(s: dict[str, Any], repeats: int, engine_repeats: int) -> None:
             f"{e['floor_pair_wall_s']:.2f} s vs one floor "
             f"{s['peers']['floor']['wall_s']:.2f} s -> the 1 -> 2 core ceiling for this work "
             f"{e['machine_ceiling_1_to_2']:.2f}x")
+    if "engine_pair_ceiling_1_to_2" in e:
+        say(f"machine: two 1-worker engines at once (processes pinned one per core) execution "
+            f"{e['engine_pair_exec_wall_s']:.2f} s (the longer of the two) vs one alone "
+            f"{e['engine_alone_exec_wall_s']:.2f} s -> the 1 -> 2 core ceiling for "
+            f"the engine's own work {e['engine_pair_ceiling_1_to_2']:.2f}x")
     if "decode_ceiling_1_to_2" in e:
         say(f"machine: the floor's decoding shared out on two cores (forked, alternate scenes) "
             f"{e['decode_pair_wall_s']:.2f} s vs on one {e['decode_wall_s']:.2f} s -> the "
@@ -691,6 +736,10 @@ def evaluate_targets(summ: dict[int, dict[str, Any]]) -> list[TargetRow]:
         if ceiling is not None:
             rows.append(TargetRow(f"{n:,} fields: (reference) two floors at once, 1 -> 2 cores",
                                   f"{ceiling:.2f}x", "(the machine's ceiling)", None, ceiling))
+        ceiling = e.get("engine_pair_ceiling_1_to_2")
+        if ceiling is not None:
+            rows.append(TargetRow(f"{n:,} fields: (reference) two 1-worker engines at once",
+                                  f"{ceiling:.2f}x", "(ceiling, engine's work)", None, ceiling))
         ceiling = e.get("decode_ceiling_1_to_2")
         if ceiling is not None:
             rows.append(TargetRow(f"{n:,} fields: (reference) decoding shared out, 1 -> 2 cores",
@@ -787,6 +836,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--skip-floor-pair", action="store_true",
                     help="do not also run two copies of the floor at once (one per core): "
                     "the machine's own 1 -> 2 core ceiling for this work")
+    ap.add_argument("--skip-engine-pair", action="store_true",
+                    help="do not also run two 1-worker engines at once (one per core) after "
+                    "the engine's runs: the machine's 1 -> 2 core ceiling for its work")
     ap.add_argument("--check-sample", type=int, default=20,
                     help="seeded pairs reported apart in the correctness check (every common "
                     "pair is compared as well)")
@@ -860,6 +912,11 @@ def main(argv: list[str] | None = None) -> int:
             for w in workers:
                 d.specs[w] = write_spec(ddir / f"bench-d{n}-w{w}.yaml", repo=info["repo"],
                                         fields=path, out_dir=ddir / f"w{w}_out", workers=w)
+            if (not args.skip_engine_pair and 1 in workers and 2 in workers
+                    and len(os.sched_getaffinity(0)) >= 2):
+                d.pair_specs = [write_spec(ddir / f"bench-d{n}-pair{k}.yaml", repo=info["repo"],
+                                           fields=path, out_dir=ddir / f"pair{k}_out", workers=1)
+                                for k in range(2)]
             if not args.skip_floor:
                 d.floor = prepare_floor([ids_all[i] for i in idx.tolist()], bounds_all[idx],
                                         [geoms_scene[i] for i in idx.tolist()], grids["red"],
