@@ -373,6 +373,8 @@ def run_engine(spec: Path, *, python: str, log_path: Path, cpus: set[int] | None
         "unit_s_total": float(ex["unit_s_total"]),
         # per worker thread: units, busy and CPU seconds, last end (from the first start)
         "per_worker": list((ex.get("per_worker") or {}).values()),
+        # what the units spent their time on, summed over units: phase -> wall_s, cpu_s
+        "unit_phases": ex.get("unit_phases") or {},
         "failures": len(manifest["failures"]),
         "manifest_duration_s": float(manifest["duration_s"]),
         "plan": {k: plan[k] for k in ("scenes_matched", "fields", "fields_matched",

@@ -397,6 +397,9 @@ def say_engine_run(r: PeerRun, rep: int) -> None:
         f"CPU {r.cpu_s:.2f} s; {x['units']} tasks, {x['rows']} rows, {x['chunks_read']} chunks "
         f"fetched, {x['failures']} failures; peak RSS workers [{rss}] MB, pqb process "
         f"{x['peak_rss_main'] / MB:.0f} MB")
+    if x.get("unit_phases"):
+        say("      unit phases, summed over units (wall / thread CPU, s): " + ", ".join(
+            f"{k} {v['wall_s']:.2f} / {v['cpu_s']:.2f}" for k, v in x["unit_phases"].items()))
     if x.get("per_worker"):
         say("      worker threads (busy / their CPU / last unit ended, s): " + "; ".join(
             f"{t['busy_s']:.2f} / {t['cpu_s']:.2f} / {t['last_end_s']:.2f}"

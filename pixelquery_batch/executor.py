@@ -80,6 +80,13 @@ class ExecutionSummary:
     #: cpu_s (that thread's CPU in them), first_start / last_end (wall clock): how evenly
     #: the work was spread
     per_worker: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: phase -> [wall s, CPU s] summed over every unit (``UnitResult.phases``)
+    phases: dict[str, list[float]] = field(default_factory=dict)
+
+    def phase_record(self) -> dict[str, dict[str, float]]:
+        """:attr:`phases` as ``{phase: {"wall_s", "cpu_s"}}``, in the order units pass them."""
+        return {k: {"wall_s": round(w, 3), "cpu_s": round(c, 3)}
+                for k, (w, c) in self.phases.items()}
 
     def worker_record(self) -> dict[str, dict[str, float]]:
         """:attr:`per_worker` with times in seconds from the first unit's start."""
@@ -415,6 +422,10 @@ def _record(summary: ExecutionSummary, res: UnitResult, on_result: Callable[[Uni
     summary.warnings.extend(res.warnings)
     summary.unit_s_total += res.duration_s
     summary.unit_s_max = max(summary.unit_s_max, res.duration_s)
+    for phase, (wall, cpu) in res.phases.items():
+        got = summary.phases.setdefault(phase, [0.0, 0.0])
+        got[0] += wall
+        got[1] += cpu
     if res.started_at and (summary.first_unit_at is None or res.started_at < summary.first_unit_at):
         summary.first_unit_at = res.started_at
     if res.started_at:

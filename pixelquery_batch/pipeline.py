@@ -810,6 +810,7 @@ def _execution_record(summary: ExecutionSummary) -> dict[str, Any]:
         "wall_s": round(summary.wall_s, 3), "unit_s_total": round(summary.unit_s_total, 3),
         "unit_s_max": round(summary.unit_s_max, 3),
         "per_worker": summary.worker_record(),
+        "unit_phases": summary.phase_record(),
     }
 
 

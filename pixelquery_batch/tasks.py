@@ -201,6 +201,44 @@ class UnitResult:
     staged: bool = False  # rows staged by the unit: ``table`` holds its (field, scene) pairs
     worker: str = ""  # Dask worker address and thread that ran it ("local ..." outside one)
     cpu_s: float = 0.0  # CPU time of the thread that ran it (not of threads it started)
+    #: phase -> (wall s, CPU s of the unit's thread) in it: see :class:`PhaseClock`
+    phases: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+class PhaseClock:
+    """Wall and thread-CPU seconds a unit spends per phase, summed over its scenes and
+    groups: ``setup`` (the reader, the arrays' metadata), ``pixels`` (the fields' pixels,
+    or waiting for another thread building them), ``index`` (where each pixel sits in each
+    band's chunks), ``decode`` (fetching and decoding chunks, gathering their pixels),
+    ``band_math`` (physical values, masks, expressions), ``stats`` (every statistic of
+    every field), ``pictures`` (rendering and writing them, if asked for) and ``rows`` (the
+    unit's rows built, sorted and staged). Wall above CPU is time off the CPU: waiting for
+    I/O, for another thread (a shared pixel set, the GIL) or for a core. Two clock reads
+    per phase entered (~1 µs). The run's manifest sums them over its units
+    (``execution.unit_phases``).
+
+    >>> clock = PhaseClock()
+    >>> with clock("stats"):
+    ...     _ = sum(range(1000))
+    >>> sorted(clock.totals()), all(v >= 0 for v in clock.totals()["stats"])
+    (['stats'], True)
+    """
+
+    def __init__(self) -> None:
+        self._sums: dict[str, list[float]] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        w0, c0 = time.perf_counter(), time.thread_time()
+        try:
+            yield
+        finally:
+            got = self._sums.setdefault(phase, [0.0, 0.0])
+            got[0] += time.perf_counter() - w0
+            got[1] += time.thread_time() - c0
+
+    def totals(self) -> dict[str, tuple[float, float]]:
+        return {k: (v[0], v[1]) for k, v in self._sums.items()}
 
 
 def stat_columns(stats: Sequence[str]) -> list[str]:
@@ -523,7 +561,7 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
     TaskError
         With ``on_error: fail``, on the first failing field or scene (ids attached).
     """
-    from .gather import field_pixels, tune_allocator
+    from .gather import _band_index, field_pixels, tune_allocator
 
     tune_allocator()
     if _TEST_DELAY_S:  # fault-injection hook of the kill tests: slow units down
@@ -531,7 +569,9 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
     started_at = time.time()
     t0 = time.perf_counter()
     cpu0 = time.thread_time()
-    reader = reader or _reader_for(ctx.repo)
+    clock = PhaseClock()
+    with clock("setup"):
+        reader = reader or _reader_for(ctx.repo)
     before = reader.chunks_read
     rows = _Rows(ctx.stats, ctx)
     day_rows = _Rows(ctx.stats, ctx) if ctx.daily else None
@@ -550,8 +590,9 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
         failures.append(info)
 
     threads = _worker_threads()
-    pix = field_pixels(unit.fields, unit.transform, unit.shape_yx, ctx.rule, key=unit.fields_key,
-                       threads=threads)
+    with clock("pixels"):
+        pix = field_pixels(unit.fields, unit.transform, unit.shape_yx, ctx.rule,
+                           key=unit.fields_key, threads=threads)
     for fid, err in pix.failed.items():
         fail(ValueError(err), scene_id=None, field_id=fid)
     counts = pix.segments.counts
@@ -566,7 +607,8 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
     files: list[tuple[str, bytes]] = []
     writes: list[tuple[str, Any]] = []  # pictures being written: (scene id, future)
 
-    groups = pix.groups(_group_pixels(threads))
+    with clock("pixels"):
+        groups = pix.groups(_group_pixels(threads))
     days: dict[str, list[SceneTask]] = {}
     for scene in unit.scenes:
         days.setdefault(scene.day or scene.datetime[:10], []).append(scene)
@@ -574,11 +616,13 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
     following = dict(zip((s.scene_id for s in order), [*order[1:], None], strict=True))
     warm = getattr(reader, "warm", None)
     if warm is not None:  # every scene's array metadata in one round trip
-        with contextlib.suppress(Exception):  # each scene's own read reports its problem
+        with clock("setup"), contextlib.suppress(Exception):  # each scene's read reports its problem
             warm({(s.group, b.array) for s in unit.scenes
                   for b in _needed_bands(s, ctx).values()})
     prefetch = threads == 1
-    prefetched = _prefetch(reader, order[0] if order else None, ctx, work, pix) if prefetch else {}
+    with clock("index"):  # (and the first scene's fetch started, on one thread)
+        prefetched = (_prefetch(reader, order[0] if order else None, ctx, work, pix)
+                      if prefetch else {})
 
     for day_scenes in days.values():
         merged: dict[tuple[int, str], np.ndarray] = {}  # (group, variable) -> day values
@@ -587,35 +631,44 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
         for scene in day_scenes:
             try:
                 bands = _needed_bands(scene, ctx)
-                current, prefetched = prefetched, {} if not prefetch else _prefetch(
-                    reader, following[scene.scene_id], ctx, work, pix)
-                tiles = {(b.array, b.index): t for b, t in
-                         _decode_bands(reader, scene, bands, work, pix, current, ctx,
-                                       threads)}
+                with clock("index"):  # built once per pixel set and grid: later scenes find it
+                    for b in {(b.array, b.index): b for b in bands.values()}.values():
+                        _band_index(pix, b, work, threads)
+                with clock("decode"):
+                    current, prefetched = prefetched, {} if not prefetch else _prefetch(
+                        reader, following[scene.scene_id], ctx, work, pix)
+                    tiles = {(b.array, b.index): t for b, t in
+                             _decode_bands(reader, scene, bands, work, pix, current, ctx,
+                                           threads)}
                 masked = _cloud_applies(scene, ctx)
                 when = dt.datetime.fromisoformat(scene.datetime)
                 for g, grp in enumerate(groups):
-                    env, cloud = _group_env(grp, bands, tiles, pix, ctx)
+                    with clock("band_math"):
+                        env, cloud = _group_env(grp, bands, tiles, pix, ctx)
                     gw = None if pix.weights is None else pix.weights[grp.p0:grp.p1]
                     to_render: dict[str, np.ndarray] = {}
                     for vname, expr in exprs:
-                        values = _evaluate(expr, env, grp.p1 - grp.p0)
-                        if masked:
-                            values[cloud] = np.nan
+                        with clock("band_math"):
+                            values = _evaluate(expr, env, grp.p1 - grp.p0)
+                            if masked:
+                                values[cloud] = np.nan
                         if render_vars and vname in render_vars:
                             to_render[vname] = values
-                        rows.add_group(grp, id_arr, scene.scene_id, when, vname, values, cloud,
-                                       masked, weights=gw)
+                        with clock("stats"):
+                            rows.add_group(grp, id_arr, scene.scene_id, when, vname, values,
+                                           cloud, masked, weights=gw)
                         if day_rows is not None:
-                            prev = merged.get((g, vname))
-                            merged[(g, vname)] = values if prev is None else np.where(
-                                np.isnan(prev), values, prev)
+                            with clock("band_math"):  # the day's first valid value
+                                prev = merged.get((g, vname))
+                                merged[(g, vname)] = values if prev is None else np.where(
+                                    np.isnan(prev), values, prev)
                     if day_rows is not None:
                         prev_c = merged_cloud.get(g)
                         merged_cloud[g] = cloud if prev_c is None else prev_c | cloud
                     if to_render:
-                        _render_group(ctx.render, pix, grp, ids, scene, to_render, unit.crs,
-                                      unit.transform, files, writes)
+                        with clock("pictures"):
+                            _render_group(ctx.render, pix, grp, ids, scene, to_render,
+                                          unit.crs, unit.transform, files, writes)
                 done.append(scene)
             except TaskError:
                 raise
@@ -623,31 +676,46 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
                 for fid in ids:
                     fail(exc, scene_id=scene.scene_id, field_id=fid)
         if day_rows is not None and done:
-            keep_all = pix.outside(done[0].exclude_wkb, unit.transform)
-            day_masked = all(_cloud_applies(s, ctx) for s in done)
-            day_id = "+".join(sorted(s.scene_id for s in done))
-            when = min(dt.datetime.fromisoformat(s.datetime) for s in done)
-            for g, grp in enumerate(groups):
-                keep = None if keep_all is None else keep_all[grp.p0:grp.p1]
-                gw = None if pix.weights is None else pix.weights[grp.p0:grp.p1]
-                for vname, _ in exprs:
-                    day_rows.add_group(grp, id_arr, day_id, when, vname, merged[(g, vname)],
-                                       merged_cloud[g], day_masked, weights=gw, keep=keep)
+            with clock("stats"):  # the day's merged values, per field
+                _day_rows(day_rows, done, groups, exprs, merged, merged_cloud, pix, id_arr,
+                          unit, ctx)
     for scene_id, write in writes:  # every picture on storage before the unit reports
         try:
-            write.result()
+            with clock("pictures"):
+                write.result()
         except Exception as exc:
             for fid in ids:
                 fail(exc, scene_id=scene_id, field_id=fid)
-    if ctx.rows_to is not None:
-        table, day_table = _stage_rows(ctx.rows_to, unit, rows, day_rows), None
-    else:
-        table = rows.table(sort=True)
-        day_table = day_rows.table() if day_rows is not None else None
+    with clock("rows"):
+        if ctx.rows_to is not None:
+            table, day_table = _stage_rows(ctx.rows_to, unit, rows, day_rows), None
+        else:
+            table = rows.table(sort=True)
+            day_table = day_rows.table() if day_rows is not None else None
     return UnitResult(unit.unit_id, table, reader.chunks_read - before,
                       time.perf_counter() - t0, failures, warnings, day_table=day_table,
                       started_at=started_at, files=files, staged=ctx.rows_to is not None,
-                      worker=_worker_address(), cpu_s=time.thread_time() - cpu0)
+                      worker=_worker_address(), cpu_s=time.thread_time() - cpu0,
+                      phases=clock.totals())
+
+
+def _day_rows(day_rows: _Rows, done: list[SceneTask], groups: Sequence[Any],
+              exprs: Sequence[tuple[str, Any]], merged: dict[tuple[int, str], np.ndarray],
+              merged_cloud: dict[int, np.ndarray], pix: Any, id_arr: pa.Array,
+              unit: WorkUnit, ctx: JobContext) -> None:
+    """Add one day's rows: per group of fields, the statistics of the day's merged values
+    (``done``: the day's scenes computed on this grid), minus the pixels a same-day scene
+    on another grid provides."""
+    keep_all = pix.outside(done[0].exclude_wkb, unit.transform)
+    day_masked = all(_cloud_applies(s, ctx) for s in done)
+    day_id = "+".join(sorted(s.scene_id for s in done))
+    when = min(dt.datetime.fromisoformat(s.datetime) for s in done)
+    for g, grp in enumerate(groups):
+        keep = None if keep_all is None else keep_all[grp.p0:grp.p1]
+        gw = None if pix.weights is None else pix.weights[grp.p0:grp.p1]
+        for vname, _ in exprs:
+            day_rows.add_group(grp, id_arr, day_id, when, vname, merged[(g, vname)],
+                               merged_cloud[g], day_masked, weights=gw, keep=keep)
 
 
 def _stage_rows(to: RowStage, unit: WorkUnit, rows: _Rows, day_rows: _Rows | None) -> pa.Table:

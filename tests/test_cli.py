@@ -63,6 +63,14 @@ def test_sample_ingest_scenes_validate_plan_run(tmp_path: Path) -> None:
     assert min(t["first_start_s"] for t in threads.values()) == 0
     for t in threads.values():
         assert t["cpu_s"] > 0 and t["first_start_s"] + t["busy_s"] <= t["last_end_s"] + 0.002
+    # what the units spent their time on: the phases account for (nearly) all of it, and a
+    # thread cannot use more CPU in a phase than the phase lasted
+    phases = summary["execution"]["unit_phases"]
+    assert {"setup", "pixels", "index", "decode", "band_math", "stats", "rows"} == set(phases)
+    spent, total = sum(p["wall_s"] for p in phases.values()), summary["execution"]["unit_s_total"]
+    # (outside them: bookkeeping, ~4 ms per unit of these 15 fields)
+    assert total - 0.1 * total - 0.01 * summary["execution"]["units_done"] <= spent <= total + 0.01
+    assert all(0 <= p["cpu_s"] <= p["wall_s"] + 0.02 for p in phases.values())
     assert Path(summary["outputs"]["stats"]).is_dir()
     human = run("run", str(spec), "--cluster", "sync").stdout
     assert "first rows:" in human
