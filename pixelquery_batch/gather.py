@@ -413,11 +413,11 @@ def _centre_parallel(fields: FieldBlock, windows: np.ndarray, transform: tuple[f
     from the fields' WKB with numpy (:func:`~pixelquery_batch.rasterize.centre_pixels_wkb`),
     not through shapely's geometry objects, whose making holds the GIL: by hand, 20,000
     fields, 1.46 M pixels, builds in a fresh process, 0.12-0.14 s on one thread and
-    0.095-0.126 s on two with shapely, 0.10-0.11 s and 0.068-0.073 s now (same pixels). A worker with one thread
-    builds on that thread: two worker processes building their strips at once gained
-    nothing from extra threads and paid for them (fresh malloc arenas to fault in; by
-    hand, 100,000 fields x 12 scenes, two processes, 3 runs each: the first unit
-    1.96-2.19 s with two build threads each, 1.84-1.94 s with none)."""
+    0.095-0.126 s on two with shapely, 0.10-0.11 s and 0.068-0.073 s now (same pixels).
+    A worker with one thread builds on that thread: two worker processes building their
+    strips at once gained nothing from extra threads and paid for them (fresh malloc
+    arenas to fault in; by hand, 100,000 fields x 12 scenes, two processes, 3 runs each:
+    the first unit 1.96-2.19 s with two build threads each, 1.84-1.94 s with none)."""
     from concurrent.futures import ThreadPoolExecutor
 
     import pyarrow as pa
@@ -713,7 +713,7 @@ def prefetch_band(reader: ChunkReader, group: str, band: BandInfo, work: Work,
 
 def decode_band(reader: ChunkReader, group: str, band: BandInfo, work: Work,
                 pix: FieldPixels, *, prefetched: Any = None,
-                table: np.ndarray | None = None, threads: int = 1) -> BandTiles:
+                table: np.ndarray | None = None) -> BandTiles:
     """Decode the chunks of one band (of one scene) that hold the unit's pixels.
 
     Which chunks, and where each pixel sits in them, is worked out once per band grid
@@ -726,11 +726,8 @@ def decode_band(reader: ChunkReader, group: str, band: BandInfo, work: Work,
     values): the result is then ``table[value]`` of each pixel (a mask, False outside
     the raster), looked up on the whole chunk where the chunk serves more pixels than it
     holds (a 20 m band under 10 m pixels), else on the chunk's pixels.
-
-    ``threads``: how many threads may build the band's index, if it is not built yet
-    (those of the worker: its other threads starting on these pixels wait for it).
     """
-    idx = _band_index(pix, band, work, threads)
+    idx = _band_index(pix, band, work)
     kwargs = {} if prefetched is None else {"prefetched": prefetched}
     out: np.ndarray | None = None
     bounds, pos, local, runs = idx.bounds, idx.pos, idx.local, idx.runs

@@ -16,7 +16,7 @@ import datetime as dt
 import hashlib
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, overload
 
@@ -383,7 +383,7 @@ def _work_chunk(work: tuple[Any, Any], bands: Sequence[BandInfo]) -> tuple[int, 
     return best
 
 
-def _distinct_bands(resolved: tuple[tuple[str, BandInfo], ...]) -> list[BandInfo]:
+def _distinct_bands(resolved: Iterable[tuple[str, BandInfo]]) -> list[BandInfo]:
     """One entry per stored array/band (two names for one band read it once)."""
     return list({(b.array, b.index): b for _, b in resolved}.values())
 

@@ -35,8 +35,8 @@ float64 weight array over that window, under one of three pixel rules:
 Everything is vectorised numpy over the polygon's edges and the window's rows (only the
 rare all-touched edges that meet the pixel lattice exactly are walked in a Python loop);
 shapely is only used to read the rings (and the batched centre rule reads them straight
-from WKB with numpy where it can, :func:`centre_pixels_wkb`). The work is bounded by the window, not by the
-geometry: edges are clipped to the window's rows and columns. There is no rasterio/GDAL import here: the tests use
+from WKB with numpy where it can, :func:`centre_pixels_wkb`). The work is bounded by the
+window, not by the geometry: edges are clipped to the window's rows and columns. There is no rasterio/GDAL import here: the tests use
 GDAL (through rasterio) and exactextract as independent references.
 
 Conventions

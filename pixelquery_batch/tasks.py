@@ -29,7 +29,7 @@ from .catalog.chunks import ChunkReader, ChunkRequest, chunks_for_window
 from .catalog.models import BandInfo
 from .catalog.store import RepoRef
 from .errors import TaskError
-from .planner import SceneTask, WorkUnit
+from .planner import SceneTask, WorkUnit, _distinct_bands
 from .storage import OutputSink
 
 __all__ = ["JobContext", "UnitResult", "read_bands", "result_schema", "run_unit"]
@@ -383,7 +383,7 @@ def read_bands(reader: ChunkReader, scene: SceneTask, bands: dict[str, BandInfo]
 
     requests: list[ChunkRequest] = []
     maps = []
-    for band in {(b.array, b.index): b for b in bands.values()}.values():
+    for band in _distinct_bands(bands.items()):
         grid = (band.transform or work[0], band.shape_yx or work[1])
         gm = grid_map((tuple(work[0]), tuple(work[1])), (tuple(grid[0]), tuple(grid[1])))
         bw = gm.band_window(window)
@@ -632,14 +632,13 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
             try:
                 bands = _needed_bands(scene, ctx)
                 with clock("index"):  # built once per pixel set and grid: later scenes find it
-                    for b in {(b.array, b.index): b for b in bands.values()}.values():
+                    for b in _distinct_bands(bands.items()):
                         _band_index(pix, b, work, threads)
                 with clock("decode"):
                     current, prefetched = prefetched, {} if not prefetch else _prefetch(
                         reader, following[scene.scene_id], ctx, work, pix)
                     tiles = {(b.array, b.index): t for b, t in
-                             _decode_bands(reader, scene, bands, work, pix, current, ctx,
-                                           threads)}
+                             _decode_bands(reader, scene, bands, work, pix, current, ctx)}
                 masked = _cloud_applies(scene, ctx)
                 when = dt.datetime.fromisoformat(scene.datetime)
                 for g, grp in enumerate(groups):
@@ -734,19 +733,17 @@ def _stage_rows(to: RowStage, unit: WorkUnit, rows: _Rows, day_rows: _Rows | Non
 
 def _decode_bands(reader: ChunkReader, scene: SceneTask, bands: dict[str, BandInfo],
                   work: Work, pix: Any, prefetched: dict[Any, Any] | None,
-                  ctx: JobContext, threads: int = 1) -> list[tuple[BandInfo, Any]]:
+                  ctx: JobContext) -> list[tuple[BandInfo, Any]]:
     """The chunks each distinct stored band of ``bands`` needs, decoded (the cloud band
-    straight to its cloud mask where :func:`_cloud_tables` allows); ``threads``: the
-    worker's, for building a band's pixel index."""
+    straight to its cloud mask where :func:`_cloud_tables` allows)."""
     from .gather import decode_band
 
-    distinct = {(b.array, b.index): b for b in bands.values()}.values()
     pre = prefetched or {}
     tables = _cloud_tables(bands, ctx)
     return [(b, decode_band(reader, scene.group, b, work, pix,
                             prefetched=pre.get((scene.scene_id, b.array, b.index)),
-                            table=tables.get((b.array, b.index)), threads=threads))
-            for b in distinct]
+                            table=tables.get((b.array, b.index))))
+            for b in _distinct_bands(bands.items())]
 
 
 def _group_pixels(threads: int) -> int:
@@ -805,7 +802,7 @@ def _prefetch(reader: ChunkReader, scene: SceneTask | None, ctx: JobContext, wor
     try:
         bands = _needed_bands(scene, ctx)
         return {(scene.scene_id, b.array, b.index): prefetch_band(reader, scene.group, b, work, pix)
-                for b in {(b.array, b.index): b for b in bands.values()}.values()}
+                for b in _distinct_bands(bands.items())}
     except Exception:  # the scene's own read reports the problem, with its ids
         return {}
 
