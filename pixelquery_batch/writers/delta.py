@@ -70,7 +70,35 @@ def read(loc: Location, name: str, *, columns: list[str] | None = None,
         table.load_as_version(version)
     schema_names = set(table.schema().to_arrow().names) if columns else set()
     cols = [c for c in columns if c in schema_names] if columns else None
-    return table.to_pyarrow_table(columns=cols)
+    return table.to_pyarrow_table(columns=cols, filesystem=_arrow_filesystem(loc, name))
+
+
+def _arrow_filesystem(loc: Location, name: str) -> Any:
+    """A native Arrow filesystem rooted at the table, for reading its data files.
+
+    Not deltalake's default (a Python filesystem): Arrow's threads release the scan's
+    buffers after ``to_pyarrow_table`` returns, and a buffer of a Python filesystem needs
+    the GIL; when that happens while the interpreter finalises, the thread exits inside a
+    C++ destructor and the process aborts ("terminate called without an active
+    exception", rc 134: seen in ``pqb plan`` under load). Native buffers need no GIL.
+    """
+    import pyarrow.fs as pa_fs
+
+    if loc.is_local:
+        return pa_fs.SubTreeFileSystem(str(loc.local_path / name), pa_fs.LocalFileSystem())
+    s3 = loc.profile.s3.resolved()
+    keys = s3.static_keys()
+    scheme, endpoint = "https", None
+    if s3.endpoint_url:
+        scheme, _, endpoint = s3.endpoint_url.rpartition("://")
+        scheme = scheme or "https"
+    fs = pa_fs.S3FileSystem(access_key=keys.get("access_key_id"),
+                            secret_key=keys.get("secret_access_key"),
+                            session_token=keys.get("session_token"),
+                            anonymous=s3.anonymous, region=s3.region, scheme=scheme,
+                            endpoint_override=endpoint,
+                            force_virtual_addressing=not s3.force_path_style)
+    return pa_fs.SubTreeFileSystem(f"{loc.url[len('s3://'):]}/{name}", fs)
 
 
 _ROW_GROUP = 131_072
