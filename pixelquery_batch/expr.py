@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ast
 import keyword
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -66,12 +66,18 @@ def _finite(value: Any) -> _Value:
     arr = np.asarray(value, dtype=np.float64)
     if arr.ndim == 0:
         return arr if np.isfinite(arr) else np.asarray(_NAN)
-    bad = ~np.isfinite(arr)
+    bad = np.isinf(arr)  # NaN stays NaN: only the infinities need replacing
     if bad.any():
         if not arr.flags.writeable:
             arr = arr.copy()
         arr[bad] = np.nan
     return arr
+
+
+def _checked(fn: _Fn) -> _Fn:
+    """Mark a closure whose results :func:`_finite` has already cleaned."""
+    fn.finite = True  # type: ignore[attr-defined]
+    return fn
 
 
 def _truth(cond: _Value, value: Any) -> _Value:
@@ -240,7 +246,8 @@ class Expression:
         """Whether the result is a truth value (a comparison or ``&``/``|``/``~`` of them)."""
         return self._kind == "bool"
 
-    def evaluate(self, env: Mapping[str, np.ndarray]) -> np.ndarray:
+    def evaluate(self, env: Mapping[str, np.ndarray], *,
+                 finite: Container[str] = ()) -> np.ndarray:
         """Evaluate on float64 arrays keyed by band name (NaN = invalid pixel).
 
         Parameters
@@ -248,6 +255,8 @@ class Expression:
         env
             Arrays (any shapes that broadcast together) for at least :attr:`names`.
             They are converted to float64; other keys are ignored.
+        finite
+            Names whose arrays hold no infinity (values of integer bands): not scanned.
 
         Returns
         -------
@@ -273,6 +282,9 @@ class Expression:
         arrays = {}
         for n in self.names:
             arr = np.asarray(env[n], dtype=np.float64)
+            if n in finite:
+                arrays[n] = arr
+                continue
             inf = np.isinf(arr)  # NaN already marks invalid pixels: only inf needs mapping
             arrays[n] = np.where(inf, _NAN, arr) if inf.any() else arr
         fn = self._fn
@@ -282,6 +294,8 @@ class Expression:
             result = fn(arrays)
         if any(result is a for a in arrays.values()):
             result = result.copy()
+        if getattr(fn, "finite", False):  # its last step cleaned it (a division, a function)
+            return np.asarray(result, dtype=np.float64)
         return _finite(np.asarray(result, dtype=np.float64))
 
 
@@ -377,7 +391,7 @@ class _Compiler:
                 # finite inputs give finite sums and products (barring float overflow,
                 # which the final check maps to NaN): no per-operation scan
                 return (lambda env: ufunc(left(env), right(env))), "num"
-            return (lambda env: _finite(ufunc(left(env), right(env)))), "num"
+            return _checked(lambda env: _finite(ufunc(left(env), right(env)))), "num"
         if op in (ast.BitAnd, ast.BitOr):
             symbol = "&" if op is ast.BitAnd else "|"
             left = self.boolean(node.left, f"'{symbol}'")
@@ -447,7 +461,7 @@ class _Compiler:
             a, b = self.numeric(node.args[1]), self.numeric(node.args[2])
             return (lambda env: _where(cond(env), a(env), b(env))), "num"
         args = [self.numeric(a) for a in node.args]
-        return (lambda env: _finite(impl(*(f(env) for f in args)))), "num"
+        return _checked(lambda env: _finite(impl(*(f(env) for f in args)))), "num"
 
 
 def parse_expression(text: str, *, name: str = "<expr>") -> Expression:

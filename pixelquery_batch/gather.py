@@ -295,6 +295,7 @@ def release_memory() -> None:
 _CACHE: OrderedDict[tuple[Any, ...], FieldPixels] = OrderedDict()
 _CACHE_LOCK = threading.Lock()
 _BUILDING: dict[tuple[Any, ...], threading.Lock] = {}
+_TOGETHER: dict[tuple[Any, ...], _Together] = {}  # pixel sets being built, for helpers
 _CACHE_SIZE = 4
 #: Cached pixel sets beyond the newest are dropped (oldest first) while together they
 #: hold more than this, and before a new set is built while one as large as the largest
@@ -329,6 +330,79 @@ def _nbytes(obj: Any, seen: set[int]) -> int:
     return 0
 
 
+class _Together:
+    """Work that a worker's threads waiting for the same result do together.
+
+    The thread that builds a shared result (the owner) posts it in stages of independent
+    items with :meth:`map`; threads of the same worker that need the result meanwhile call
+    :meth:`help` and take items of the posted stages until the owner closes the work
+    (:meth:`close`), then wait for the result as before. The items run on threads that
+    would otherwise wait, whose memory is warm, rather than on a pool started for the
+    build; a worker with one thread builds alone, as it would anyway. An item that fails
+    fails the owner's :meth:`map`, never a helper.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._stage: list[Any] | None = None  # [fn, items, results, next, done, error]
+        self._closed = False
+
+    def map(self, fn: Any, items: Sequence[Any]) -> list[Any]:
+        """``[fn(x) for x in items]``, with the helpers' hands; the first error raised."""
+        stage = [fn, list(items), [None] * len(items), 0, 0, None]
+        with self._cond:
+            self._stage = stage
+            self._cond.notify_all()
+        while self._take(stage):
+            pass
+        with self._cond:
+            while stage[4] < len(stage[1]):
+                self._cond.wait()
+            self._stage = None
+        if stage[5] is not None:
+            raise stage[5]
+        return stage[2]  # type: ignore[no-any-return]
+
+    def help(self) -> None:
+        """Take items of the posted stages until the owner closes the work."""
+        while True:
+            with self._cond:
+                while not self._closed and (self._stage is None
+                                            or self._stage[3] >= len(self._stage[1])):
+                    self._cond.wait()
+                if self._closed:
+                    return
+                stage = self._stage
+            self._take(stage)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def _take(self, stage: list[Any]) -> bool:
+        """Run the next item of ``stage``; ``False`` when none is left to take."""
+        with self._cond:
+            i, n = stage[3], len(stage[1])
+            if i < n and stage[5] is not None:  # an item failed: the rest count as done
+                stage[3], stage[4] = n, stage[4] + n - i
+                self._cond.notify_all()
+            if stage[3] >= n:
+                return False
+            stage[3] = i + 1
+        try:
+            result, error = stage[0](stage[1][i]), None
+        except BaseException as exc:  # handed to the owner
+            result, error = None, exc
+        with self._cond:
+            stage[2][i] = result
+            if error is not None and stage[5] is None:
+                stage[5] = error
+            stage[4] += 1
+            self._cond.notify_all()
+        return True
+
+
 def clear_pixel_cache() -> None:
     """Forget every cached :class:`FieldPixels` (tests)."""
     with _CACHE_LOCK:
@@ -336,21 +410,22 @@ def clear_pixel_cache() -> None:
 
 
 def field_pixels(fields: Sequence[Any], transform: tuple[float, ...], shape_yx: tuple[int, int],
-                 rule: str, *, key: str | None = None, threads: int = 1) -> FieldPixels:
+                 rule: str, *, key: str | None = None) -> FieldPixels:
     """The pixels of ``fields`` (planner ``FieldTask``s) under ``rule`` on a work grid.
 
-    ``threads``: how many threads the centre rule's batched rasteriser may use (those of
-    the worker, whose other threads wait for the pixels; a worker process with one thread
-    builds on it alone).
-
     With a ``key`` (the planner's digest of the fields), the result is cached per
-    process, so every unit of these fields on this grid reuses it.
+    process, so every unit of these fields on this grid reuses it: the first thread to
+    ask builds it, and the worker's threads asking meanwhile take slices of the centre
+    rule's fields (:class:`_Together`) before they wait for it.
     """
     cache_key = (key, tuple(transform), tuple(shape_yx), rule) if key else None
     if cache_key is None:
-        return _build(fields, transform, shape_yx, rule, threads)
+        return _build(fields, transform, shape_yx, rule)
     with _CACHE_LOCK:
         building = _BUILDING.setdefault(cache_key, threading.Lock())
+        helping = _TOGETHER.get(cache_key)
+    if helping is not None:
+        helping.help()
     with building:  # threads of one worker build a set of pixels once
         with _CACHE_LOCK:
             hit = _CACHE.get(cache_key)
@@ -365,7 +440,15 @@ def field_pixels(fields: Sequence[Any], transform: tuple[float, ...], shape_yx: 
                 dropped = True
         if dropped:  # moving on to other fields: their pages and the last units' go back
             trim_heap()
-        pix = _build(fields, transform, shape_yx, rule, threads)
+        together = _Together()
+        with _CACHE_LOCK:
+            _TOGETHER[cache_key] = together
+        try:
+            pix = _build(fields, transform, shape_yx, rule, together)
+        finally:
+            together.close()
+            with _CACHE_LOCK:
+                _TOGETHER.pop(cache_key, None)
         with _CACHE_LOCK:
             _CACHE[cache_key] = pix
             _BUILDING.pop(cache_key, None)
@@ -376,7 +459,7 @@ def field_pixels(fields: Sequence[Any], transform: tuple[float, ...], shape_yx: 
 
 
 def _build(fields: Sequence[Any], transform: tuple[float, ...], shape_yx: tuple[int, int],
-           rule: str, threads: int = 1) -> FieldPixels:
+           rule: str, together: _Together | None = None) -> FieldPixels:
     from .planner import FieldBlock
 
     block = FieldBlock.from_tasks(fields)
@@ -387,7 +470,7 @@ def _build(fields: Sequence[Any], transform: tuple[float, ...], shape_yx: tuple[
                        shape_yx, None, {})
     if rule == "centre":
         try:
-            counts, rows, cols = _centre_parallel(block, windows, transform, threads)
+            counts, rows, cols = _centre_parallel(block, windows, transform, together)
         except Exception:
             pass
         else:
@@ -395,7 +478,6 @@ def _build(fields: Sequence[Any], transform: tuple[float, ...], shape_yx: tuple[
     return _build_each(block, transform, shape_yx, rule)
 
 
-_PARALLEL_MIN_FIELDS = 4000
 #: Fields rasterised together: the batched rasteriser's temporaries (crossings, spans) of
 #: one slice are freed before the next one's are allocated, so the slices reuse pages the
 #: allocator keeps instead of faulting in fresh ones for the whole set at once (by hand,
@@ -406,20 +488,21 @@ _SLICE_FIELDS = 2500
 
 
 def _centre_parallel(fields: FieldBlock, windows: np.ndarray, transform: tuple[float, ...],
-                     threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     together: _Together | None = None,
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The batched centre rasteriser over consecutive slices of the fields
-    (:data:`_SLICE_FIELDS` each), in up to ``threads`` threads (its numpy work releases
-    the GIL): a worker's other threads would only wait for it. The rings are read straight
+    (:data:`_SLICE_FIELDS` each), shared with the worker's threads that wait for these
+    pixels (``together``; its numpy work releases the GIL). The rings are read straight
     from the fields' WKB with numpy (:func:`~pixelquery_batch.rasterize.centre_pixels_wkb`),
     not through shapely's geometry objects, whose making holds the GIL: by hand, 20,000
     fields, 1.46 M pixels, builds in a fresh process, 0.12-0.14 s on one thread and
     0.095-0.126 s on two with shapely, 0.10-0.11 s and 0.068-0.073 s now (same pixels).
-    A worker with one thread builds on that thread: two worker processes building their
-    strips at once gained nothing from extra threads and paid for them (fresh malloc
-    arenas to fault in; by hand, 100,000 fields x 12 scenes, two processes, 3 runs each:
-    the first unit 1.96-2.19 s with two build threads each, 1.84-1.94 s with none)."""
-    from concurrent.futures import ThreadPoolExecutor
 
+    No pool of its own: a worker's threads that would wait do the slices, and a worker
+    with one thread builds alone. Two worker processes building their strips at once
+    gained nothing from extra threads and paid for them (fresh malloc arenas to fault in;
+    by hand, 100,000 fields x 12 scenes, two processes, 3 runs each: the first unit
+    1.96-2.19 s with two build threads each, 1.84-1.94 s with none)."""
     import pyarrow as pa
 
     from .rasterize import centre_pixels_batch, centre_pixels_wkb
@@ -431,8 +514,7 @@ def _centre_parallel(fields: FieldBlock, windows: np.ndarray, transform: tuple[f
     data = np.frombuffer(data_buf or b"", np.uint8)
     width = np.int64 if pa.types.is_large_binary(wkb.type) else np.int32
     offsets = np.frombuffer(off_buf, width)[wkb.offset:wkb.offset + len(wkb) + 1]
-    n_threads = min(threads, 4, max(1, len(fields) // _PARALLEL_MIN_FIELDS))
-    n_slices = max(n_threads, -(-len(fields) // _SLICE_FIELDS))
+    n_slices = max(1, -(-len(fields) // _SLICE_FIELDS))
     cuts = np.linspace(0, len(fields), n_slices + 1).astype(int)
 
     def run(ab: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -445,11 +527,8 @@ def _centre_parallel(fields: FieldBlock, windows: np.ndarray, transform: tuple[f
 
     if n_slices == 1:
         return run((0, len(fields)))
-    if n_threads <= 1:
-        parts = [run(ab) for ab in itertools.pairwise(cuts)]
-    else:
-        with ThreadPoolExecutor(n_threads, thread_name_prefix="pqb-pixels") as pool:
-            parts = list(pool.map(run, itertools.pairwise(cuts)))
+    slices = list(itertools.pairwise(cuts))
+    parts = together.map(run, slices) if together is not None else [run(ab) for ab in slices]
     return tuple(np.concatenate([p[k] for p in parts]) for k in range(3))  # type: ignore[return-value]
 
 
@@ -520,28 +599,39 @@ def _band_index(pix: FieldPixels, band: BandInfo, work: Work, threads: int = 1) 
     set and grid: a worker's threads starting on the same pixels wait for the first one
     instead of building it again beside it (by hand, 20,000 fields, 1.46 M pixels: 0.18 s
     the first time in a process, most of it faulting in fresh pages, 0.05 s after), and
-    the first one builds it on up to ``threads`` threads (those of the worker, which would
-    otherwise wait)."""
+    the first one cuts it in up to ``threads`` parts (the worker's threads), which the
+    threads that would wait share with it (:class:`_Together`)."""
     grid = (tuple(band.transform or work[0]), tuple(band.shape_yx or work[1]))
     key = ("band", grid, tuple(band.chunks_yx))
     with _CACHE_LOCK:
         got = pix._derived.get(key)
         building = None if got is not None else pix._derived.setdefault(
             ("building", key), threading.Lock())
+        helping = pix._derived.get(("together", key))
     if building is None:
         return got  # type: ignore[no-any-return]
+    if helping is not None:
+        helping.help()
     with building:
         with _CACHE_LOCK:
             got = pix._derived.get(key)
-        if got is None:
-            got = _build_band_index(pix, grid, band.chunks_yx, work, threads)
+            together = None if got is not None else pix._derived.setdefault(
+                ("together", key), _Together())
+        if together is not None:
+            try:
+                got = _build_band_index(pix, grid, band.chunks_yx, work, threads, together)
+            finally:
+                together.close()
+                with _CACHE_LOCK:
+                    pix._derived.pop(("together", key), None)
             with _CACHE_LOCK:
                 pix._derived[key] = got
     return got  # type: ignore[no-any-return]
 
 
 def _build_band_index(pix: FieldPixels, grid: Any, chunks_yx: tuple[int, int],
-                      work: Work, threads: int = 1) -> _BandIndex:
+                      work: Work, threads: int = 1,
+                      together: _Together | None = None) -> _BandIndex:
     """Sort the pixels chunk by chunk, in few passes over narrow integers: each pixel's
     chunk as a 16-bit key where the grid has fewer than 65,535 chunks (numpy's stable sort
     of 16-bit keys is a radix sort), pixels no chunk holds under one more key that sorts
@@ -556,15 +646,15 @@ def _build_band_index(pix: FieldPixels, grid: Any, chunks_yx: tuple[int, int],
     index (tests compare it with a direct construction).
 
     With ``threads`` > 1 and 16-bit keys, large pixel sets are cut into consecutive parts,
-    each sorted on its own thread, and the parts merged chunk by chunk
-    (:func:`_band_index_parts`).
+    each sorted alone (by the threads ``together`` gathers), and the parts merged chunk by
+    chunk (:func:`_band_index_parts`).
     """
     gm = grid_map((tuple(work[0]), tuple(work[1])), grid)
     cy, cx = chunks_yx
     ncy, ncx = -(-grid[1][0] // cy), -(-grid[1][1] // cx)
     n_parts = min(threads, 4, pix.n_pixels // _PARALLEL_MIN_PIXELS)
     if n_parts > 1 and ncy * ncx < (1 << 16) - 1:
-        return _band_index_parts(pix, gm, chunks_yx, (ncy, ncx), n_parts)
+        return _band_index_parts(pix, gm, chunks_yx, (ncy, ncx), n_parts, together)
     off = ncy * ncx  # the key of pixels no chunk holds
     key = np.uint16 if off < (1 << 16) - 1 else np.int64
     lin, local, order = _chunk_keys(pix, 0, pix.n_pixels, gm, chunks_yx, ncx, off, key)
@@ -611,16 +701,15 @@ _PARALLEL_MIN_PIXELS = 250_000
 
 
 def _band_index_parts(pix: FieldPixels, gm: Any, chunks_yx: tuple[int, int],
-                      nchunks_yx: tuple[int, int], n_parts: int) -> _BandIndex:
-    """:func:`_build_band_index` on ``n_parts`` threads: each thread keys, sorts and counts
-    a consecutive part of the pixels, then writes its pixels of every chunk after the
-    earlier parts' pixels of that chunk, so positions still ascend within a chunk and the
-    index is the one-thread index. Every array is written (and its fresh pages faulted
-    in) by the threads. By hand, the first index of a worker at 20,000 fields (6.1 M
-    pixels) in ``pqb run``: 0.16 s on two threads, 0.23 s on one; its other thread
-    waits for it either way."""
-    from concurrent.futures import ThreadPoolExecutor
-
+                      nchunks_yx: tuple[int, int], n_parts: int,
+                      together: _Together | None = None) -> _BandIndex:
+    """:func:`_build_band_index` in ``n_parts`` parts, on the threads ``together`` gathers
+    (else on this one): each part is keyed, sorted and counted alone, then its pixels of
+    every chunk written after the earlier parts' pixels of that chunk, so positions still
+    ascend within a chunk and the index is the one-part index. Every array is written (and
+    its fresh pages faulted in) by the threads. By hand, the first index of a worker at
+    20,000 fields (6.1 M pixels) in ``pqb run``: 0.16 s on two threads, 0.23 s on one; its
+    other thread waits for it either way."""
     cy, cx = chunks_yx
     ncy, ncx = nchunks_yx
     off = ncy * ncx  # the key of pixels no chunk holds, sorting last
@@ -632,28 +721,30 @@ def _band_index_parts(pix: FieldPixels, gm: Any, chunks_yx: tuple[int, int],
                                         np.uint16)
         return order, local, np.bincount(lin, minlength=off + 1)
 
-    with ThreadPoolExecutor(n_parts, thread_name_prefix="pqb-index") as pool:
-        keyed_parts = list(pool.map(keyed, parts))
-        counts = np.stack([k[2] for k in keyed_parts])  # (parts, keys)
-        total = counts.sum(axis=0)
-        first = np.concatenate([[0], np.cumsum(total)[:-1]])  # each chunk's first slot
-        before = np.cumsum(counts, axis=0) - counts  # earlier parts' pixels of each chunk
-        ranked = np.empty(pix.n_pixels, np.intp)  # pixels in key order
-        local_all = np.empty(pix.n_pixels, np.intp)
+    def each(fn: Any, items: Sequence[Any]) -> list[Any]:
+        return together.map(fn, items) if together is not None else [fn(x) for x in items]
 
-        def place(i: int) -> None:
-            (a, b), (order, local, cnt) = parts[i], keyed_parts[i]
-            own = np.cumsum(cnt) - cnt  # each chunk's first slot within this part's order
-            dest = np.repeat(first + before[i] - own, cnt)
-            dest += np.arange(b - a, dtype=dest.dtype)
-            if order is None:
-                ranked[dest] = np.arange(a, b, dtype=np.intp)
-                local_all[dest] = local
-            else:
-                ranked[dest] = order + a
-                local_all[dest] = local[order]
+    keyed_parts = each(keyed, parts)
+    counts = np.stack([k[2] for k in keyed_parts])  # (parts, keys)
+    total = counts.sum(axis=0)
+    first = np.concatenate([[0], np.cumsum(total)[:-1]])  # each chunk's first slot
+    before = np.cumsum(counts, axis=0) - counts  # earlier parts' pixels of each chunk
+    ranked = np.empty(pix.n_pixels, np.intp)  # pixels in key order
+    local_all = np.empty(pix.n_pixels, np.intp)
 
-        list(pool.map(place, range(n_parts)))
+    def place(i: int) -> None:
+        (a, b), (order, local, cnt) = parts[i], keyed_parts[i]
+        own = np.cumsum(cnt) - cnt  # each chunk's first slot within this part's order
+        dest = np.repeat(first + before[i] - own, cnt)
+        dest += np.arange(b - a, dtype=dest.dtype)
+        if order is None:
+            ranked[dest] = np.arange(a, b, dtype=np.intp)
+            local_all[dest] = local
+        else:
+            ranked[dest] = order + a
+            local_all[dest] = local[order]
+
+    each(place, range(n_parts))
     n_in = int(total[:off].sum())
     needed = np.flatnonzero(total[:off])
     bounds = np.concatenate([[0], np.cumsum(total[needed])]).astype(np.int64)

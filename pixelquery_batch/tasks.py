@@ -15,7 +15,7 @@ import os
 import threading
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -592,7 +592,7 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
     threads = _worker_threads()
     with clock("pixels"):
         pix = field_pixels(unit.fields, unit.transform, unit.shape_yx, ctx.rule,
-                           key=unit.fields_key, threads=threads)
+                           key=unit.fields_key)
     for fid, err in pix.failed.items():
         fail(ValueError(err), scene_id=None, field_id=fid)
     counts = pix.segments.counts
@@ -643,12 +643,12 @@ def run_unit(unit: WorkUnit, ctx: JobContext, reader: ChunkReader | None = None)
                 when = dt.datetime.fromisoformat(scene.datetime)
                 for g, grp in enumerate(groups):
                     with clock("band_math"):
-                        env, cloud = _group_env(grp, bands, tiles, pix, ctx)
+                        env, cloud, finite = _group_env(grp, bands, tiles, pix, ctx)
                     gw = None if pix.weights is None else pix.weights[grp.p0:grp.p1]
                     to_render: dict[str, np.ndarray] = {}
                     for vname, expr in exprs:
                         with clock("band_math"):
-                            values = _evaluate(expr, env, grp.p1 - grp.p0)
+                            values = _evaluate(expr, env, grp.p1 - grp.p0, finite)
                             if masked:
                                 values[cloud] = np.nan
                         if render_vars and vname in render_vars:
@@ -808,12 +808,15 @@ def _prefetch(reader: ChunkReader, scene: SceneTask | None, ctx: JobContext, wor
 
 
 def _group_env(grp: Any, bands: dict[str, BandInfo], tiles: dict[tuple[str, int | None], Any],
-               pix: Any, ctx: JobContext) -> tuple[dict[str, np.ndarray], np.ndarray]:
+               pix: Any, ctx: JobContext) -> tuple[dict[str, np.ndarray], np.ndarray, set[str]]:
     """Physical band values (NaN = invalid or outside the raster) of the bands the
-    expressions read, and the cloud mask, of one group of fields' pixels."""
+    expressions read, the cloud mask, of one group of fields' pixels, and the names whose
+    values hold no infinity (integer bands: :meth:`Expression.evaluate` skips them)."""
     inside = pix.inside[grp.p0:grp.p1]
+    outside = None if inside.all() else ~inside  # most groups lie inside the raster
     used = _expression_bands(ctx.variables)
     env: dict[str, np.ndarray] = {}
+    finite: set[str] = set()
     cloud = np.zeros(grp.p1 - grp.p0, bool)
     for name, band in bands.items():
         got = tiles[(band.array, band.index)]
@@ -823,11 +826,14 @@ def _group_env(grp: Any, bands: dict[str, BandInfo], tiles: dict[tuple[str, int 
         raw = got.values(grp.p0, grp.p1)
         if name in used:
             values = _physical(raw, band, ctx.mask_nodata)
-            values[~inside] = np.nan
+            if outside is not None:
+                values[outside] = np.nan
             env[name] = values
+            if raw.dtype.kind in "iub" and np.isfinite(band.scale) and np.isfinite(band.offset):
+                finite.add(name)
         if ctx.cloud_band and name == ctx.cloud_band:
             cloud = _cloud_mask(raw, band, ctx) & inside
-    return env, cloud
+    return env, cloud, finite
 
 
 @lru_cache(maxsize=64)
@@ -859,8 +865,10 @@ def _cloud_tables(bands: dict[str, BandInfo], ctx: JobContext) -> dict[tuple[str
                             tuple(ctx.cloud_bits or ()))}
 
 
-def _evaluate(expr: Any, env: dict[str, np.ndarray], n: int) -> np.ndarray:
-    values = np.asarray(expr.evaluate({k: env[k] for k in expr.names}), dtype=np.float64)
+def _evaluate(expr: Any, env: dict[str, np.ndarray], n: int,
+              finite: Container[str] = ()) -> np.ndarray:
+    values = np.asarray(expr.evaluate({k: env[k] for k in expr.names}, finite=finite),
+                        dtype=np.float64)
     if values.shape != (n,):
         values = np.broadcast_to(values, (n,)).copy()
     elif not values.flags.writeable:
@@ -1023,7 +1031,7 @@ def run_rollup_unit(unit: Any, rctx: RollupContext, reader: ChunkReader | None =
     digest = hashlib.sha256(repr((window, tiling)).encode()
                             + b"".join(p.wkb for p in unit.regions))
     pix = field_pixels(parts, unit.transform, unit.shape_yx, "centre",
-                       key=f"rollup-{digest.hexdigest()[:24]}", threads=_worker_threads())
+                       key=f"rollup-{digest.hexdigest()[:24]}")
     work = (unit.transform, unit.shape_yx)
     starts = pix.segments.starts
     period_of = dict(unit.periods)
@@ -1041,9 +1049,9 @@ def run_rollup_unit(unit: Any, rctx: RollupContext, reader: ChunkReader | None =
                 bands = _needed_bands(scene, ctx)
                 tiles = {(b.array, b.index): t for b, t in
                          _decode_bands(reader, scene, bands, work, pix, None, ctx)}
-                env, cloud = _group_env(whole, bands, tiles, pix, ctx)
+                env, cloud, finite = _group_env(whole, bands, tiles, pix, ctx)
                 for vname, expr in exprs:
-                    values = _evaluate(expr, env, pix.n_pixels)
+                    values = _evaluate(expr, env, pix.n_pixels, finite)
                     if _cloud_applies(scene, ctx):
                         values[cloud] = np.nan
                     prev = merged.get(vname)

@@ -83,6 +83,29 @@ def test_division_by_zero_and_nan_propagate():
     )
 
 
+def test_inputs_declared_finite_give_the_same_results():
+    """Integer bands' values hold no infinity, so ``finite`` names skip the scan; what the
+    expression itself makes infinite (a division by zero, an overflow) is still NaN."""
+    rng = np.random.default_rng(3)
+    raw = {"nir": rng.integers(0, 4, 1000).astype(np.uint16),
+           "red": rng.integers(0, 4, 1000).astype(np.uint16)}
+    env = {k: v * 0.0001 - 0.0001 for k, v in raw.items()}  # offset: zeros, negatives
+    env["red"][::7] = np.nan  # nodata
+    for text in ("(nir - red) / (nir + red)", "nir / red", "nir * 1e308 * 10 + red",
+                 "sqrt(nir) - red", "where(nir > red, nir, 1 / red)"):
+        expr = parse_expression(text, name="v")
+        got = expr.evaluate(env, finite={"nir", "red"})
+        np.testing.assert_array_equal(got, expr.evaluate(env))
+        assert not np.isinf(got).any(), text
+    with np.errstate(all="ignore"):
+        ref = (env["nir"] - env["red"]) / (env["nir"] + env["red"])
+    ref[np.isinf(ref)] = np.nan
+    ndvi = parse_expression("(nir - red) / (nir + red)").evaluate(env, finite={"nir", "red"})
+    np.testing.assert_array_equal(ndvi, ref)
+    den = env["nir"] + env["red"]
+    assert ((den == 0) & (env["nir"] != env["red"])).any()  # x / 0 happens: inf made NaN
+
+
 def test_scalars_and_broadcasting():
     assert float(parse_expression("2").evaluate({})) == 2.0
     assert np.isnan(parse_expression("1 / 0").evaluate({}))

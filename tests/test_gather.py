@@ -39,16 +39,77 @@ def _fields(n: int, seed: int = 0) -> list[_Field]:
     return out
 
 
+def _build_on(threads: int, *args: object) -> object:
+    """``_build`` by this thread with ``threads - 1`` others helping, as a worker's threads
+    waiting for the same pixels do."""
+    import threading
+
+    from pixelquery_batch.gather import _Together
+
+    together = _Together()
+    helpers = [threading.Thread(target=together.help) for _ in range(threads - 1)]
+    for t in helpers:
+        t.start()
+    try:
+        return _build(*args, together)
+    finally:
+        together.close()
+        for t in helpers:
+            t.join()
+
+
+def test_threads_waiting_for_a_result_do_its_items_together() -> None:
+    """The owner's stages come back in order with every item done once, helpers take
+    items, an item's error reaches the owner (the rest of the stage is dropped), and
+    closing releases the helpers, also those arriving late."""
+    import threading
+    import time
+
+    from pixelquery_batch.gather import _Together
+
+    together = _Together()
+    ran: dict[int, list[int]] = {}
+
+    def item(x: int) -> int:
+        ran.setdefault(threading.get_ident(), []).append(x)
+        time.sleep(0.01)
+        return x * x
+
+    helpers = [threading.Thread(target=together.help) for _ in range(2)]
+    for t in helpers:
+        t.start()
+    time.sleep(0.05)
+    assert together.map(item, range(30)) == [x * x for x in range(30)]
+    assert together.map(item, [5, 6]) == [25, 36]  # a second stage
+
+    def boom(x: int) -> int:
+        if x == 3:
+            raise ValueError("bad item 3")
+        time.sleep(0.01)
+        return x
+
+    with pytest.raises(ValueError, match="bad item 3"):
+        together.map(boom, range(40))
+    together.close()
+    for t in helpers:
+        t.join(timeout=5)
+    assert not any(t.is_alive() for t in helpers)
+    assert sorted(x for xs in ran.values() for x in xs) == sorted([*range(30), 5, 6])
+    assert len(ran) == 3  # the owner and both helpers did items
+    together.help()  # a helper arriving after the close returns at once
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_parallel_batched_centre_pixels_equal_the_per_field_rasteriser(threads: int) -> None:
-    """9,000 fields take the batched path in slices (on one thread, or on two); every
+    """9,000 fields take the batched path in slices (on one thread, or shared with a
+    second); every
     field gets exactly the pixels of the per-field rasteriser (itself checked against GDAL
     in test_rasterize_stats)."""
     from pixelquery_batch import gather
 
     fields = _fields(9000)
     assert len(fields) > 3 * gather._SLICE_FIELDS  # four slices
-    pix = _build(fields, T, (2000, 2000), "centre", threads=threads)
+    pix = _build_on(threads, fields, T, (2000, 2000), "centre")
     starts = pix.segments.starts
     assert pix.field_ids == tuple(f.field_id for f in fields) and not pix.failed
     for k in range(0, len(fields), 7):
@@ -135,10 +196,10 @@ def test_fields_the_wkb_reader_hands_back_still_get_their_pixels() -> None:
     """Fields with Z coordinates (and 8,000 plain ones: the batched path) get the pixels of
     their 2-D shapes through shapely."""
     fields = _fields(8000, seed=5)
-    flat = _build(fields, T, (2000, 2000), "centre", threads=2)
+    flat = _build(fields, T, (2000, 2000), "centre")
     z = [_Field(f.field_id, shapely.to_wkb(shapely.force_3d(shapely.from_wkb(f.wkb))), f.window)
          for f in fields]
-    with_z = _build(z, T, (2000, 2000), "centre", threads=2)
+    with_z = _build_on(2, z, T, (2000, 2000), "centre")
     assert not with_z.failed and with_z.n_pixels == flat.n_pixels > 100_000
     assert np.array_equal(with_z.rows, flat.rows) and np.array_equal(with_z.cols, flat.cols)
     assert np.array_equal(with_z.segments.starts, flat.segments.starts)
