@@ -554,9 +554,14 @@ def demo_cmd(workdir: Path, scenes: int, size: int, fields: int, cluster: str | 
         progress.close()
     m = result.manifest
     ex = m["execution"]
-    click.echo(f"      {ex['rows']} rows ({m['plan']['field_scene_pairs']} field-scene pairs x "
-               f"{len(m['job']['spec']['bands']) + len(m['job']['spec']['indices'])} variables) from "
-               f"{ex['units']} tasks on {ex['workers']} workers in {m['duration_s']:.1f} s")
+    if ex.get("units"):
+        click.echo(f"      {ex['rows']} rows ({m['plan']['field_scene_pairs']} field-scene pairs x "
+                   f"{len(m['job']['spec']['bands']) + len(m['job']['spec']['indices'])} "
+                   f"variables) from {ex['units']} tasks on {ex['workers']} workers in "
+                   f"{m['duration_s']:.1f} s")
+    else:  # a second demo in the same directory: its outputs already hold every pair
+        click.echo(f"      nothing new to compute: the outputs already hold all "
+                   f"{ex.get('pairs_reused', 0)} field-scene pairs ({m['duration_s']:.1f} s)")
     outside = m["plan"]["fields_outside_every_scene"]
     if outside:
         click.echo(f"      fields outside every scene: {', '.join(outside)}")

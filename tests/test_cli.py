@@ -197,3 +197,20 @@ def test_reading_a_delta_table_then_exiting_does_not_abort(tmp_path: Path) -> No
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr[-3000:]
         assert out.stdout.strip() == str(32 * 20_000)
+
+
+def test_demo_twice_in_one_directory(tmp_path: Path) -> None:
+    """A second ``pqb demo`` in the same directory finds every pair in the outputs and says
+    so (it raised KeyError 'rows' on the manifest of a run with nothing to compute)."""
+    from click.testing import CliRunner
+
+    from pixelquery_batch.cli import main
+
+    args = ["demo", str(tmp_path / "demo"), "--scenes", "2", "--size", "256", "--fields", "6"]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    assert "rows (12 field-scene pairs x" in first.output
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0, again.output
+    assert "nothing new to compute: the outputs already hold all 12 field-scene pairs" in again.output
+    assert "first rows:" in again.output
