@@ -15,12 +15,13 @@ Everything downstream (band math, masks, statistics) works on these flat arrays.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -403,6 +404,22 @@ class _Together:
         return True
 
 
+@contextlib.contextmanager
+def _posted(board: dict[Any, Any], key: Any) -> Iterator[_Together]:
+    """A :class:`_Together` on ``board`` under ``key`` while the caller builds with it,
+    for the threads that find it there to :meth:`~_Together.help`; closed and taken off
+    the board however the build ends."""
+    together = _Together()
+    with _CACHE_LOCK:
+        board[key] = together
+    try:
+        yield together
+    finally:
+        together.close()
+        with _CACHE_LOCK:
+            board.pop(key, None)
+
+
 def clear_pixel_cache() -> None:
     """Forget every cached :class:`FieldPixels` (tests)."""
     with _CACHE_LOCK:
@@ -440,15 +457,8 @@ def field_pixels(fields: Sequence[Any], transform: tuple[float, ...], shape_yx: 
                 dropped = True
         if dropped:  # moving on to other fields: their pages and the last units' go back
             trim_heap()
-        together = _Together()
-        with _CACHE_LOCK:
-            _TOGETHER[cache_key] = together
-        try:
+        with _posted(_TOGETHER, cache_key) as together:
             pix = _build(fields, transform, shape_yx, rule, together)
-        finally:
-            together.close()
-            with _CACHE_LOCK:
-                _TOGETHER.pop(cache_key, None)
         with _CACHE_LOCK:
             _CACHE[cache_key] = pix
             _BUILDING.pop(cache_key, None)
@@ -615,15 +625,9 @@ def _band_index(pix: FieldPixels, band: BandInfo, work: Work, threads: int = 1) 
     with building:
         with _CACHE_LOCK:
             got = pix._derived.get(key)
-            together = None if got is not None else pix._derived.setdefault(
-                ("together", key), _Together())
-        if together is not None:
-            try:
+        if got is None:
+            with _posted(pix._derived, ("together", key)) as together:
                 got = _build_band_index(pix, grid, band.chunks_yx, work, threads, together)
-            finally:
-                together.close()
-                with _CACHE_LOCK:
-                    pix._derived.pop(("together", key), None)
             with _CACHE_LOCK:
                 pix._derived[key] = got
     return got  # type: ignore[no-any-return]
