@@ -543,6 +543,34 @@ def test_chunk_by_chunk_pixel_sets_are_copied_and_equal_plain_indexing() -> None
     assert np.array_equal(got[inside], full[pix.rows[inside], pix.cols[inside]])
 
 
+@pytest.mark.parametrize("order", ["chunk by chunk", "reversed"])
+def test_a_pixel_set_of_whole_chunks_in_or_out_of_chunk_order_gets_every_value(order: str) -> None:
+    """Fields that are exactly the raster's chunks: laid out in chunk order, every pixel is
+    gathered in place (no scatter); in reverse order, put at its position. Both give the
+    array's values at each field's pixels."""
+    from pixelquery_batch.catalog.chunks import ArrayChunkReader
+    from pixelquery_batch.catalog.models import BandInfo
+    from pixelquery_batch.gather import _band_index, decode_band
+
+    shape = (512, 768)
+    full = (np.random.default_rng(8).random(shape) * 60000).astype(np.uint16)
+    band = BandInfo("b", None, "b", None, "uint16", None, 1.0, 0.0, (256, 256), "mem://b")
+    reader = ArrayChunkReader({("s", "b"): full})
+    x0, y0 = T[2], T[5]
+    fields = [_Field(f"c{r}{c}", shapely.to_wkb(box(x0 + c * 2560, y0 - (r + 1) * 2560,
+                                                     x0 + (c + 1) * 2560, y0 - r * 2560)),
+                     (r * 256, c * 256, 256, 256))
+              for r in range(2) for c in range(3)]
+    if order == "reversed":
+        fields = fields[::-1]
+    pix = field_pixels(fields, T, shape, "centre", key=f"whole-chunks-{order}")
+    assert pix.n_pixels == full.size
+    idx = _band_index(pix, band, (T, shape))
+    assert idx.in_order == (order == "chunk by chunk")
+    got = decode_band(reader, "s", band, (T, shape), pix).values(0, pix.n_pixels)
+    assert np.array_equal(got, full[pix.rows, pix.cols])
+
+
 @pytest.mark.parametrize("dtype", ["uint8", "uint16"])
 def test_a_20m_cloud_band_decoded_to_its_mask_equals_the_mask_of_its_values(dtype: str) -> None:
     """A cloud band decoded straight to its mask (``decode_band(table=)``) under 10 m

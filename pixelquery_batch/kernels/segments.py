@@ -68,9 +68,12 @@ class Segments:
     def n_pixels(self) -> int:
         return int(self.starts[-1])
 
-    @property
+    @functools.cached_property
     def counts(self) -> np.ndarray:
-        return np.diff(self.starts)
+        """Pixels per field (computed once: every group of every scene asks; read-only)."""
+        counts = np.diff(self.starts)
+        counts.flags.writeable = False
+        return counts
 
     @functools.cached_property
     def _runs(self) -> tuple[np.ndarray, np.ndarray | None]:
@@ -135,6 +138,16 @@ class Segments:
         """Values in all the padded rows of :meth:`buckets`."""
         return sum(idx.size for _, idx in self.buckets())
 
+    @functools.cached_property
+    def padded_index(self) -> np.ndarray:
+        """The rows of :meth:`buckets` one after the other (:attr:`row_starts`), which are
+        views of it: one gather fills them all."""
+        got = self.buckets()
+        if not got:
+            return np.zeros(0, dtype=np.int32)
+        base = got[0][1].base
+        return base if base is not None else got[0][1].reshape(-1)
+
     def _build_buckets(self) -> list[tuple[np.ndarray, np.ndarray]]:
         built: list[tuple[np.ndarray, np.ndarray]] = []
         counts = self.counts
@@ -151,9 +164,14 @@ class Segments:
             offs = np.arange(width)
             idx = self.starts[fids][:, None] + offs[None, :]
             idx[offs[None, :] >= counts[fids][:, None]] = self.n_pixels
-            if self.n_pixels < 2**31:
-                idx = idx.astype(np.int32)
             built.append((fids, idx))
+        # all rows in one array, each bucket's a view of it (:attr:`padded_index`)
+        flat = np.concatenate([idx.reshape(-1) for _, idx in built]).astype(
+            np.int32 if self.n_pixels < 2**31 else np.int64)
+        at = 0
+        for k, (fids, idx) in enumerate(built):
+            built[k] = (fids, flat[at:at + idx.size].reshape(idx.shape))
+            at += idx.size
         return built
 
 
@@ -230,8 +248,12 @@ def segment_stats(
         out["sum"] = np.where(has, s, np.nan)
         out["mean"] = mean
         if "std" in want:
-            dev = np.where(valid, values - np.repeat(np.nan_to_num(mean), segments.counts), 0.0)
-            m2 = segments.sums(dev * dev)
+            # (v0 - mean) where valid, 0 (or -0, which squares to 0) elsewhere: in place
+            dev = np.repeat(np.nan_to_num(mean), segments.counts)
+            np.subtract(v0, dev, out=dev)
+            np.multiply(dev, valid, out=dev)
+            np.multiply(dev, dev, out=dev)
+            m2 = segments.sums(dev)
             with np.errstate(invalid="ignore", divide="ignore"):
                 out["std"] = np.where(has, np.sqrt(m2 / count), np.nan)
     out["count"] = count
@@ -252,46 +274,58 @@ def _order_stats(values: np.ndarray, valid: np.ndarray, count: np.ndarray, segme
     """``(len(qnames), F)``: min, max, median and percentiles of every field's valid
     values (``count`` of them per field), NaN where it has none.
 
-    Each size bucket's fields are gathered as rows of one flat buffer and sorted in place
-    along the rows (NaN, invalid or padding, sorting last): two numpy calls per bucket.
-    Every statistic is then read off all fields at once, at the positions numpy's
-    ``median`` / ``percentile(..., method="linear")`` use, with numpy's arithmetic (equal
-    bit for bit). Reading off bucket by bucket took dozens of small calls per bucket, and
-    a worker's threads handed the GIL to each other between them.
+    The size buckets' rows are gathered into one flat buffer (one ``take``) and each
+    bucket's sorted in place along its rows (NaN, invalid or padding, sorting last).
+    Every statistic is then read off all fields at once (every percentile in one pass),
+    at the positions numpy's ``median`` / ``percentile(..., method="linear")`` use, with
+    numpy's arithmetic (equal bit for bit). Reading off bucket by bucket took dozens of
+    small calls per bucket, and a worker's threads handed the GIL to each other between
+    them. By hand, the 8 statistics of the nightly job on 256 Ki-pixel groups of 20,000
+    real fields, in this and :func:`segment_stats`: 3.4-3.5 -> 3.05-3.1 ms per group on
+    one thread, 4.3-4.5 -> 3.9-4.0 ms per two groups on two threads.
 
     ``masked``: ``valid`` may drop finite values; otherwise it is ``isfinite(values)``,
     whose invalid values are NaN already unless some are infinite (a quarter of the cost
     of masking them: by hand, 128 Ki values, 0.05 ms against 0.21-0.24 ms)."""
-    out = np.full((len(qnames), segments.n_fields), np.nan)
     ext = np.empty(len(values) + 1)  # + a NaN slot the padding points at
     np.copyto(ext[:-1], values)
     if masked or bool(np.isinf(values).any()):
         np.putmask(ext[:-1], ~valid, np.nan)
     ext[-1] = np.nan
     flat = np.empty(segments.padded_size)
+    np.take(ext, segments.padded_index, out=flat, mode="clip")  # (unbuffered: "raise" copies)
     at = 0
     for _, idx in segments.buckets():
-        rows = flat[at:at + idx.size].reshape(idx.shape)
-        np.take(ext, idx, out=rows, mode="clip")  # (unbuffered: "raise" copies)
-        rows.sort(axis=1)
+        flat[at:at + idx.size].reshape(idx.shape).sort(axis=1)
         at += idx.size
     c = count.astype(np.int64)
     ok = np.flatnonzero(c > 0)
-    c, first = c[ok], segments.row_starts[ok]  # each field's sorted row in ``flat``
+    every = len(ok) == len(c)
+    c, first = (c, segments.row_starts) if every else (c[ok], segments.row_starts[ok])
+    got = np.empty((len(qnames), len(c)))  # (each field's sorted row starts at ``first``)
+    pct = [k for k, q in enumerate(qnames) if q not in ("min", "max", "median")]
+    if pct:  # every percentile of every field in one pass
+        frac = np.array([percentile_of(qnames[k]) / 100.0 for k in pct])  # type: ignore[operator]
+        last = c - 1
+        pos = last * frac[:, None]
+        below = np.floor(pos).astype(np.int64)
+        above = np.minimum(below + 1, last)
+        t = pos - below
+        below += first
+        above += first
+        got[pct] = _lerp(flat[below], flat[above], t)
     for k, q in enumerate(qnames):
         if q == "min":
-            res = flat[first]
+            got[k] = flat[first]
         elif q == "max":
-            res = flat[first + c - 1]
+            got[k] = flat[first + c - 1]
         elif q == "median":
             lo, hi = flat[first + (c - 1) // 2], flat[first + c // 2]
-            res = np.where(c % 2 == 1, lo, (lo + hi) / 2.0)  # numpy.median: mean of the two
-        else:
-            pos = (c - 1) * (percentile_of(q) / 100.0)  # type: ignore[operator]
-            below = np.floor(pos).astype(np.int64)
-            above = np.minimum(below + 1, c - 1)
-            res = _lerp(flat[first + below], flat[first + above], pos - below)
-        out[k, ok] = res
+            got[k] = np.where(c % 2 == 1, lo, (lo + hi) / 2.0)  # numpy.median: mean of the two
+    if every:
+        return got
+    out = np.full((len(qnames), segments.n_fields), np.nan)
+    out[:, ok] = got
     return out
 
 
