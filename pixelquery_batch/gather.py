@@ -222,8 +222,8 @@ def switch_sooner() -> None:
     from decoding a chunk (libdeflate, GIL released) while its other thread runs Python
     for longer (building rows, planning its pixels) waited up to 5 ms. By hand, 20,000
     fields x 12 scenes, 6 interleaved rounds each, execution: two threads 1.916 -> 1.902 s
-    (1.83x -> 1.84x one thread's, the one thread unchanged, 3.50 and 3.51 s); with
-    HEAD's per-chunk gather, 1.928 -> 1.909 s."""
+    (1.83x -> 1.84x one thread's, the one thread unchanged, 3.50 and 3.51 s); with the
+    per-chunk gather of ``9c0b352`` (before :func:`_decode_values`), 1.928 -> 1.909 s."""
     if sys.getswitchinterval() > _SWITCH_INTERVAL_S:
         sys.setswitchinterval(_SWITCH_INTERVAL_S)
 
