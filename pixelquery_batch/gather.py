@@ -195,7 +195,10 @@ def tune_allocator() -> None:
     155,000-160,000 page faults instead of 153,000-197,000, peak RSS +0-45 MB; one thread
     at 100,000 fields and worker processes unchanged in time and memory (worker faults
     86,000 -> 71,000).
-    Once per process; a no-op off glibc.
+    Also: Arrow on the system allocator
+    (:func:`use_system_pool_for_arrow`), no huge pages for numpy
+    (:func:`no_numpy_huge_pages`) and a 1 ms GIL switch interval (:func:`switch_sooner`).
+    Once per process; the allocator part is a no-op off glibc.
     """
     global _TUNED
     if _TUNED:
@@ -424,6 +427,11 @@ class _Together:
         return True
 
 
+def _each(together: _Together | None, fn: Any, items: Sequence[Any]) -> list[Any]:
+    """``[fn(x) for x in items]``, with the hands ``together`` gathers if there is one."""
+    return together.map(fn, items) if together is not None else [fn(x) for x in items]
+
+
 @contextlib.contextmanager
 def _posted(board: dict[Any, Any], key: Any) -> Iterator[_Together]:
     """A :class:`_Together` on ``board`` under ``key`` while the caller builds with it,
@@ -558,7 +566,7 @@ def _centre_parallel(fields: FieldBlock, windows: np.ndarray, transform: tuple[f
     if n_slices == 1:
         return run((0, len(fields)))
     slices = list(itertools.pairwise(cuts))
-    parts = together.map(run, slices) if together is not None else [run(ab) for ab in slices]
+    parts = _each(together, run, slices)
     return tuple(np.concatenate([p[k] for p in parts]) for k in range(3))  # type: ignore[return-value]
 
 
@@ -752,10 +760,7 @@ def _band_index_parts(pix: FieldPixels, gm: Any, chunks_yx: tuple[int, int],
                                         np.uint16)
         return order, local, np.bincount(lin, minlength=off + 1)
 
-    def each(fn: Any, items: Sequence[Any]) -> list[Any]:
-        return together.map(fn, items) if together is not None else [fn(x) for x in items]
-
-    keyed_parts = each(keyed, parts)
+    keyed_parts = _each(together, keyed, parts)
     counts = np.stack([k[2] for k in keyed_parts])  # (parts, keys)
     total = counts.sum(axis=0)
     first = np.concatenate([[0], np.cumsum(total)[:-1]])  # each chunk's first slot
@@ -775,7 +780,7 @@ def _band_index_parts(pix: FieldPixels, gm: Any, chunks_yx: tuple[int, int],
             ranked[dest] = order + a
             local_all[dest] = local[order]
 
-    each(place, range(n_parts))
+    _each(together, place, range(n_parts))
     n_in = int(total[:off].sum())
     needed = np.flatnonzero(total[:off])
     bounds = np.concatenate([[0], np.cumsum(total[needed])]).astype(np.int64)
